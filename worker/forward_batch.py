@@ -1,0 +1,39 @@
+"""What one forward pass needs to know about its batch, as device tensors.
+
+Token order in a step: every extend request's new tokens (contiguous per request), then one
+token per decode request. Attention runs the extend kernel on the first part and the decode
+kernel on the second.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class ForwardBatch:
+    input_ids: torch.Tensor        # [tokens] int64
+    positions: torch.Tensor        # [tokens] int64, position of each token in its sequence
+    slots: torch.Tensor            # [tokens] int64, KV pool slot each token's k/v goes to
+    req_to_slot: torch.Tensor      # [rows, max_context] int32, the worker's persistent table
+    num_extend_tokens: int
+    # extend part
+    extend_rows: torch.Tensor      # [extends] int32
+    extend_cu_seqlens: torch.Tensor  # [extends + 1] int32
+    extend_prefix_lens: torch.Tensor  # [extends] int32
+    extend_max_new_len: int
+    # decode part
+    decode_rows: torch.Tensor      # [decodes] int32
+    decode_seq_lens: torch.Tensor  # [decodes] int32, context length including the new token
+    # which hidden rows produce logits (one per request that samples this step)
+    logits_index: torch.Tensor     # [samplers] int64
+
+    @property
+    def num_extends(self) -> int:
+        return self.extend_rows.shape[0]
+
+    @property
+    def num_decodes(self) -> int:
+        return self.decode_rows.shape[0]

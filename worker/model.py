@@ -1,0 +1,135 @@
+"""Qwen2 forward pass over a flat, unpadded batch of tokens, on the kernels of a KernelSet.
+
+Weights are fused where it saves launches (q‖k‖v, gate‖up) and sharded for tensor
+parallelism: q/k/v by head and gate/up by column (column-parallel), o and down by row with an
+all-reduce (row-parallel). Embedding and lm_head are replicated on every rank.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from litelang.kernels import KernelSet
+from litelang.kernels.rope import rope_cos_sin_cache
+from litelang.worker.checkpoint import CheckpointReader, Qwen2Spec
+from litelang.worker.forward_batch import ForwardBatch
+from litelang.worker.parallel import TPGroup, shard_range
+
+
+@dataclass
+class LayerWeights:
+    input_norm: torch.Tensor
+    qkv_weight: torch.Tensor   # [(q + 2 kv) local heads * head_dim, hidden]
+    qkv_bias: torch.Tensor | None
+    o_weight: torch.Tensor     # [hidden, q local heads * head_dim]
+    post_norm: torch.Tensor
+    gate_up_weight: torch.Tensor  # [2 * local intermediate, hidden]
+    down_weight: torch.Tensor  # [hidden, local intermediate]
+
+
+def local_kv_heads(spec: Qwen2Spec, tp: TPGroup) -> tuple[int, int]:
+    """(first kv head, count) held by this rank; kv heads are replicated when tp > kv heads."""
+    if tp.size <= spec.num_kv_heads:
+        start, end = shard_range(spec.num_kv_heads, tp.rank, tp.size)
+        return start, end - start
+    if tp.size % spec.num_kv_heads:
+        raise ValueError(f"tp={tp.size} must divide or be a multiple of the {spec.num_kv_heads} kv heads")
+    return tp.rank * spec.num_kv_heads // tp.size, 1
+
+
+class Qwen2Model:
+    def __init__(self, spec: Qwen2Spec, kernels: KernelSet, tp: TPGroup, device: torch.device, dtype: torch.dtype):
+        if spec.num_heads % tp.size:
+            raise ValueError(f"tp={tp.size} must divide the {spec.num_heads} attention heads")
+        self.spec, self.kernels, self.tp = spec, kernels, tp
+        self.device, self.dtype = device, dtype
+        self.num_local_heads = spec.num_heads // tp.size
+        self.kv_head_start, self.num_local_kv_heads = local_kv_heads(spec, tp)
+        self.scale = spec.head_dim**-0.5
+        self.cos_sin = rope_cos_sin_cache(spec.head_dim, spec.max_position_embeddings, spec.rope_theta, device)
+        self.layers: list[LayerWeights] = []
+
+    # ---------------- loading ----------------
+
+    def load(self, reader: CheckpointReader) -> None:
+        s, tp = self.spec, self.tp
+        d = s.head_dim
+        q0, q1 = shard_range(s.num_heads * d, tp.rank, tp.size)
+        kv0 = self.kv_head_start * d
+        kv1 = kv0 + self.num_local_kv_heads * d
+        i0, i1 = shard_range(s.intermediate_size, tp.rank, tp.size)
+
+        def t(name: str) -> torch.Tensor:
+            return reader.get(name).to(device=self.device, dtype=self.dtype)
+
+        self.embed = t("model.embed_tokens.weight")
+        self.final_norm = t("model.norm.weight")
+        if "lm_head.weight" in reader and not s.tie_word_embeddings:
+            self.lm_head = t("lm_head.weight")
+        else:
+            self.lm_head = self.embed
+        for i in range(s.num_layers):
+            p = f"model.layers.{i}."
+            a = p + "self_attn."
+            qkv = torch.cat([t(a + "q_proj.weight")[q0:q1], t(a + "k_proj.weight")[kv0:kv1], t(a + "v_proj.weight")[kv0:kv1]])
+            bias = None
+            if a + "q_proj.bias" in reader:
+                bias = torch.cat([t(a + "q_proj.bias")[q0:q1], t(a + "k_proj.bias")[kv0:kv1], t(a + "v_proj.bias")[kv0:kv1]])
+            gate_up = torch.cat([t(p + "mlp.gate_proj.weight")[i0:i1], t(p + "mlp.up_proj.weight")[i0:i1]])
+            self.layers.append(
+                LayerWeights(
+                    input_norm=t(p + "input_layernorm.weight"),
+                    qkv_weight=qkv.contiguous(),
+                    qkv_bias=bias,
+                    o_weight=t(a + "o_proj.weight")[:, q0:q1].contiguous(),
+                    post_norm=t(p + "post_attention_layernorm.weight"),
+                    gate_up_weight=gate_up.contiguous(),
+                    down_weight=t(p + "mlp.down_proj.weight")[:, i0:i1].contiguous(),
+                )
+            )
+
+    # ---------------- forward ----------------
+
+    def forward(self, batch: ForwardBatch, k_pools: list[torch.Tensor], v_pools: list[torch.Tensor]) -> torch.Tensor:
+        """Return float32 logits [samplers, vocab] for the rows in batch.logits_index."""
+        ks, s = self.kernels, self.spec
+        hidden = self.embed[batch.input_ids]
+        residual = None
+        for i, w in enumerate(self.layers):
+            h, residual = ks.rms_norm(hidden, w.input_norm, s.rms_norm_eps, residual)
+            h = self._attention(i, w, h, batch, k_pools[i], v_pools[i])
+            h, residual = ks.rms_norm(h, w.post_norm, s.rms_norm_eps, residual)
+            h = ks.silu_and_mul(torch.nn.functional.linear(h, w.gate_up_weight))
+            hidden = self.tp.all_reduce(torch.nn.functional.linear(h, w.down_weight))
+        hidden, _ = ks.rms_norm(hidden, self.final_norm, s.rms_norm_eps, residual)
+        return torch.nn.functional.linear(hidden[batch.logits_index], self.lm_head).float()
+
+    def _attention(
+        self, i: int, w: LayerWeights, h: torch.Tensor, batch: ForwardBatch, k_pool: torch.Tensor, v_pool: torch.Tensor
+    ) -> torch.Tensor:
+        ks, d = self.kernels, self.spec.head_dim
+        n = h.shape[0]
+        qkv = torch.nn.functional.linear(h, w.qkv_weight, w.qkv_bias)
+        q_size, kv_size = self.num_local_heads * d, self.num_local_kv_heads * d
+        q = qkv[:, :q_size].reshape(n, self.num_local_heads, d)
+        k = qkv[:, q_size : q_size + kv_size].reshape(n, self.num_local_kv_heads, d)
+        v = qkv[:, q_size + kv_size :].reshape(n, self.num_local_kv_heads, d)
+        q, k = q.contiguous(), k.contiguous()
+        ks.apply_rope(q, k, batch.positions, self.cos_sin)
+        ks.store_kv(k_pool, v_pool, k, v, batch.slots)
+
+        out = torch.empty_like(q)
+        e = batch.num_extend_tokens
+        if batch.num_extends:
+            out[:e] = ks.extend_attention(
+                q[:e], k_pool, v_pool, batch.req_to_slot, batch.extend_rows,
+                batch.extend_cu_seqlens, batch.extend_prefix_lens, self.scale,
+            )
+        if batch.num_decodes:
+            out[e:] = ks.decode_attention(
+                q[e:], k_pool, v_pool, batch.req_to_slot, batch.decode_rows, batch.decode_seq_lens, self.scale
+            )
+        o = torch.nn.functional.linear(out.reshape(n, q_size), w.o_weight)
+        return self.tp.all_reduce(o)

@@ -1,0 +1,62 @@
+"""Build a ready ModelRunner from the config: device, dtype, TP group, weights, KV pool."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from litelang.configs.schema import LitelangConfig
+from litelang.kernels import kernel_set
+from litelang.worker.checkpoint import CheckpointReader, Qwen2Spec
+from litelang.worker.kv_pool import KVPool, bytes_per_slot, choose_num_slots
+from litelang.worker.model import Qwen2Model
+from litelang.worker.parallel import init_tp_group
+from litelang.worker.runner import ModelRunner
+
+log = logging.getLogger("litelang.worker")
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def pick_device(cfg: LitelangConfig, rank: int) -> torch.device:
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("device: cuda was asked for but torch sees no CUDA GPU")
+        return torch.device("cuda", rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def pick_dtype(cfg: LitelangConfig, device: torch.device) -> torch.dtype:
+    if cfg.dtype != "auto":
+        return DTYPES[cfg.dtype]
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def build_runner(cfg: LitelangConfig, rank: int) -> ModelRunner:
+    t0 = time.perf_counter()
+    device = pick_device(cfg, rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dtype = pick_dtype(cfg, device)
+    master = cfg.workers[0].rsplit(":", 1)[0] if cfg.workers else cfg.worker_host
+    tp = init_tp_group(rank, cfg.tp, master, cfg.dist_port, device)
+    spec = Qwen2Spec.from_dir(cfg.model)
+    if cfg.max_context > spec.max_position_embeddings:
+        log.warning(
+            "max_input_length + max_output_length = %d exceeds the model's %d positions",
+            cfg.max_context, spec.max_position_embeddings,
+        )
+    kernels = kernel_set(use_triton=device.type == "cuda")
+    model = Qwen2Model(spec, kernels, tp, device, dtype)
+    model.load(CheckpointReader(cfg.model))
+    per_slot = bytes_per_slot(spec.num_layers, model.num_local_kv_heads, spec.head_dim, dtype)
+    slots = choose_num_slots(device, per_slot, cfg.mem_usage, cfg.kv_slots, 2 * cfg.max_batch_size * cfg.max_context)
+    pool = KVPool(spec.num_layers, slots, model.num_local_kv_heads, spec.head_dim, dtype, device)
+    runner = ModelRunner(model, pool, kernels, cfg.max_batch_size, cfg.max_context)
+    log.info(
+        "rank %d/%d ready in %.1fs: %s %s, kernels=%s, %d KV slots (%.1f MiB)",
+        rank, cfg.tp, time.perf_counter() - t0, device, dtype, kernels.name, slots, slots * per_slot / 2**20,
+    )
+    return runner
