@@ -1,0 +1,321 @@
+"""The scheduling loop: admit, batch, step the workers, stream tokens back.
+
+Runs as one asyncio task beside the gRPC handlers (same event loop, so no locks). Each
+iteration builds one StepRequest: a decode token for every running request past its prefill,
+the next prefill chunk of requests still reading their prompt, and new requests admitted FCFS
+while the batch, the prefill budget and the KV estimate allow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+
+import grpc
+
+from litelang.configs.schema import LitelangConfig
+from litelang.proto import litelang_pb2 as pb
+from litelang.proto import worker_pb2
+from litelang.scheduler.admission import expected_remaining, future_peak
+from litelang.scheduler.detokenizer import IncrementalDetokenizer
+from litelang.scheduler.kv_allocator import SlotAllocator
+from litelang.scheduler.request import OutputEvent, Phase, Request
+from litelang.scheduler.tokenizer import Tokenizer
+from litelang.scheduler.worker_client import WorkerError, WorkerGroup
+
+log = logging.getLogger("litelang.scheduler")
+
+
+class RejectedError(Exception):
+    """A request the server cannot take now; carries the gRPC status to answer with."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class Engine:
+    def __init__(self, cfg: LitelangConfig, tokenizer: Tokenizer, workers: WorkerGroup):
+        self.cfg, self.tokenizer, self.workers = cfg, tokenizer, workers
+        self.waiting: collections.deque[Request] = collections.deque()
+        self.running: list[Request] = []
+        self.by_id: dict[str, Request] = {}
+        self.by_rid: dict[int, Request] = {}
+        self.allocator = SlotAllocator(0)
+        self.healthy = False
+        self.stats = collections.Counter()
+        self._to_release: list[int] = []
+        self._detok: dict[int, IncrementalDetokenizer] = {}
+        self._prefill_target: dict[int, int] = {}
+        self._next_rid = 1
+        self._step_id = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    # ------------------------------------------------------------ public API
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+        self._fail_all(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+        await self.workers.close()
+
+    @property
+    def capacity(self) -> int:
+        return self.allocator.capacity
+
+    def submit(self, req: Request) -> None:
+        """Queue a validated request, or raise RejectedError at once (never admit to fail later)."""
+        if not self.healthy:
+            raise RejectedError(grpc.StatusCode.UNAVAILABLE, "the workers are not ready (starting or restarting); retry shortly")
+        if req.request_id in self.by_id:
+            raise RejectedError(grpc.StatusCode.ALREADY_EXISTS, f"request_id {req.request_id!r} is already in flight")
+        if len(self.waiting) >= self.cfg.max_reqs:
+            raise RejectedError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the waiting queue is full ({self.cfg.max_reqs} requests, max_reqs); retry later",
+            )
+        need = len(req.prompt_ids) + req.sampling.max_new_tokens
+        if need > self.capacity:
+            raise RejectedError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"prompt ({len(req.prompt_ids)} tokens) + max_new_tokens ({req.sampling.max_new_tokens}) needs {need} "
+                f"KV slots but the whole pool has {self.capacity}; shorten the prompt or lower max_new_tokens",
+            )
+        req.rid = self._next_rid
+        self._next_rid += 1
+        self.by_id[req.request_id] = req
+        self.by_rid[req.rid] = req
+        self._detok[req.rid] = IncrementalDetokenizer(self.tokenizer, req.sampling.skip_special_tokens)
+        self.waiting.append(req)
+        self.stats["requests_received"] += 1
+        self._wake.set()
+
+    def abort(self, request_id: str) -> bool:
+        req = self.by_id.get(request_id)
+        if req is None or req.phase is Phase.FINISHED:
+            return False
+        req.aborted = True
+        if req.phase is Phase.WAITING:
+            self.waiting.remove(req)
+            self._finish(req, pb.FINISH_REASON_ABORTED)
+        self._wake.set()  # running ones are finished at the top of the next iteration
+        return True
+
+    def kv_counts(self) -> dict[str, int]:
+        free = self.allocator.num_free
+        return {"capacity": self.capacity, "free": free, "cached": 0, "in_use": self.capacity - free}
+
+    # ------------------------------------------------------------ the loop
+
+    async def _loop(self) -> None:
+        while True:
+            if not self.workers.connected:
+                await self._connect()
+                continue
+            for req in [r for r in self.running if r.aborted]:
+                self._finish(req, pb.FINISH_REASON_ABORTED)
+            if not self.running and not self.waiting:
+                self.check_invariant()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            step = self._schedule()
+            if not step.extends and not step.decodes:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            try:
+                reply = await self.workers.step(step)
+            except WorkerError as e:
+                log.error("%s; failing %d running requests", e, len(self.running))
+                self.healthy = False
+                self._fail_all(grpc.StatusCode.UNAVAILABLE, f"a worker failed ({e}); retry the request")
+                continue
+            self._process(reply)
+
+    async def _connect(self) -> None:
+        try:
+            info = await self.workers.connect()
+        except WorkerError as e:
+            log.warning("%s; retrying", e)
+            await asyncio.sleep(1.0)
+            return
+        self.allocator = SlotAllocator(int(info.kv_slots))
+        self._to_release.clear()
+        self.healthy = True
+
+    # ------------------------------------------------------------ scheduling
+
+    def _schedule(self) -> worker_pb2.StepRequest:
+        step = worker_pb2.StepRequest(step_id=self._step_id)
+        self._step_id += 1
+        budget = self.cfg.max_prefill_tokens
+
+        # 1. one decode slot per request past its prefill; retract the newest until they fit
+        while True:
+            decoding = [r for r in self.running if not self._in_prefill(r)]
+            if len(decoding) <= self.allocator.num_free or len(self.running) <= 1:
+                break
+            self._retract(self.running[-1])
+        for r in decoding:
+            slot = self.allocator.allocate(1)[0]
+            r.slots.append(slot)
+            step.decodes.add(rid=r.rid, slot=slot)
+
+        # 2. next chunks of prompts being read
+        for r in self.running:
+            if self._in_prefill(r) and budget > 0:
+                budget -= self._add_extend(step, r, budget, is_new=False)
+
+        # 3. admit new requests FCFS
+        while self.waiting and len(self.running) < self.cfg.max_batch_size and budget > 0:
+            r = self.waiting[0]
+            if not self._fits(r, budget):
+                break
+            self.waiting.popleft()
+            r.phase = Phase.RUNNING
+            r.first_scheduled = r.first_scheduled or time.monotonic()
+            self._prefill_target[r.rid] = len(r.prompt_ids) + len(r.output_ids)
+            self.running.append(r)
+            budget -= self._add_extend(step, r, budget, is_new=True)
+
+        step.release.extend(self._to_release)
+        self._to_release.clear()
+        return step
+
+    def _in_prefill(self, r: Request) -> bool:
+        return r.num_computed < self._prefill_target[r.rid]
+
+    def _fits(self, cand: Request, budget: int) -> bool:
+        target = len(cand.prompt_ids) + len(cand.output_ids)
+        if min(budget, target) > self.allocator.num_free:
+            return False
+        used = self.capacity - self.allocator.num_free
+        est = lambda remaining: expected_remaining(remaining, used, self.capacity, self.cfg.busy_scale)  # noqa: E731
+        entries = [
+            (self._prefill_target[r.rid] + len(r.output_ids), est(r.remaining_output)) for r in self.running
+        ]
+        entries.append((target, est(cand.remaining_output)))
+        return future_peak(entries) <= self.capacity
+
+    def _add_extend(self, step: worker_pb2.StepRequest, r: Request, budget: int, is_new: bool) -> int:
+        ids = r.prompt_ids + r.output_ids
+        start, target = r.num_computed, self._prefill_target[r.rid]
+        take = min(budget, target - start, self.allocator.num_free)
+        if take <= 0:
+            return 0
+        slots = self.allocator.allocate(take)
+        r.slots.extend(slots)
+        ext = step.extends.add(
+            rid=r.rid, token_ids=ids[start : start + take], slots=slots, prefix_len=start,
+            sample=start + take == target, is_new=is_new,
+        )
+        if is_new:
+            s = r.sampling
+            ext.sampling.CopyFrom(worker_pb2.Sampling(
+                temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p,
+                repetition_penalty=s.repetition_penalty, frequency_penalty=s.frequency_penalty,
+                presence_penalty=s.presence_penalty, seed=s.seed,
+            ))
+            ext.prompt_ids.extend(r.prompt_ids)
+        return take
+
+    def _retract(self, r: Request) -> None:
+        """Pause the newest request to free its KV; it resumes first, recomputing its context."""
+        log.info("retracting request %s (%d slots) to make room", r.request_id, len(r.slots))
+        self.running.remove(r)
+        self.allocator.free(r.slots)
+        r.slots = []
+        r.phase = Phase.WAITING
+        self._to_release.append(r.rid)
+        self.waiting.appendleft(r)
+        self.stats["retractions"] += 1
+
+    # ------------------------------------------------------------ results
+
+    def _process(self, reply: worker_pb2.StepResponse) -> None:
+        for t in reply.tokens:
+            r = self.by_rid.get(t.rid)
+            if r is not None and r.phase is Phase.RUNNING:
+                self._append_token(r, t.token_id)
+
+    def _append_token(self, r: Request, token: int) -> None:
+        s = r.sampling
+        r.first_token = r.first_token or time.monotonic()
+        r.output_ids.append(token)
+        self.stats["generated_tokens"] += 1
+        n = len(r.output_ids)
+        finish = pb.FINISH_REASON_UNSPECIFIED
+        stop_token = (token in self.tokenizer.eos_token_ids and not s.ignore_eos) or token in s.stop_token_ids
+        if stop_token and n > s.min_new_tokens:
+            finish = pb.FINISH_REASON_EOS
+        else:
+            before = len(r.text)
+            r.text += self._detok[r.rid].add(token)
+            if s.stop and n > s.min_new_tokens and self._cut_stop_string(r, before):
+                finish = pb.FINISH_REASON_STOP_STRING
+            elif n >= s.max_new_tokens or len(r.prompt_ids) + n >= self.cfg.max_context:
+                finish = pb.FINISH_REASON_LENGTH
+        if finish != pb.FINISH_REASON_UNSPECIFIED:
+            self._finish(r, finish, new_tokens=[token])
+            return
+        hold = max((len(x) for x in s.stop), default=1) - 1  # a stop string may be forming
+        end = max(r.emitted_chars, len(r.text) - hold)
+        r.events.put_nowait(OutputEvent(text=r.text[r.emitted_chars : end], token_ids=[token]))
+        r.emitted_chars = end
+
+    def _cut_stop_string(self, r: Request, before: int) -> bool:
+        longest = max(len(x) for x in r.sampling.stop)
+        start = max(0, before - longest + 1)
+        hits = [(r.text.find(x, start), x) for x in r.sampling.stop]
+        hits = [(i, x) for i, x in hits if i >= 0]
+        if not hits:
+            return False
+        index, stop = min(hits)
+        r.text = r.text[:index]
+        r.stop_string = stop
+        return True
+
+    def _finish(self, r: Request, reason: int, new_tokens: list[int] | None = None) -> None:
+        if r in self.running:
+            self.running.remove(r)
+            self._to_release.append(r.rid)
+        self.allocator.free(r.slots)
+        r.slots = []
+        r.phase = Phase.FINISHED
+        r.finish_reason = reason
+        r.finished_at = time.monotonic()
+        text = r.text[r.emitted_chars :]
+        r.emitted_chars = len(r.text)
+        self._forget(r)
+        self.stats["requests_finished"] += 1
+        self.stats["prompt_tokens"] += len(r.prompt_ids)
+        self.stats["cached_prompt_tokens"] += r.cached_tokens
+        r.events.put_nowait(OutputEvent(text=text, token_ids=new_tokens or [], finish_reason=reason))
+
+    def _forget(self, r: Request) -> None:
+        self.by_id.pop(r.request_id, None)
+        self.by_rid.pop(r.rid, None)
+        self._detok.pop(r.rid, None)
+        self._prefill_target.pop(r.rid, None)
+
+    def _fail_all(self, code: grpc.StatusCode, message: str) -> None:
+        for r in list(self.running) + list(self.waiting):
+            r.phase = Phase.FINISHED
+            self._forget(r)
+            r.events.put_nowait(OutputEvent(text="", token_ids=[], error=(code.value[0], message)))
+        self.running.clear()
+        self.waiting.clear()
+        self.allocator = SlotAllocator(self.capacity)
+
+    def check_invariant(self) -> None:
+        """free + cached + in use == capacity, and nothing in use while idle."""
+        held = sum(len(r.slots) for r in self.running)
+        if self.allocator.num_free + held != self.capacity:
+            raise AssertionError(f"KV slot leak: {self.allocator.num_free} free + {held} held != {self.capacity}")

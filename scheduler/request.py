@@ -1,0 +1,97 @@
+"""A request as the scheduler tracks it, from arrival to its final event."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from dataclasses import dataclass, field
+
+from litelang.proto import litelang_pb2 as pb
+
+
+@dataclass
+class SamplingConfig:
+    """SamplingParams with every default resolved and every value validated."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    max_new_tokens: int = 256
+    min_new_tokens: int = 0
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    seed: int = 0
+    skip_special_tokens: bool = False
+
+
+class Phase(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass
+class OutputEvent:
+    """What the engine hands the RPC layer: new text/tokens, and on the last event the outcome."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: int = pb.FINISH_REASON_UNSPECIFIED
+    error: tuple[int, str] | None = None  # (grpc.StatusCode value, message) when the request failed
+
+
+@dataclass
+class Request:
+    request_id: str
+    prompt_ids: list[int]
+    sampling: SamplingConfig
+    rid: int = 0                          # the worker-protocol id, unique per scheduler
+    arrival: float = field(default_factory=time.monotonic)
+    phase: Phase = Phase.WAITING
+    # KV state
+    slots: list[int] = field(default_factory=list)  # slot of each context token with KV
+    cached_tokens: int = 0                # prompt tokens served from the prefix cache
+    admitted: bool = False                # the worker holds a row for it
+    # output state
+    output_ids: list[int] = field(default_factory=list)
+    text: str = ""                        # decoded output so far (stop strings cut off)
+    emitted_chars: int = 0                # how much of text the client has been sent
+    finish_reason: int = pb.FINISH_REASON_UNSPECIFIED
+    stop_string: str = ""
+    aborted: bool = False
+    first_scheduled: float | None = None
+    first_token: float | None = None
+    finished_at: float | None = None
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+
+    @property
+    def context_ids(self) -> list[int]:
+        """Tokens whose KV the request needs: the prompt and every output token but the newest."""
+        return self.prompt_ids + self.output_ids[:-1] if self.output_ids else self.prompt_ids
+
+    @property
+    def num_computed(self) -> int:
+        return len(self.slots)
+
+    @property
+    def in_prefill(self) -> bool:
+        return self.num_computed < len(self.context_ids)
+
+    @property
+    def remaining_output(self) -> int:
+        return self.sampling.max_new_tokens - len(self.output_ids)
+
+    def usage(self) -> pb.Usage:
+        return pb.Usage(
+            prompt_tokens=len(self.prompt_ids), completion_tokens=len(self.output_ids), cached_tokens=self.cached_tokens
+        )
+
+    def timings(self) -> pb.Timings:
+        ms = lambda t: (t - self.arrival) * 1000.0 if t is not None else 0.0  # noqa: E731
+        return pb.Timings(queue_ms=ms(self.first_scheduled), ttft_ms=ms(self.first_token), total_ms=ms(self.finished_at))

@@ -1,0 +1,38 @@
+"""The checkpoint's tokenizer, chat template and stop tokens, as the scheduler needs them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from transformers import AutoTokenizer
+
+
+class Tokenizer:
+    def __init__(self, model_dir: str | Path):
+        model_dir = Path(model_dir)
+        self.hf = AutoTokenizer.from_pretrained(str(model_dir))
+        self.eos_token_ids = self._eos_ids(model_dir)
+        self.has_chat_template = bool(getattr(self.hf, "chat_template", None))
+
+    def _eos_ids(self, model_dir: Path) -> list[int]:
+        ids: list[int] = []
+        gen = model_dir / "generation_config.json"
+        if gen.exists():
+            eos = json.loads(gen.read_text()).get("eos_token_id")
+            ids = eos if isinstance(eos, list) else ([eos] if eos is not None else [])
+        if not ids and self.hf.eos_token_id is not None:
+            ids = [self.hf.eos_token_id]
+        return [int(i) for i in ids]
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text, add_special_tokens=False)
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return self.hf.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def apply_chat_template(self, messages: list[dict[str, str]]) -> list[int]:
+        if not self.has_chat_template:
+            raise ValueError("this checkpoint's tokenizer has no chat template; send a raw prompt instead")
+        text = self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.encode(text)

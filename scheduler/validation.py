@@ -1,0 +1,81 @@
+"""Turning client SamplingParams into a SamplingConfig, or a message a person can act on."""
+
+from __future__ import annotations
+
+import math
+
+from litelang.configs.schema import LitelangConfig
+from litelang.proto import litelang_pb2 as pb
+from litelang.scheduler.request import SamplingConfig
+
+
+class InvalidRequest(ValueError):
+    """Never valid, whatever the server's load: INVALID_ARGUMENT."""
+
+
+def _finite(name: str, value: float) -> float:
+    if math.isnan(value) or math.isinf(value):
+        raise InvalidRequest(f"{name} must be a finite number (got {value})")
+    return value
+
+
+def resolve_sampling(params: pb.SamplingParams, cfg: LitelangConfig, default_seed: int) -> SamplingConfig:
+    s = SamplingConfig(max_new_tokens=min(256, cfg.max_output_length), seed=default_seed)
+    if params.HasField("temperature"):
+        s.temperature = _finite("temperature", params.temperature)
+        if s.temperature < 0:
+            raise InvalidRequest(f"temperature must be >= 0 (got {s.temperature}); use 0 for greedy decoding")
+    if params.HasField("top_p"):
+        s.top_p = _finite("top_p", params.top_p)
+        if not 0 < s.top_p <= 1:
+            raise InvalidRequest(f"top_p must be in (0, 1] (got {s.top_p})")
+    if params.HasField("top_k"):
+        s.top_k = params.top_k
+        if s.top_k < 0:
+            raise InvalidRequest(f"top_k must be >= 0, 0 meaning off (got {s.top_k})")
+    if params.HasField("min_p"):
+        s.min_p = _finite("min_p", params.min_p)
+        if not 0 <= s.min_p <= 1:
+            raise InvalidRequest(f"min_p must be in [0, 1] (got {s.min_p})")
+    if params.HasField("repetition_penalty"):
+        s.repetition_penalty = _finite("repetition_penalty", params.repetition_penalty)
+        if s.repetition_penalty <= 0:
+            raise InvalidRequest(f"repetition_penalty must be > 0, 1 meaning off (got {s.repetition_penalty})")
+    for name in ("frequency_penalty", "presence_penalty"):
+        if params.HasField(name):
+            value = _finite(name, getattr(params, name))
+            if not -2 <= value <= 2:
+                raise InvalidRequest(f"{name} must be in [-2, 2] (got {value})")
+            setattr(s, name, value)
+    if params.HasField("max_new_tokens"):
+        if params.max_new_tokens <= 0:
+            raise InvalidRequest(f"max_new_tokens must be >= 1 (got {params.max_new_tokens})")
+        if params.max_new_tokens > cfg.max_output_length:
+            raise InvalidRequest(
+                f"max_new_tokens {params.max_new_tokens} exceeds the server's max_output_length {cfg.max_output_length}"
+            )
+        s.max_new_tokens = params.max_new_tokens
+    if params.min_new_tokens < 0 or params.min_new_tokens > s.max_new_tokens:
+        raise InvalidRequest(f"min_new_tokens must be in [0, max_new_tokens={s.max_new_tokens}] (got {params.min_new_tokens})")
+    s.min_new_tokens = params.min_new_tokens
+    if any(not stop for stop in params.stop):
+        raise InvalidRequest("stop strings must not be empty")
+    s.stop = list(params.stop)
+    s.stop_token_ids = list(params.stop_token_ids)
+    s.ignore_eos = params.ignore_eos
+    if params.HasField("seed"):
+        s.seed = params.seed
+    s.skip_special_tokens = params.skip_special_tokens
+    return s
+
+
+def check_prompt(ids: list[int], cfg: LitelangConfig, vocab_size: int) -> None:
+    if not ids:
+        raise InvalidRequest("the prompt is empty: send at least one token of text")
+    if len(ids) > cfg.max_input_length:
+        raise InvalidRequest(
+            f"the prompt has {len(ids)} tokens, more than the server's max_input_length {cfg.max_input_length}"
+        )
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        raise InvalidRequest(f"token ids {bad[:5]} are outside the vocabulary [0, {vocab_size})")

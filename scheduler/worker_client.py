@@ -1,0 +1,73 @@
+"""The scheduler's side of the worker protocol: one Step stream per tensor-parallel rank.
+
+Every rank receives the same StepRequest; all ranks must answer (they run the same collective
+ops), and rank 0's sampled tokens are the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+
+from litelang.proto import worker_pb2, worker_pb2_grpc
+
+log = logging.getLogger("litelang.scheduler")
+
+
+class WorkerError(RuntimeError):
+    """A worker is unreachable or broke the stream: its in-flight requests are lost."""
+
+
+class WorkerGroup:
+    def __init__(self, addresses: list[str]):
+        self.addresses = addresses
+        self.info: worker_pb2.InitResponse | None = None
+        self._channels: list[grpc.aio.Channel] = []
+        self._streams: list = []
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._streams)
+
+    async def connect(self, timeout: float = 10.0) -> worker_pb2.InitResponse:
+        """Init every rank and open its Step stream. Raises WorkerError if any rank fails."""
+        await self.close()
+        try:
+            self._channels = [grpc.aio.insecure_channel(a) for a in self.addresses]
+            stubs = [worker_pb2_grpc.WorkerStub(c) for c in self._channels]
+            infos = await asyncio.gather(*(s.Init(worker_pb2.InitRequest(), timeout=timeout) for s in stubs))
+            self._streams = [s.Step() for s in stubs]
+        except grpc.aio.AioRpcError as e:
+            await self.close()
+            raise WorkerError(f"cannot initialise workers {self.addresses}: {e.code().name}: {e.details()}") from e
+        info = infos[0]
+        # with tp > 1 every rank holds its share of each slot; the usable pool is the smallest
+        info.kv_slots = min(i.kv_slots for i in infos)
+        self.info = info
+        log.info("connected to %d worker(s): %d KV slots, %s %s, kernels=%s",
+                 len(infos), info.kv_slots, info.device, info.dtype, info.kernels)
+        return info
+
+    async def step(self, request: worker_pb2.StepRequest) -> worker_pb2.StepResponse:
+        if not self._streams:
+            raise WorkerError("not connected to the workers")
+        try:
+            await asyncio.gather(*(s.write(request) for s in self._streams))
+            replies = await asyncio.gather(*(s.read() for s in self._streams))
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as e:
+            detail = f"{e.code().name}: {e.details()}" if isinstance(e, grpc.aio.AioRpcError) else str(e)
+            await self.close()
+            raise WorkerError(f"worker stream failed: {detail}") from e
+        if any(r is grpc.aio.EOF for r in replies):
+            await self.close()
+            raise WorkerError("a worker closed its Step stream")
+        return replies[0]
+
+    async def close(self) -> None:
+        for s in self._streams:
+            s.cancel()
+        for c in self._channels:
+            await c.close()
+        self._streams, self._channels = [], []
