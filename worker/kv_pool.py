@@ -14,9 +14,10 @@ def bytes_per_slot(num_layers: int, kv_heads: int, head_dim: int, dtype: torch.d
 
 
 def choose_num_slots(
-    device: torch.device, per_slot: int, mem_usage: float, fixed: int, max_useful: int
+    device: torch.device, per_slot: int, mem_usage: float, fixed: int, max_useful: int, reserve: int = 0
 ) -> int:
-    """Pool size in slots: `fixed` when given, else a share of free memory after the weights.
+    """Pool size in slots: `fixed` when given, else a share of free memory after the weights
+    (less `reserve` bytes, the measured memory of the CUDA graphs).
 
     On CPU only a quarter of the RAM share is used, and never more than `max_useful` slots (the
     most every running request could hold at once, twice over for the prefix cache).
@@ -25,7 +26,7 @@ def choose_num_slots(
         return fixed
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return max(1, int(free * mem_usage) // per_slot)
+        return max(1, int((free - reserve) * mem_usage) // per_slot)
     import psutil
 
     available = psutil.virtual_memory().available

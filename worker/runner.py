@@ -2,13 +2,14 @@
 
 The batch persists here between steps: each request's row of the req->slot table, its
 context length and its last sampled token (on the device), so a decode step needs only the
-request id and the one new slot from the scheduler.
+request id and the one new slot from the scheduler, and step N+1 can be launched before step
+N's tokens have reached the host (`launch` enqueues GPU work; `PendingStep.result` waits).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -17,6 +18,7 @@ from litelang.proto import worker_pb2
 from litelang.worker.forward_batch import ForwardBatch
 from litelang.worker.kv_pool import KVPool
 from litelang.worker.model import Qwen2Model
+from litelang.worker.parallel import TPGroup
 
 
 class StepError(ValueError):
@@ -34,42 +36,145 @@ class RequestState:
     seed: int = 0
 
 
+@dataclass
+class StepPlan:
+    """A step as host lists, before anything touches the device."""
+
+    ids: list[int] = field(default_factory=list)        # extend tokens only; decode inputs live on the device
+    positions: list[int] = field(default_factory=list)
+    slots: list[int] = field(default_factory=list)
+    table_rows: list[int] = field(default_factory=list)  # req_to_slot writes
+    table_cols: list[int] = field(default_factory=list)
+    table_slots: list[int] = field(default_factory=list)
+    ext_rows: list[int] = field(default_factory=list)
+    cu: list[int] = field(default_factory=lambda: [0])
+    prefix_lens: list[int] = field(default_factory=list)
+    dec_rows: list[int] = field(default_factory=list)
+    dec_lens: list[int] = field(default_factory=list)
+    logits_index: list[int] = field(default_factory=list)
+    samplers: list[RequestState] = field(default_factory=list)
+    sampler_rids: list[int] = field(default_factory=list)
+
+    @property
+    def decode_only(self) -> bool:
+        return not self.ext_rows
+
+
+@dataclass
+class SamplingTensors:
+    temperature: torch.Tensor
+    top_k: torch.Tensor
+    top_p: torch.Tensor
+    min_p: torch.Tensor
+    seeds: torch.Tensor
+    positions: torch.Tensor  # index of the sampled token in its sequence: keys the random stream
+
+    @classmethod
+    def from_states(cls, states: list[RequestState], device) -> "SamplingTensors":
+        def t(values, dtype):
+            return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+
+        return cls(
+            temperature=t([s.temperature for s in states], torch.float32),
+            top_k=t([s.top_k for s in states], torch.int32),
+            top_p=t([s.top_p for s in states], torch.float32),
+            min_p=t([s.min_p for s in states], torch.float32),
+            seeds=t([s.seed & 0x7FFFFFFFFFFFFFFF for s in states], torch.long),
+            positions=t([s.context_len for s in states], torch.long),
+        )
+
+
+class PendingStep:
+    """A launched step whose sampled tokens are on their way to the host."""
+
+    def __init__(self, step_id: int, rids: list[int], tokens=None, logprobs=None, event=None, start=0.0):
+        self.step_id, self.rids = step_id, rids
+        self.tokens, self.logprobs, self.event, self.start = tokens, logprobs, event, start
+
+    def result(self) -> worker_pb2.StepResponse:
+        out = worker_pb2.StepResponse(step_id=self.step_id)
+        if not self.rids:
+            return out
+        if self.event is not None:
+            self.event.synchronize()
+        for rid, tok, lp in zip(self.rids, self.tokens.tolist(), self.logprobs.tolist()):
+            out.tokens.add(rid=rid, token_id=tok, logprob=lp)
+        out.forward_ms = (time.perf_counter() - self.start) * 1000.0
+        return out
+
+
+def sample_and_record(
+    model: Qwen2Model, kernels: KernelSet, batch: ForwardBatch, sampling: SamplingTensors,
+    sampler_rows: torch.Tensor, last_tokens: torch.Tensor, k_pools, v_pools, tp: TPGroup,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, sample, and store each sampled token as its request's next decode input.
+
+    Device work only (no host sync), so CUDA graphs can capture it whole.
+    """
+    logits = model.forward(batch, k_pools, v_pools)
+    tokens = kernels.sample(
+        logits, sampling.temperature, sampling.top_k, sampling.top_p, sampling.min_p, sampling.seeds, sampling.positions
+    )
+    tokens = tp.broadcast(tokens)  # every rank continues from rank 0's draw
+    logprobs = torch.log_softmax(logits, dim=-1).gather(1, tokens[:, None])[:, 0]
+    last_tokens[sampler_rows] = tokens
+    return tokens, logprobs
+
+
 class ModelRunner:
     def __init__(self, model: Qwen2Model, pool: KVPool, kernels: KernelSet, max_batch_size: int, max_context: int):
         self.model, self.pool, self.kernels = model, pool, kernels
         self.device = model.device
         self.max_context = max_context
-        rows = max_batch_size
-        self.req_to_slot = torch.zeros((rows, max_context), dtype=torch.int32, device=self.device)
-        self.last_tokens = torch.zeros(rows, dtype=torch.long, device=self.device)
-        self.free_rows = list(range(rows - 1, -1, -1))
+        self.max_batch_size = max_batch_size
+        # one extra row, never handed out: padded CUDA-graph rows read and write it
+        self.dummy_row = max_batch_size
+        self.req_to_slot = torch.zeros((max_batch_size + 1, max_context), dtype=torch.int32, device=self.device)
+        self.req_to_slot[self.dummy_row] = pool.scratch_slot
+        self.last_tokens = torch.zeros(max_batch_size + 1, dtype=torch.long, device=self.device)
+        self.free_rows = list(range(max_batch_size - 1, -1, -1))
         self.requests: dict[int, RequestState] = {}
+        self.graphs = None  # DecodeGraphs, set by setup when CUDA graphs are enabled
 
     def reset(self) -> None:
-        self.free_rows = list(range(self.req_to_slot.shape[0] - 1, -1, -1))
+        self.free_rows = list(range(self.max_batch_size - 1, -1, -1))
         self.requests.clear()
 
     # ------------------------------------------------------------------
 
     def step(self, req: worker_pb2.StepRequest) -> worker_pb2.StepResponse:
+        return self.launch(req).result()
+
+    def launch(self, req: worker_pb2.StepRequest) -> PendingStep:
         start = time.perf_counter()
         for rid in req.release:
             state = self.requests.pop(rid, None)
             if state is not None:
                 self.free_rows.append(state.row)
         if not req.extends and not req.decodes:
-            return worker_pb2.StepResponse(step_id=req.step_id)
-        batch, samplers = self._build_batch(req)
-        logits = self.model.forward(batch, self.pool.k, self.pool.v)
-        tokens, logprobs = self._sample(logits, samplers)
-        rows = torch.tensor([s.row for s in samplers], dtype=torch.long, device=self.device)
-        self.last_tokens[rows] = tokens
-        rids = [rid for rid, _ in self._sampler_ids]
-        out = worker_pb2.StepResponse(step_id=req.step_id)
-        for rid, tok, lp in zip(rids, tokens.tolist(), logprobs.tolist()):
-            out.tokens.add(rid=rid, token_id=tok, logprob=lp)
-        out.forward_ms = (time.perf_counter() - start) * 1000.0
-        return out
+            return PendingStep(req.step_id, [])
+        plan = self._plan(req)
+        dev = self.device
+        if plan.table_rows:
+            self.req_to_slot[_t(plan.table_rows, torch.long, dev), _t(plan.table_cols, torch.long, dev)] = _t(
+                plan.table_slots, torch.int32, dev
+            )
+        if plan.decode_only and self.graphs is not None and self.graphs.fits(len(plan.dec_rows)):
+            tokens, logprobs = self.graphs.run(plan)
+        else:
+            batch = self._forward_batch(plan)
+            rows = _t([s.row for s in plan.samplers], torch.long, dev)
+            tokens, logprobs = sample_and_record(
+                self.model, self.kernels, batch, SamplingTensors.from_states(plan.samplers, dev), rows,
+                self.last_tokens, self.pool.k, self.pool.v, self.model.tp,
+            )
+        event = None
+        if dev.type == "cuda":
+            tokens = tokens.to("cpu", non_blocking=True)
+            logprobs = logprobs.to("cpu", non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        return PendingStep(req.step_id, plan.sampler_rids, tokens, logprobs, event, start)
 
     # ------------------------------------------------------------------
 
@@ -88,34 +193,23 @@ class ModelRunner:
         self.requests[ext.rid] = state
         return state
 
-    def _build_batch(self, req: worker_pb2.StepRequest) -> tuple[ForwardBatch, list[RequestState]]:
-        ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        table_rows: list[int] = []
-        table_cols: list[int] = []
-        table_slots: list[int] = []
-        ext_rows, cu, prefix_lens = [], [0], []
-        dec_rows, dec_lens = [], []
-        logits_index: list[int] = []
-        samplers: list[RequestState] = []
-        self._sampler_ids: list[tuple[int, RequestState]] = []
+    def _claim(self, plan: StepPlan, state: RequestState, new_slots, start: int) -> None:
+        if start + len(new_slots) > self.max_context:
+            raise StepError(f"context of {start + len(new_slots)} tokens exceeds max_context {self.max_context}")
         num_slots = self.pool.num_slots
+        for j, slot in enumerate(new_slots):
+            if not 0 <= slot < num_slots:
+                raise StepError(f"slot {slot} outside the pool of {num_slots}")
+            plan.table_rows.append(state.row)
+            plan.table_cols.append(start + j)
+            plan.table_slots.append(slot)
 
-        def claim(state: RequestState, new_slots, start: int) -> None:
-            if start + len(new_slots) > self.max_context:
-                raise StepError(f"context of {start + len(new_slots)} tokens exceeds max_context {self.max_context}")
-            for j, slot in enumerate(new_slots):
-                if not 0 <= slot < num_slots:
-                    raise StepError(f"slot {slot} outside the pool of {num_slots}")
-                table_rows.append(state.row)
-                table_cols.append(start + j)
-                table_slots.append(slot)
-
+    def _plan(self, req: worker_pb2.StepRequest) -> StepPlan:
+        plan = StepPlan()
         for ext in req.extends:
             if ext.is_new:
                 state = self._admit(ext)
-                claim(state, ext.prefix_slots, 0)
+                self._claim(plan, state, ext.prefix_slots, 0)
                 state.context_len = ext.prefix_len
             else:
                 state = self.requests.get(ext.rid)
@@ -126,70 +220,52 @@ class ModelRunner:
                 raise StepError(f"request {ext.rid}: {n} tokens with {len(ext.slots)} slots")
             if ext.prefix_len != state.context_len:
                 raise StepError(f"request {ext.rid}: prefix_len {ext.prefix_len} but {state.context_len} tokens cached")
-            claim(state, ext.slots, state.context_len)
-            ids.extend(ext.token_ids)
-            positions.extend(range(state.context_len, state.context_len + n))
-            slots.extend(ext.slots)
-            ext_rows.append(state.row)
-            prefix_lens.append(state.context_len)
-            cu.append(cu[-1] + n)
+            self._claim(plan, state, ext.slots, state.context_len)
+            plan.ids.extend(ext.token_ids)
+            plan.positions.extend(range(state.context_len, state.context_len + n))
+            plan.slots.extend(ext.slots)
+            plan.ext_rows.append(state.row)
+            plan.prefix_lens.append(state.context_len)
+            plan.cu.append(plan.cu[-1] + n)
             state.context_len += n
             if ext.sample:
-                logits_index.append(len(ids) - 1)
-                samplers.append(state)
-                self._sampler_ids.append((ext.rid, state))
-        num_extend_tokens = len(ids)
+                plan.logits_index.append(len(plan.ids) - 1)
+                plan.samplers.append(state)
+                plan.sampler_rids.append(ext.rid)
         for dec in req.decodes:
             state = self.requests.get(dec.rid)
             if state is None:
                 raise StepError(f"decode for unknown request {dec.rid}")
-            claim(state, [dec.slot], state.context_len)
-            positions.append(state.context_len)
-            slots.append(dec.slot)
+            self._claim(plan, state, [dec.slot], state.context_len)
+            plan.positions.append(state.context_len)
+            plan.slots.append(dec.slot)
             state.context_len += 1
-            dec_rows.append(state.row)
-            dec_lens.append(state.context_len)
-            logits_index.append(num_extend_tokens + len(dec_rows) - 1)
-            samplers.append(state)
-            self._sampler_ids.append((dec.rid, state))
+            plan.dec_rows.append(state.row)
+            plan.dec_lens.append(state.context_len)
+            plan.logits_index.append(len(plan.ids) + len(plan.dec_rows) - 1)
+            plan.samplers.append(state)
+            plan.sampler_rids.append(dec.rid)
+        return plan
 
+    def _forward_batch(self, plan: StepPlan) -> ForwardBatch:
         dev = self.device
-
-        def t(values, dtype=torch.int32) -> torch.Tensor:
-            return torch.tensor(values, dtype=dtype).to(dev, non_blocking=True)
-
-        if table_rows:
-            self.req_to_slot[t(table_rows, torch.long), t(table_cols, torch.long)] = t(table_slots)
-        decode_rows = t(dec_rows)
-        input_ids = torch.cat([t(ids, torch.long), self.last_tokens[decode_rows.long()]])
-        batch = ForwardBatch(
+        decode_rows = _t(plan.dec_rows, torch.int32, dev)
+        input_ids = torch.cat([_t(plan.ids, torch.long, dev), self.last_tokens[decode_rows.long()]])
+        return ForwardBatch(
             input_ids=input_ids,
-            positions=t(positions, torch.long),
-            slots=t(slots, torch.long),
+            positions=_t(plan.positions, torch.long, dev),
+            slots=_t(plan.slots, torch.long, dev),
             req_to_slot=self.req_to_slot,
-            num_extend_tokens=num_extend_tokens,
-            extend_rows=t(ext_rows),
-            extend_cu_seqlens=t(cu),
-            extend_prefix_lens=t(prefix_lens),
-            extend_max_new_len=max((b - a for a, b in zip(cu, cu[1:])), default=0),
+            num_extend_tokens=len(plan.ids),
+            extend_rows=_t(plan.ext_rows, torch.int32, dev),
+            extend_cu_seqlens=_t(plan.cu, torch.int32, dev),
+            extend_prefix_lens=_t(plan.prefix_lens, torch.int32, dev),
+            extend_max_new_len=max((b - a for a, b in zip(plan.cu, plan.cu[1:])), default=0),
             decode_rows=decode_rows,
-            decode_seq_lens=t(dec_lens),
-            logits_index=t(logits_index, torch.long),
+            decode_seq_lens=_t(plan.dec_lens, torch.int32, dev),
+            logits_index=_t(plan.logits_index, torch.long, dev),
         )
-        return batch, samplers
 
-    def _sample(self, logits: torch.Tensor, samplers: list[RequestState]) -> tuple[torch.Tensor, torch.Tensor]:
-        dev = self.device
-        f32 = torch.float32
-        tokens = self.kernels.sample(
-            logits,
-            torch.tensor([s.temperature for s in samplers], dtype=f32).to(dev),
-            torch.tensor([s.top_k for s in samplers], dtype=torch.int32).to(dev),
-            torch.tensor([s.top_p for s in samplers], dtype=f32).to(dev),
-            torch.tensor([s.min_p for s in samplers], dtype=f32).to(dev),
-            torch.tensor([s.seed & 0x7FFFFFFFFFFFFFFF for s in samplers], dtype=torch.long).to(dev),
-            # the sampled token's index in its sequence keys the random stream
-            torch.tensor([s.context_len for s in samplers], dtype=torch.long).to(dev),
-        )
-        logprobs = torch.log_softmax(logits, dim=-1).gather(1, tokens[:, None])[:, 0]
-        return tokens, logprobs
+
+def _t(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)

@@ -6,9 +6,11 @@ A plain (threaded) grpc server: the model runs in the handler thread of the one 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 
 import grpc
+import torch
 
 from litelang.configs.schema import LitelangConfig
 from litelang.proto import worker_pb2, worker_pb2_grpc
@@ -36,7 +38,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             kv_slots=r.pool.num_slots,
             vocab_size=r.model.spec.vocab_size,
             max_context=r.max_context,
-            max_batch_size=r.req_to_slot.shape[0],
+            max_batch_size=r.max_batch_size,
             rank=self.rank,
             tp=self.cfg.tp,
             device=str(r.device),
@@ -45,16 +47,50 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         )
 
     def Step(self, request_iterator, context):
+        """Launch each step as soon as it arrives; answer step N after step N+1 is launched when
+        the scheduler has already sent it, so the GPU never waits on the host between steps."""
         runner = self._ready_runner(context)
         if not self._step_lock.acquire(blocking=False):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "another scheduler already holds this worker's Step stream")
+        inbox: queue.Queue = queue.Queue()
+
+        def read() -> None:
+            try:
+                for req in request_iterator:
+                    inbox.put(req)
+            except Exception:  # the stream broke: the scheduler went away
+                pass
+            finally:
+                inbox.put(None)
+
+        threading.Thread(target=read, daemon=True, name="step-reader").start()
+        if runner.device.type == "cuda":
+            torch.cuda.set_device(runner.device)
+        pending = None
         try:
-            for req in request_iterator:
-                try:
-                    yield runner.step(req)
-                except StepError as e:
-                    log.error("bad step %d: %s", req.step_id, e)
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"step {req.step_id}: {e}")
+            with torch.no_grad():
+                while True:
+                    if pending is None:
+                        req = inbox.get()
+                    else:
+                        try:
+                            req = inbox.get_nowait()
+                        except queue.Empty:
+                            yield pending.result()
+                            pending = None
+                            continue
+                    if req is None:
+                        break
+                    try:
+                        launched = runner.launch(req)
+                    except StepError as e:
+                        log.error("bad step %d: %s", req.step_id, e)
+                        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"step {req.step_id}: {e}")
+                    if pending is not None:
+                        yield pending.result()
+                    pending = launched
+                if pending is not None:
+                    yield pending.result()
         finally:
             runner.reset()
             self._step_lock.release()

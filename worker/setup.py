@@ -9,6 +9,7 @@ import torch
 
 from litelang.configs.schema import LitelangConfig
 from litelang.kernels import kernel_set
+from litelang.worker.cuda_graph import DecodeGraphs
 from litelang.worker.checkpoint import CheckpointReader, Qwen2Spec
 from litelang.worker.kv_pool import KVPool, bytes_per_slot, choose_num_slots
 from litelang.worker.model import Qwen2Model
@@ -34,6 +35,20 @@ def pick_dtype(cfg: LitelangConfig, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def measure_graph_memory(model: Qwen2Model, kernels, cfg: LitelangConfig) -> int:
+    """Bytes the decode CUDA graphs take, measured by capturing them once over a small pool."""
+    spec = model.spec
+    free_before = torch.cuda.mem_get_info()[0]
+    pool = KVPool(spec.num_layers, 1024, model.num_local_kv_heads, spec.head_dim, model.dtype, model.device)
+    runner = ModelRunner(model, pool, kernels, cfg.max_batch_size, cfg.max_context)
+    graphs = DecodeGraphs(runner)
+    graphs.capture()
+    used = free_before - torch.cuda.mem_get_info()[0]
+    del graphs, runner, pool
+    torch.cuda.empty_cache()
+    return max(0, used)
+
+
 def build_runner(cfg: LitelangConfig, rank: int) -> ModelRunner:
     t0 = time.perf_counter()
     device = pick_device(cfg, rank)
@@ -52,9 +67,16 @@ def build_runner(cfg: LitelangConfig, rank: int) -> ModelRunner:
     model = Qwen2Model(spec, kernels, tp, device, dtype)
     model.load(CheckpointReader(cfg.model))
     per_slot = bytes_per_slot(spec.num_layers, model.num_local_kv_heads, spec.head_dim, dtype)
-    slots = choose_num_slots(device, per_slot, cfg.mem_usage, cfg.kv_slots, 2 * cfg.max_batch_size * cfg.max_context)
+    use_graphs = device.type == "cuda" and cfg.cuda_graphs
+    reserve = measure_graph_memory(model, kernels, cfg) if use_graphs and not cfg.kv_slots else 0
+    slots = choose_num_slots(
+        device, per_slot, cfg.mem_usage, cfg.kv_slots, 2 * cfg.max_batch_size * cfg.max_context, reserve
+    )
     pool = KVPool(spec.num_layers, slots, model.num_local_kv_heads, spec.head_dim, dtype, device)
     runner = ModelRunner(model, pool, kernels, cfg.max_batch_size, cfg.max_context)
+    if use_graphs:
+        runner.graphs = DecodeGraphs(runner)
+        runner.graphs.capture()
     log.info(
         "rank %d/%d ready in %.1fs: %s %s, kernels=%s, %d KV slots (%.1f MiB)",
         rank, cfg.tp, time.perf_counter() - t0, device, dtype, kernels.name, slots, slots * per_slot / 2**20,
