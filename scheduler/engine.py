@@ -21,6 +21,7 @@ from litelang.proto import worker_pb2
 from litelang.scheduler.admission import expected_remaining, future_peak
 from litelang.scheduler.detokenizer import IncrementalDetokenizer
 from litelang.scheduler.kv_allocator import SlotAllocator
+from litelang.scheduler.radix_cache import RadixCache
 from litelang.scheduler.request import OutputEvent, Phase, Request
 from litelang.scheduler.tokenizer import Tokenizer
 from litelang.scheduler.worker_client import WorkerError, WorkerGroup
@@ -44,6 +45,7 @@ class Engine:
         self.by_id: dict[str, Request] = {}
         self.by_rid: dict[int, Request] = {}
         self.allocator = SlotAllocator(0)
+        self.cache: RadixCache | None = None
         self.healthy = False
         self.stats = collections.Counter()
         self._to_release: list[int] = []
@@ -109,7 +111,45 @@ class Engine:
 
     def kv_counts(self) -> dict[str, int]:
         free = self.allocator.num_free
-        return {"capacity": self.capacity, "free": free, "cached": 0, "in_use": self.capacity - free}
+        cached = self.cache.size if self.cache else 0
+        return {"capacity": self.capacity, "free": free, "cached": cached, "in_use": self.capacity - free - cached}
+
+    def _reset_kv(self, capacity: int) -> None:
+        self.allocator = SlotAllocator(capacity)
+        self.cache = RadixCache() if self.cfg.use_radix_cache else None
+
+    @property
+    def _available(self) -> int:
+        """Slots that can be handed out now: free, or held only by unlocked cache entries."""
+        return self.allocator.num_free + (self.cache.evictable if self.cache else 0)
+
+    def _allocate(self, n: int) -> list[int]:
+        short = n - self.allocator.num_free
+        if short > 0 and self.cache is not None:
+            self.allocator.free(self.cache.evict(short))
+        return self.allocator.allocate(n)
+
+    def _match_prefix(self, r: Request) -> None:
+        """Reuse the cached KV of r's longest cached prefix (always computing its last token)."""
+        if self.cache is None:
+            return
+        slots, node = self.cache.match((r.prompt_ids + r.output_ids)[:-1])
+        self.cache.lock(node)
+        r.slots, r.tree_prefix_len, r.tree_node = list(slots), len(slots), node
+        r.cached_tokens = max(r.cached_tokens, min(len(slots), len(r.prompt_ids)))
+
+    def _release_kv(self, r: Request) -> None:
+        """Hand r's KV to the radix cache (or the free list), keeping no slot twice."""
+        if self.cache is None:
+            self.allocator.free(r.slots)
+        else:
+            ids = (r.prompt_ids + r.output_ids)[: len(r.slots)]
+            present = self.cache.insert(ids, r.slots)
+            # between the matched prefix and `present`, our slots duplicate KV the tree already has
+            self.allocator.free(r.slots[r.tree_prefix_len : present])
+            if r.tree_node is not None:
+                self.cache.unlock(r.tree_node)
+        r.slots, r.tree_prefix_len, r.tree_node = [], 0, None
 
     # ------------------------------------------------------------ the loop
 
@@ -146,7 +186,7 @@ class Engine:
             log.warning("%s; retrying", e)
             await asyncio.sleep(1.0)
             return
-        self.allocator = SlotAllocator(int(info.kv_slots))
+        self._reset_kv(int(info.kv_slots))
         self._to_release.clear()
         self.healthy = True
 
@@ -160,11 +200,11 @@ class Engine:
         # 1. one decode slot per request past its prefill; retract the newest until they fit
         while True:
             decoding = [r for r in self.running if not self._in_prefill(r)]
-            if len(decoding) <= self.allocator.num_free or len(self.running) <= 1:
+            if len(decoding) <= self._available or len(self.running) <= 1:
                 break
             self._retract(self.running[-1])
         for r in decoding:
-            slot = self.allocator.allocate(1)[0]
+            slot = self._allocate(1)[0]
             r.slots.append(slot)
             step.decodes.add(rid=r.rid, slot=slot)
 
@@ -179,6 +219,7 @@ class Engine:
             if not self._fits(r, budget):
                 break
             self.waiting.popleft()
+            self._match_prefix(r)
             r.phase = Phase.RUNNING
             r.first_scheduled = r.first_scheduled or time.monotonic()
             self._prefill_target[r.rid] = len(r.prompt_ids) + len(r.output_ids)
@@ -194,9 +235,9 @@ class Engine:
 
     def _fits(self, cand: Request, budget: int) -> bool:
         target = len(cand.prompt_ids) + len(cand.output_ids)
-        if min(budget, target) > self.allocator.num_free:
+        if min(budget, target) > self._available:
             return False
-        used = self.capacity - self.allocator.num_free
+        used = self.capacity - self._available
         est = lambda remaining: expected_remaining(remaining, used, self.capacity, self.cfg.busy_scale)  # noqa: E731
         entries = [
             (self._prefill_target[r.rid] + len(r.output_ids), est(r.remaining_output)) for r in self.running
@@ -207,14 +248,14 @@ class Engine:
     def _add_extend(self, step: worker_pb2.StepRequest, r: Request, budget: int, is_new: bool) -> int:
         ids = r.prompt_ids + r.output_ids
         start, target = r.num_computed, self._prefill_target[r.rid]
-        take = min(budget, target - start, self.allocator.num_free)
+        take = min(budget, target - start, self._available)
         if take <= 0:
             return 0
-        slots = self.allocator.allocate(take)
+        slots = self._allocate(take)
         r.slots.extend(slots)
         ext = step.extends.add(
             rid=r.rid, token_ids=ids[start : start + take], slots=slots, prefix_len=start,
-            sample=start + take == target, is_new=is_new,
+            sample=start + take == target, is_new=is_new, prefix_slots=r.slots[:start] if is_new else [],
         )
         if is_new:
             s = r.sampling
@@ -230,8 +271,7 @@ class Engine:
         """Pause the newest request to free its KV; it resumes first, recomputing its context."""
         log.info("retracting request %s (%d slots) to make room", r.request_id, len(r.slots))
         self.running.remove(r)
-        self.allocator.free(r.slots)
-        r.slots = []
+        self._release_kv(r)
         r.phase = Phase.WAITING
         self._to_release.append(r.rid)
         self.waiting.appendleft(r)
@@ -286,8 +326,7 @@ class Engine:
         if r in self.running:
             self.running.remove(r)
             self._to_release.append(r.rid)
-        self.allocator.free(r.slots)
-        r.slots = []
+        self._release_kv(r)
         r.phase = Phase.FINISHED
         r.finish_reason = reason
         r.finished_at = time.monotonic()
@@ -312,10 +351,14 @@ class Engine:
             r.events.put_nowait(OutputEvent(text="", token_ids=[], error=(code.value[0], message)))
         self.running.clear()
         self.waiting.clear()
-        self.allocator = SlotAllocator(self.capacity)
+        self._reset_kv(self.capacity)
 
     def check_invariant(self) -> None:
-        """free + cached + in use == capacity, and nothing in use while idle."""
-        held = sum(len(r.slots) for r in self.running)
-        if self.allocator.num_free + held != self.capacity:
-            raise AssertionError(f"KV slot leak: {self.allocator.num_free} free + {held} held != {self.capacity}")
+        """free + cached + in use == capacity, with every slot accounted for exactly once."""
+        own = [s for r in self.running for s in r.slots[r.tree_prefix_len :]]
+        cached = self.cache.all_slots() if self.cache else []
+        free = self.allocator.num_free
+        if free + len(cached) + len(own) != self.capacity or len(set(own) | set(cached)) != len(own) + len(cached):
+            raise AssertionError(
+                f"KV slot leak: {free} free + {len(cached)} cached + {len(own)} in use != {self.capacity} capacity"
+            )

@@ -57,6 +57,8 @@ class Request:
     # KV state
     slots: list[int] = field(default_factory=list)  # slot of each context token with KV
     cached_tokens: int = 0                # prompt tokens served from the prefix cache
+    tree_prefix_len: int = 0              # leading slots owned by the radix cache (matched prefix)
+    tree_node: object = None              # radix node locked while running (end of the matched prefix)
     admitted: bool = False                # the worker holds a row for it
     # output state
     output_ids: list[int] = field(default_factory=list)
