@@ -7,6 +7,7 @@ same signature, so the model code never branches on the device.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -50,4 +51,8 @@ def triton_kernel_set() -> KernelSet:
 
 
 def kernel_set(use_triton: bool) -> KernelSet:
+    """LITELANG_KERNELS=torch|triton overrides the choice (for debugging and comparisons)."""
+    forced = os.environ.get("LITELANG_KERNELS")
+    if forced:
+        use_triton = forced == "triton"
     return triton_kernel_set() if use_triton else REFERENCE

@@ -176,6 +176,19 @@ class ModelRunner:
             event.record()
         return PendingStep(req.step_id, plan.sampler_rids, tokens, logprobs, event, start)
 
+    def forward_logits(self, req: worker_pb2.StepRequest) -> torch.Tensor:
+        """Eager forward of a step without sampling: the logits of each sampling request, in order.
+        For tests (teacher forcing: set last_tokens[row] before a decode step)."""
+        plan = self._plan(req)
+        dev = self.device
+        self.req_to_slot[_t(plan.table_rows, torch.long, dev), _t(plan.table_cols, torch.long, dev)] = _t(
+            plan.table_slots, torch.int32, dev
+        )
+        return self.model.forward(self._forward_batch(plan), self.pool.k, self.pool.v)
+
+    def row_of(self, rid: int) -> int:
+        return self.requests[rid].row
+
     # ------------------------------------------------------------------
 
     def _admit(self, ext: worker_pb2.Extend) -> RequestState:

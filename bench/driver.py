@@ -1,0 +1,83 @@
+"""Drive a ModelRunner in-process the way the scheduler does (slots, deltas, launch-ahead),
+without gRPC: what the worker alone can do."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from litelang.proto import worker_pb2
+from litelang.worker.runner import ModelRunner
+
+
+@dataclass
+class Result:
+    tokens: dict[int, list[int]]
+    prefill_s: float
+    decode_s: float
+
+
+def greedy(temperature: float = 0.0, seed: int = 0) -> worker_pb2.Sampling:
+    return worker_pb2.Sampling(temperature=temperature, top_p=1.0, seed=seed)
+
+
+def run_batch(
+    runner: ModelRunner, prompts: list[list[int]], new_tokens: int, sampling: worker_pb2.Sampling | None = None,
+    first_rid: int = 1,
+) -> Result:
+    """Prefill every prompt in one step, then decode new_tokens - 1 steps with launch-ahead;
+    returns tokens and wall times (CUDA-synchronised)."""
+    sampling = sampling or greedy()
+    next_slot = 0
+
+    def take(n: int) -> list[int]:
+        nonlocal next_slot
+        out = list(range(next_slot, next_slot + n))
+        next_slot += n
+        return out
+
+    rids = list(range(first_rid, first_rid + len(prompts)))
+    out = {rid: [] for rid in rids}
+    sync = torch.cuda.synchronize if runner.device.type == "cuda" else (lambda: None)
+    timer = _Timer(sync)
+    with torch.no_grad():
+        req = worker_pb2.StepRequest(step_id=0)
+        for rid, p in zip(rids, prompts):
+            req.extends.add(rid=rid, token_ids=p, slots=take(len(p)), sample=True, is_new=True, sampling=sampling)
+        timer.start()
+        for t in runner.step(req).tokens:
+            out[t.rid].append(t.token_id)
+        prefill_s = timer.stop()
+        timer.start()
+        pending = None
+        for step in range(1, new_tokens):
+            req = worker_pb2.StepRequest(step_id=step)
+            for rid in rids:
+                req.decodes.add(rid=rid, slot=take(1)[0])
+            launched = runner.launch(req)
+            if pending is not None:
+                for t in pending.result().tokens:
+                    out[t.rid].append(t.token_id)
+            pending = launched
+        if pending is not None:
+            for t in pending.result().tokens:
+                out[t.rid].append(t.token_id)
+        decode_s = timer.stop()
+        runner.step(worker_pb2.StepRequest(step_id=new_tokens, release=rids))
+    return Result(out, prefill_s, decode_s)
+
+
+class _Timer:
+    def __init__(self, sync):
+        import time
+
+        self.sync, self.clock, self.t0 = sync, time.perf_counter, 0.0
+
+    def start(self) -> None:
+        self.sync()
+        self.t0 = self.clock()
+
+    def stop(self) -> float:
+        self.sync()
+        return self.clock() - self.t0
