@@ -4,6 +4,10 @@ Runs as one asyncio task beside the gRPC handlers (same event loop, so no locks)
 iteration builds one StepRequest: a decode token for every running request past its prefill,
 the next prefill chunk of requests still reading their prompt, and new requests admitted FCFS
 while the batch, the prefill budget and the KV estimate allow.
+
+Overlap: step N+1 is sent before step N's tokens are processed (the worker feeds each request
+its last sampled token from the GPU), so the GPU does not wait for this loop. The price: a
+request that stops at step N (EOS, stop string) also ran in step N+1; that token is dropped.
 """
 
 from __future__ import annotations
@@ -49,8 +53,7 @@ class Engine:
         self.healthy = False
         self.stats = collections.Counter()
         self._to_release: list[int] = []
-        self._detok: dict[int, IncrementalDetokenizer] = {}
-        self._prefill_target: dict[int, int] = {}
+        self._inflight = 0  # steps sent whose replies are not processed yet
         self._next_rid = 1
         self._step_id = 0
         self._wake = asyncio.Event()
@@ -89,11 +92,8 @@ class Engine:
                 f"prompt ({len(req.prompt_ids)} tokens) + max_new_tokens ({req.sampling.max_new_tokens}) needs {need} "
                 f"KV slots but the whole pool has {self.capacity}; shorten the prompt or lower max_new_tokens",
             )
-        req.rid = self._next_rid
-        self._next_rid += 1
         self.by_id[req.request_id] = req
-        self.by_rid[req.rid] = req
-        self._detok[req.rid] = IncrementalDetokenizer(self.tokenizer, req.sampling.skip_special_tokens)
+        req.detokenizer = IncrementalDetokenizer(self.tokenizer, req.sampling.skip_special_tokens)
         self.waiting.append(req)
         self.stats["requests_received"] += 1
         self._wake.set()
@@ -160,24 +160,36 @@ class Engine:
                 continue
             for req in [r for r in self.running if r.aborted]:
                 self._finish(req, pb.FINISH_REASON_ABORTED)
-            if not self.running and not self.waiting:
+            if not self.running and not self.waiting and not self._inflight:
                 self.check_invariant()
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            step = self._schedule()
-            if not step.extends and not step.decodes:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
             try:
-                reply = await self.workers.step(step)
+                step = self._schedule()
+                if step.extends or step.decodes:
+                    await self.workers.send(step)
+                    self._inflight += 1
+                else:
+                    self._restore_release(step)
+                    if not self._inflight:  # nothing runnable until something arrives
+                        self._wake.clear()
+                        await self._wake.wait()
+                        continue
+                # keep one step queued behind the one running: process the older reply now
+                if self._inflight >= 2 or not (step.extends or step.decodes):
+                    reply = await self.workers.receive()
+                    self._inflight -= 1
+                    self._process(reply)
             except WorkerError as e:
                 log.error("%s; failing %d running requests", e, len(self.running))
                 self.healthy = False
+                self._inflight = 0
                 self._fail_all(grpc.StatusCode.UNAVAILABLE, f"a worker failed ({e}); retry the request")
-                continue
-            self._process(reply)
+
+    def _restore_release(self, step: worker_pb2.StepRequest) -> None:
+        """An empty step is not sent: keep its releases for the next one."""
+        self._to_release[:0] = list(step.release)
 
     async def _connect(self) -> None:
         try:
@@ -188,6 +200,7 @@ class Engine:
             return
         self._reset_kv(int(info.kv_slots))
         self._to_release.clear()
+        self._inflight = 0
         self.healthy = True
 
     # ------------------------------------------------------------ scheduling
@@ -199,18 +212,19 @@ class Engine:
 
         # 1. one decode slot per request past its prefill; retract the newest until they fit
         while True:
-            decoding = [r for r in self.running if not self._in_prefill(r)]
+            decoding = [r for r in self.running if not r.in_prefill and self._wants_more(r)]
             if len(decoding) <= self._available or len(self.running) <= 1:
                 break
             self._retract(self.running[-1])
         for r in decoding:
             slot = self._allocate(1)[0]
             r.slots.append(slot)
+            r.pending_samples += 1
             step.decodes.add(rid=r.rid, slot=slot)
 
         # 2. next chunks of prompts being read
         for r in self.running:
-            if self._in_prefill(r) and budget > 0:
+            if r.in_prefill and budget > 0:
                 budget -= self._add_extend(step, r, budget, is_new=False)
 
         # 3. admit new requests FCFS
@@ -219,10 +233,13 @@ class Engine:
             if not self._fits(r, budget):
                 break
             self.waiting.popleft()
+            r.rid = self._next_rid  # fresh per admission: replies for an earlier admission are stale
+            self._next_rid += 1
+            self.by_rid[r.rid] = r
             self._match_prefix(r)
             r.phase = Phase.RUNNING
             r.first_scheduled = r.first_scheduled or time.monotonic()
-            self._prefill_target[r.rid] = len(r.prompt_ids) + len(r.output_ids)
+            r.prefill_target = len(r.prompt_ids) + len(r.output_ids)
             self.running.append(r)
             budget -= self._add_extend(step, r, budget, is_new=True)
 
@@ -230,8 +247,10 @@ class Engine:
         self._to_release.clear()
         return step
 
-    def _in_prefill(self, r: Request) -> bool:
-        return r.num_computed < self._prefill_target[r.rid]
+    def _wants_more(self, r: Request) -> bool:
+        """False once the tokens in flight already reach max_new_tokens or the context limit."""
+        produced = len(r.output_ids) + r.pending_samples
+        return produced < r.sampling.max_new_tokens and len(r.prompt_ids) + produced < self.cfg.max_context
 
     def _fits(self, cand: Request, budget: int) -> bool:
         target = len(cand.prompt_ids) + len(cand.output_ids)
@@ -239,20 +258,19 @@ class Engine:
             return False
         used = self.capacity - self._available
         est = lambda remaining: expected_remaining(remaining, used, self.capacity, self.cfg.busy_scale)  # noqa: E731
-        entries = [
-            (self._prefill_target[r.rid] + len(r.output_ids), est(r.remaining_output)) for r in self.running
-        ]
+        entries = [(r.prefill_target + len(r.output_ids), est(r.remaining_output)) for r in self.running]
         entries.append((target, est(cand.remaining_output)))
         return future_peak(entries) <= self.capacity
 
     def _add_extend(self, step: worker_pb2.StepRequest, r: Request, budget: int, is_new: bool) -> int:
         ids = r.prompt_ids + r.output_ids
-        start, target = r.num_computed, self._prefill_target[r.rid]
+        start, target = r.num_computed, r.prefill_target
         take = min(budget, target - start, self._available)
         if take <= 0:
             return 0
         slots = self._allocate(take)
         r.slots.extend(slots)
+        r.pending_samples += start + take == target
         ext = step.extends.add(
             rid=r.rid, token_ids=ids[start : start + take], slots=slots, prefix_len=start,
             sample=start + take == target, is_new=is_new, prefix_slots=r.slots[:start] if is_new else [],
@@ -273,7 +291,9 @@ class Engine:
         self.running.remove(r)
         self._release_kv(r)
         r.phase = Phase.WAITING
+        r.pending_samples = 0
         self._to_release.append(r.rid)
+        self.by_rid.pop(r.rid, None)
         self.waiting.appendleft(r)
         self.stats["retractions"] += 1
 
@@ -283,6 +303,7 @@ class Engine:
         for t in reply.tokens:
             r = self.by_rid.get(t.rid)
             if r is not None and r.phase is Phase.RUNNING:
+                r.pending_samples -= 1
                 self._append_token(r, t.token_id)
 
     def _append_token(self, r: Request, token: int) -> None:
@@ -297,7 +318,7 @@ class Engine:
             finish = pb.FINISH_REASON_EOS
         else:
             before = len(r.text)
-            r.text += self._detok[r.rid].add(token)
+            r.text += r.detokenizer.add(token)
             if s.stop and n > s.min_new_tokens and self._cut_stop_string(r, before):
                 finish = pb.FINISH_REASON_STOP_STRING
             elif n >= s.max_new_tokens or len(r.prompt_ids) + n >= self.cfg.max_context:
@@ -341,8 +362,6 @@ class Engine:
     def _forget(self, r: Request) -> None:
         self.by_id.pop(r.request_id, None)
         self.by_rid.pop(r.rid, None)
-        self._detok.pop(r.rid, None)
-        self._prefill_target.pop(r.rid, None)
 
     def _fail_all(self, code: grpc.StatusCode, message: str) -> None:
         for r in list(self.running) + list(self.waiting):

@@ -51,7 +51,7 @@ class Request:
     request_id: str
     prompt_ids: list[int]
     sampling: SamplingConfig
-    rid: int = 0                          # the worker-protocol id, unique per scheduler
+    rid: int = 0                          # worker-protocol id; a new one at every (re)admission
     arrival: float = field(default_factory=time.monotonic)
     phase: Phase = Phase.WAITING
     # KV state
@@ -59,7 +59,8 @@ class Request:
     cached_tokens: int = 0                # prompt tokens served from the prefix cache
     tree_prefix_len: int = 0              # leading slots owned by the radix cache (matched prefix)
     tree_node: object = None              # radix node locked while running (end of the matched prefix)
-    admitted: bool = False                # the worker holds a row for it
+    prefill_target: int = 0               # context tokens to compute before sampling (set at admission)
+    pending_samples: int = 0              # steps in flight that will sample a token for it
     # output state
     output_ids: list[int] = field(default_factory=list)
     text: str = ""                        # decoded output so far (stop strings cut off)
@@ -71,19 +72,16 @@ class Request:
     first_token: float | None = None
     finished_at: float | None = None
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
-
-    @property
-    def context_ids(self) -> list[int]:
-        """Tokens whose KV the request needs: the prompt and every output token but the newest."""
-        return self.prompt_ids + self.output_ids[:-1] if self.output_ids else self.prompt_ids
+    detokenizer: object = None            # IncrementalDetokenizer, set by the engine
 
     @property
     def num_computed(self) -> int:
+        """Context tokens whose KV is computed or scheduled (one slot each)."""
         return len(self.slots)
 
     @property
     def in_prefill(self) -> bool:
-        return self.num_computed < len(self.context_ids)
+        return self.num_computed < self.prefill_target
 
     @property
     def remaining_output(self) -> int:

@@ -50,20 +50,33 @@ class WorkerGroup:
                  len(infos), info.kv_slots, info.device, info.dtype, info.kernels)
         return info
 
-    async def step(self, request: worker_pb2.StepRequest) -> worker_pb2.StepResponse:
+    async def send(self, request: worker_pb2.StepRequest) -> None:
         if not self._streams:
             raise WorkerError("not connected to the workers")
         try:
             await asyncio.gather(*(s.write(request) for s in self._streams))
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as e:
+            await self._broken(e)
+
+    async def receive(self) -> worker_pb2.StepResponse:
+        """The reply to the oldest step sent (every rank's; rank 0's tokens are the result)."""
+        try:
             replies = await asyncio.gather(*(s.read() for s in self._streams))
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as e:
-            detail = f"{e.code().name}: {e.details()}" if isinstance(e, grpc.aio.AioRpcError) else str(e)
-            await self.close()
-            raise WorkerError(f"worker stream failed: {detail}") from e
+            await self._broken(e)
         if any(r is grpc.aio.EOF for r in replies):
             await self.close()
             raise WorkerError("a worker closed its Step stream")
         return replies[0]
+
+    async def step(self, request: worker_pb2.StepRequest) -> worker_pb2.StepResponse:
+        await self.send(request)
+        return await self.receive()
+
+    async def _broken(self, e: Exception):
+        detail = f"{e.code().name}: {e.details()}" if isinstance(e, grpc.aio.AioRpcError) else str(e)
+        await self.close()
+        raise WorkerError(f"worker stream failed: {detail}") from e
 
     async def close(self) -> None:
         for s in self._streams:
