@@ -275,7 +275,7 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("waiting", "running", "kv_capacity", "kv_free", "kv_cached", "kv_in_use", "requests_finished", "prompt_tokens", "cached_prompt_tokens", "generated_tokens", "worker_healthy")
+    __slots__ = ("waiting", "running", "kv_capacity", "kv_free", "kv_cached", "kv_in_use", "requests_finished", "prompt_tokens", "cached_prompt_tokens", "generated_tokens", "worker_healthy", "steps", "gpu_busy_ms", "gpu_gap_ms", "retractions")
     WAITING_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     KV_CAPACITY_FIELD_NUMBER: _ClassVar[int]
@@ -287,6 +287,10 @@ class StatsResponse(_message.Message):
     CACHED_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     WORKER_HEALTHY_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    GPU_BUSY_MS_FIELD_NUMBER: _ClassVar[int]
+    GPU_GAP_MS_FIELD_NUMBER: _ClassVar[int]
+    RETRACTIONS_FIELD_NUMBER: _ClassVar[int]
     waiting: int
     running: int
     kv_capacity: int
@@ -298,4 +302,8 @@ class StatsResponse(_message.Message):
     cached_prompt_tokens: int
     generated_tokens: int
     worker_healthy: bool
-    def __init__(self, waiting: _Optional[int] = ..., running: _Optional[int] = ..., kv_capacity: _Optional[int] = ..., kv_free: _Optional[int] = ..., kv_cached: _Optional[int] = ..., kv_in_use: _Optional[int] = ..., requests_finished: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., cached_prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., worker_healthy: _Optional[bool] = ...) -> None: ...
+    steps: int
+    gpu_busy_ms: float
+    gpu_gap_ms: float
+    retractions: int
+    def __init__(self, waiting: _Optional[int] = ..., running: _Optional[int] = ..., kv_capacity: _Optional[int] = ..., kv_free: _Optional[int] = ..., kv_cached: _Optional[int] = ..., kv_in_use: _Optional[int] = ..., requests_finished: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., cached_prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., worker_healthy: _Optional[bool] = ..., steps: _Optional[int] = ..., gpu_busy_ms: _Optional[float] = ..., gpu_gap_ms: _Optional[float] = ..., retractions: _Optional[int] = ...) -> None: ...

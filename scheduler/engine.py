@@ -300,6 +300,9 @@ class Engine:
     # ------------------------------------------------------------ results
 
     def _process(self, reply: worker_pb2.StepResponse) -> None:
+        self.stats["steps"] += 1
+        self.stats["gpu_busy_ms"] += reply.gpu_ms
+        self.stats["gpu_gap_ms"] += reply.gpu_gap_ms
         for t in reply.tokens:
             r = self.by_rid.get(t.rid)
             if r is not None and r.phase is Phase.RUNNING:

@@ -126,7 +126,8 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
             waiting=len(e.waiting), running=len(e.running), kv_capacity=kv["capacity"], kv_free=kv["free"],
             kv_cached=kv["cached"], kv_in_use=kv["in_use"], requests_finished=e.stats["requests_finished"],
             prompt_tokens=e.stats["prompt_tokens"], cached_prompt_tokens=e.stats["cached_prompt_tokens"],
-            generated_tokens=e.stats["generated_tokens"], worker_healthy=e.healthy,
+            generated_tokens=e.stats["generated_tokens"], worker_healthy=e.healthy, steps=e.stats["steps"],
+            gpu_busy_ms=e.stats["gpu_busy_ms"], gpu_gap_ms=e.stats["gpu_gap_ms"], retractions=e.stats["retractions"],
         )
 
 

@@ -85,18 +85,27 @@ class SamplingTensors:
 
 
 class PendingStep:
-    """A launched step whose sampled tokens are on their way to the host."""
+    """A launched step whose sampled tokens are on their way to the host.
 
-    def __init__(self, step_id: int, rids: list[int], tokens=None, logprobs=None, event=None, start=0.0):
+    On CUDA, events around the step's GPU work measure its GPU time and the GPU's idle gap
+    since the previous step ended (the figure the overlap pipeline exists to drive to zero).
+    """
+
+    def __init__(self, step_id: int, rids: list[int], tokens=None, logprobs=None, start=0.0,
+                 gpu_start=None, gpu_end=None, prev_gpu_end=None):
         self.step_id, self.rids = step_id, rids
-        self.tokens, self.logprobs, self.event, self.start = tokens, logprobs, event, start
+        self.tokens, self.logprobs, self.start = tokens, logprobs, start
+        self.gpu_start, self.gpu_end, self.prev_gpu_end = gpu_start, gpu_end, prev_gpu_end
 
     def result(self) -> worker_pb2.StepResponse:
         out = worker_pb2.StepResponse(step_id=self.step_id)
         if not self.rids:
             return out
-        if self.event is not None:
-            self.event.synchronize()
+        if self.gpu_end is not None:
+            self.gpu_end.synchronize()
+            out.gpu_ms = self.gpu_start.elapsed_time(self.gpu_end)
+            if self.prev_gpu_end is not None:
+                out.gpu_gap_ms = max(0.0, self.prev_gpu_end.elapsed_time(self.gpu_start))
         for rid, tok, lp in zip(self.rids, self.tokens.tolist(), self.logprobs.tolist()):
             out.tokens.add(rid=rid, token_id=tok, logprob=lp)
         out.forward_ms = (time.perf_counter() - self.start) * 1000.0
@@ -135,8 +144,10 @@ class ModelRunner:
         self.free_rows = list(range(max_batch_size - 1, -1, -1))
         self.requests: dict[int, RequestState] = {}
         self.graphs = None  # DecodeGraphs, set by setup when CUDA graphs are enabled
+        self._last_gpu_end = None  # CUDA event at the end of the previous step's GPU work
 
     def reset(self) -> None:
+        self._last_gpu_end = None
         self.free_rows = list(range(self.max_batch_size - 1, -1, -1))
         self.requests.clear()
 
@@ -155,6 +166,10 @@ class ModelRunner:
             return PendingStep(req.step_id, [])
         plan = self._plan(req)
         dev = self.device
+        gpu_start = gpu_end = None
+        if dev.type == "cuda":
+            gpu_start = torch.cuda.Event(enable_timing=True)
+            gpu_start.record()
         if plan.table_rows:
             self.req_to_slot[_t(plan.table_rows, torch.long, dev), _t(plan.table_cols, torch.long, dev)] = _t(
                 plan.table_slots, torch.int32, dev
@@ -168,13 +183,14 @@ class ModelRunner:
                 self.model, self.kernels, batch, SamplingTensors.from_states(plan.samplers, dev), rows,
                 self.last_tokens, self.pool.k, self.pool.v, self.model.tp,
             )
-        event = None
+        prev_end = self._last_gpu_end
         if dev.type == "cuda":
             tokens = tokens.to("cpu", non_blocking=True)
             logprobs = logprobs.to("cpu", non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
-        return PendingStep(req.step_id, plan.sampler_rids, tokens, logprobs, event, start)
+            gpu_end = torch.cuda.Event(enable_timing=True)
+            gpu_end.record()
+            self._last_gpu_end = gpu_end
+        return PendingStep(req.step_id, plan.sampler_rids, tokens, logprobs, start, gpu_start, gpu_end, prev_end)
 
     def forward_logits(self, req: worker_pb2.StepRequest) -> torch.Tensor:
         """Eager forward of a step without sampling: the logits of each sampling request, in order.
