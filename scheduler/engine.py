@@ -138,6 +138,24 @@ class Engine:
         r.slots, r.tree_prefix_len, r.tree_node = list(slots), len(slots), node
         r.cached_tokens = max(r.cached_tokens, min(len(slots), len(r.prompt_ids)))
 
+    def _cache_scheduled(self, r: Request) -> None:
+        """Put r's scheduled context into the radix cache now, not at finish, so requests
+        admitted in later steps share it at once (GPU order makes its KV ready before they read
+        it). Skipped when another request already cached part of it: the duplicate slots stay
+        r's own until it finishes."""
+        if self.cache is None:
+            return
+        ids = (r.prompt_ids + r.output_ids)[: len(r.slots)]
+        cached, _ = self.cache.match(ids)
+        if len(cached) != r.tree_prefix_len:
+            return
+        self.cache.insert(ids, r.slots)
+        _, node = self.cache.match(ids)
+        self.cache.lock(node)
+        if r.tree_node is not None:
+            self.cache.unlock(r.tree_node)
+        r.tree_node, r.tree_prefix_len = node, len(ids)
+
     def _release_kv(self, r: Request) -> None:
         """Hand r's KV to the radix cache (or the free list), keeping no slot twice."""
         if self.cache is None:
@@ -270,6 +288,7 @@ class Engine:
             return 0
         slots = self._allocate(take)
         r.slots.extend(slots)
+        self._cache_scheduled(r)
         r.pending_samples += start + take == target
         ext = step.extends.add(
             rid=r.rid, token_ids=ids[start : start + take], slots=slots, prefix_len=start,

@@ -1,0 +1,194 @@
+"""Serving benchmarks through the full gRPC path (client -> scheduler -> worker), on a GPU.
+
+    python -m litelang.bench.bench_serving --shape qwen2-1.5b --tokenizer DIR [--only single,batch128,prefix,poisson]
+
+Launches real processes with litelang-launch on a random-weight checkpoint at the given shape
+(the tokenizer files are copied in from DIR), drives them with the asyncio client, and prints
+markdown rows for BENCHMARKS.md. EOS is ignored so every request produces all its tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from litelang.bench.shapes import random_checkpoint
+from litelang.client import AsyncLitelangClient, LitelangClient
+from litelang.launch import is_serving
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, model: Path, **overrides):
+        self.port = free_port()
+        cfg = dict(model=str(model), device="cuda", port=self.port, worker_base_port=free_port(),
+                   dist_port=free_port(), max_batch_size=160, max_input_length=4096, max_output_length=2048,
+                   max_prefill_tokens=8192, max_reqs=1024, mem_usage=0.8, log_level="warning")
+        cfg.update(overrides)
+        self.cfg_file = Path(f"/tmp/litelang-bench-{self.port}.yaml")
+        self.cfg_file.write_text(yaml.safe_dump(cfg))
+        self.proc = subprocess.Popen([sys.executable, "-m", "litelang.launch", str(self.cfg_file)], start_new_session=True)
+        self.address = f"127.0.0.1:{self.port}"
+        deadline = time.time() + 300
+        while not is_serving(self.address):
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError("server did not come up")
+            time.sleep(1)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=60)
+
+
+def gpu_idle_share(before, after) -> str:
+    busy = after.gpu_busy_ms - before.gpu_busy_ms
+    gap = after.gpu_gap_ms - before.gpu_gap_ms
+    steps = after.steps - before.steps
+    return f"{100 * gap / max(busy + gap, 1e-9):.1f}% idle over {steps} steps ({busy / max(steps, 1):.2f} ms GPU/step)"
+
+
+async def stream_one(client: AsyncLitelangClient, ids: list[int], new: int, record: dict) -> None:
+    t0 = time.perf_counter()
+    times = []
+    async for chunk in client.generate_stream(ids, max_new_tokens=new, ignore_eos=True, temperature=0):
+        now = time.perf_counter()
+        times.extend([now] * len(chunk.token_ids))
+        if chunk.finish_reason:
+            record.setdefault("cached", []).append(chunk.usage.cached_tokens)
+    record.setdefault("ttft", []).append(times[0] - t0)
+    record.setdefault("itl", []).extend(b - a for a, b in zip(times, times[1:]))
+    record.setdefault("tokens", []).append(len(times))
+    record.setdefault("end", []).append(times[-1])
+
+
+def rand_ids(rng: random.Random, n: int) -> list[int]:
+    return [rng.randrange(1000, 150000) for _ in range(n)]
+
+
+async def run_concurrent(address: str, prompts: list[list[int]], new: int, arrivals: list[float] | None = None) -> dict:
+    record: dict = {}
+    async with AsyncLitelangClient(address) as client:
+        t0 = time.perf_counter()
+
+        async def delayed(i, p):
+            if arrivals:
+                await asyncio.sleep(arrivals[i])
+            await stream_one(client, p, new, record)
+
+        await asyncio.gather(*(delayed(i, p) for i, p in enumerate(prompts)))
+        record["wall"] = time.perf_counter() - t0
+    return record
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def bench_single(server: Server, rows: list[str]) -> None:
+    rng = random.Random(0)
+    with LitelangClient(server.address) as c:
+        asyncio.run(run_concurrent(server.address, [rand_ids(rng, 32)], 32))  # warm up
+        before = c.stats()
+        rec = asyncio.run(run_concurrent(server.address, [rand_ids(rng, 32)], 256))
+        after = c.stats()
+    decode_rate = (rec["tokens"][0] - 1) / sum(rec["itl"])
+    total_rate = rec["tokens"][0] / rec["wall"]
+    rows.append(f"| single stream, 32-token prompt, 256 new (client-side) | {decode_rate:,.0f} tok/s decode "
+                f"({1000 / decode_rate:.2f} ms/token), {total_rate:,.0f} tok/s incl. TTFT {rec['ttft'][0] * 1000:.1f} ms "
+                f"| GPU {gpu_idle_share(before, after)} |")
+
+
+def bench_batch(server: Server, rows: list[str], batch: int) -> None:
+    rng = random.Random(1)
+    with LitelangClient(server.address) as c:
+        asyncio.run(run_concurrent(server.address, [rand_ids(rng, 32) for _ in range(batch)], 16))
+        before = c.stats()
+        rec = asyncio.run(run_concurrent(server.address, [rand_ids(rng, 32) for _ in range(batch)], 256))
+        after = c.stats()
+    rows.append(f"| {batch} concurrent streams, 32-token prompts, 256 new | {sum(rec['tokens']) / rec['wall']:,.0f} out tok/s, "
+                f"p50 ITL {pct(rec['itl'], 0.5) * 1000:.1f} ms | GPU {gpu_idle_share(before, after)} |")
+
+
+def bench_prefix(model: Path, rows: list[str]) -> None:
+    rng = random.Random(2)
+    system = rand_ids(rng, 2000)
+    prompts = [system + rand_ids(rng, 100) for _ in range(128)]
+    for cache in (True, False):
+        server = Server(model, use_radix_cache=cache)
+        try:
+            asyncio.run(run_concurrent(server.address, [rand_ids(rng, 2100)], 4))  # warm up (other prefix)
+            rec = asyncio.run(run_concurrent(server.address, prompts, 128))
+        finally:
+            server.stop()
+        rows.append(f"| shared prefix 128 × (2,000 shared + 100) in, 128 out, radix cache {'on' if cache else 'off'} | "
+                    f"mean TTFT {statistics.mean(rec['ttft']) * 1000:,.0f} ms, {sum(rec['tokens']) / rec['wall']:,.0f} out tok/s, "
+                    f"{sum(rec['cached'])} cached prompt tokens | |")
+
+
+def bench_poisson(server: Server, rows: list[str], rates: list[float], n: int) -> None:
+    for rate in rates:
+        rng = random.Random(int(rate * 100))
+        t, arrivals = 0.0, []
+        for _ in range(n):
+            t += rng.expovariate(rate)
+            arrivals.append(t)
+        prompts = [rand_ids(rng, 1024) for _ in range(n)]
+        rec = asyncio.run(run_concurrent(server.address, prompts, 1024, arrivals))
+        rows.append(f"| Poisson {rate:g} req/s, {n} requests, 1,024 in / 1,024 out | {sum(rec['tokens']) / rec['wall']:,.0f} out tok/s; "
+                    f"TTFT p50 {pct(rec['ttft'], 0.5) * 1000:,.0f} / p99 {pct(rec['ttft'], 0.99) * 1000:,.0f} ms; "
+                    f"ITL p50 {pct(rec['itl'], 0.5) * 1000:.1f} / p99 {pct(rec['itl'], 0.99) * 1000:.1f} ms | |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="qwen2-1.5b")
+    ap.add_argument("--tokenizer", required=True, help="directory with tokenizer.json etc.")
+    ap.add_argument("--dir", default="/tmp/litelang-bench")
+    ap.add_argument("--only", default="single,batch1,batch128,prefix,poisson")
+    ap.add_argument("--rates", default="4,8")
+    ap.add_argument("--poisson-requests", type=int, default=64)
+    args = ap.parse_args()
+    model = random_checkpoint(args.shape, Path(args.dir) / args.shape)
+    for name in TOKENIZER_FILES:
+        src = Path(args.tokenizer) / name
+        if src.exists():
+            shutil.copy(src, model / name)
+    only = args.only.split(",")
+    rows = ["| workload (full gRPC path) | litelang | notes |", "| --- | --- | --- |"]
+    if {"single", "batch1", "batch128", "poisson"} & set(only):
+        server = Server(model)
+        try:
+            if "single" in only:
+                bench_single(server, rows)
+            if "batch128" in only:
+                bench_batch(server, rows, 128)
+            if "poisson" in only:
+                bench_poisson(server, rows, [float(r) for r in args.rates.split(",")], args.poisson_requests)
+        finally:
+            server.stop()
+    if "prefix" in only:
+        bench_prefix(model, rows)
+    print("\n".join(rows), flush=True)
+
+
+if __name__ == "__main__":
+    main()
