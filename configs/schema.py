@@ -32,6 +32,7 @@ class LitelangConfig:
     worker_base_port: int = 50061       # rank r listens on worker_base_port + r
     workers: list[str] = field(default_factory=list)  # explicit worker addresses (multi-host); overrides the two above
     dist_port: int = 29571              # torch.distributed rendezvous port of rank 0 (tp > 1)
+    metrics_port: int = 0               # Prometheus /metrics over HTTP on host:metrics_port (0 = off)
     # --- limits ---
     max_batch_size: int = 64            # running requests
     max_input_length: int = 4096        # prompt tokens; longer prompts get INVALID_ARGUMENT

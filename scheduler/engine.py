@@ -25,6 +25,7 @@ from litelang.proto import worker_pb2
 from litelang.scheduler.admission import expected_remaining, future_peak
 from litelang.scheduler.detokenizer import IncrementalDetokenizer
 from litelang.scheduler.kv_allocator import SlotAllocator
+from litelang.scheduler.metrics import Metrics
 from litelang.scheduler.radix_cache import RadixCache
 from litelang.scheduler.request import OutputEvent, Phase, Request
 from litelang.scheduler.tokenizer import Tokenizer
@@ -52,6 +53,7 @@ class Engine:
         self.cache: RadixCache | None = None
         self.healthy = False
         self.stats = collections.Counter()
+        self.metrics = Metrics()
         self._to_release: list[int] = []
         self._inflight = 0  # steps sent whose replies are not processed yet
         self._next_rid = 1
@@ -319,6 +321,8 @@ class Engine:
     # ------------------------------------------------------------ results
 
     def _process(self, reply: worker_pb2.StepResponse) -> None:
+        self.metrics.generated_tokens.inc(len(reply.tokens))
+        self.metrics.gauges(len(self.waiting), len(self.running), self.kv_counts())
         self.stats["steps"] += 1
         self.stats["gpu_busy_ms"] += reply.gpu_ms
         self.stats["gpu_gap_ms"] += reply.gpu_gap_ms
@@ -379,6 +383,7 @@ class Engine:
         self.stats["requests_finished"] += 1
         self.stats["prompt_tokens"] += len(r.prompt_ids)
         self.stats["cached_prompt_tokens"] += r.cached_tokens
+        self.metrics.finished(r, pb.FinishReason.Name(reason).removeprefix("FINISH_REASON_").lower())
         r.events.put_nowait(OutputEvent(text=text, token_ids=new_tokens or [], finish_reason=reason))
 
     def _forget(self, r: Request) -> None:

@@ -38,6 +38,8 @@ async def serve(cfg: LitelangConfig) -> None:
     if server.add_insecure_port(cfg.address) == 0:
         raise SystemExit(f"cannot listen on {cfg.address}: is another server using the port?")
     await server.start()
+    if cfg.metrics_port:
+        engine.metrics.serve(cfg.metrics_port, cfg.host)
     engine.start()
 
     async def track_health() -> None:
