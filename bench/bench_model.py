@@ -64,11 +64,13 @@ def main() -> None:
         run_batch(runner, prompts(1, 32, spec_vocab, 1), 16)  # warm up
         r = run_batch(runner, prompts(1, 32, spec_vocab, 2), 256)
         results["decode1"] = r.decode_s / 255 * 1000
+        print(f"decode1: GPU {r.decode_gpu_ms / 255:.3f} ms/step, idle share {100 * r.decode_idle_share:.1f}%")
     if "decodeB" in work:
         b = args.decode_batch
         run_batch(runner, prompts(b, 32, spec_vocab, 1), 8)
         r = run_batch(runner, prompts(b, 32, spec_vocab, 3), 256)
         results["decodeB"] = (r.decode_s / 255 * 1000, b * 255 / r.decode_s)
+        print(f"decode{b}: GPU {r.decode_gpu_ms / 255:.3f} ms/step, idle share {100 * r.decode_idle_share:.1f}%")
     if "batch40" in work:
         run_batch(runner, prompts(40, 600, spec_vocab, 4), 8)
         r = run_batch(runner, prompts(40, 600, spec_vocab, 5), 600)

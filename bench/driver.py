@@ -16,6 +16,12 @@ class Result:
     tokens: dict[int, list[int]]
     prefill_s: float
     decode_s: float
+    decode_gpu_ms: float = 0.0   # summed GPU time of the decode steps (CUDA events)
+    decode_gap_ms: float = 0.0   # summed GPU idle time between decode steps
+
+    @property
+    def decode_idle_share(self) -> float:
+        return self.decode_gap_ms / max(self.decode_gpu_ms + self.decode_gap_ms, 1e-9)
 
 
 def greedy(temperature: float = 0.0, seed: int = 0) -> worker_pb2.Sampling:
@@ -51,21 +57,28 @@ def run_batch(
         prefill_s = timer.stop()
         timer.start()
         pending = None
+        gpu_ms = gap_ms = 0.0
+
+        def collect(reply) -> None:
+            nonlocal gpu_ms, gap_ms
+            gpu_ms += reply.gpu_ms
+            gap_ms += reply.gpu_gap_ms
+            for t in reply.tokens:
+                out[t.rid].append(t.token_id)
+
         for step in range(1, new_tokens):
             req = worker_pb2.StepRequest(step_id=step)
             for rid in rids:
                 req.decodes.add(rid=rid, slot=take(1)[0])
             launched = runner.launch(req)
             if pending is not None:
-                for t in pending.result().tokens:
-                    out[t.rid].append(t.token_id)
+                collect(pending.result())
             pending = launched
         if pending is not None:
-            for t in pending.result().tokens:
-                out[t.rid].append(t.token_id)
+            collect(pending.result())
         decode_s = timer.stop()
         runner.step(worker_pb2.StepRequest(step_id=new_tokens, release=rids))
-    return Result(out, prefill_s, decode_s)
+    return Result(out, prefill_s, decode_s, gpu_ms, gap_ms)
 
 
 class _Timer:

@@ -16,7 +16,7 @@ from litelang.kernels.attention import decode_attention_ref, extend_attention_re
 from litelang.kernels.kv_store import store_kv_ref
 from litelang.kernels.rmsnorm import rms_norm_ref
 from litelang.kernels.rope import apply_rope_ref
-from litelang.kernels.sampling import sample_ref
+from litelang.kernels.sampling import apply_penalties_ref, sample_ref
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class KernelSet:
     extend_attention: Callable
     decode_attention: Callable
     sample: Callable
+    apply_penalties: Callable
 
 
 REFERENCE = KernelSet(
@@ -40,6 +41,7 @@ REFERENCE = KernelSet(
     extend_attention=extend_attention_ref,
     decode_attention=decode_attention_ref,
     sample=sample_ref,
+    apply_penalties=apply_penalties_ref,
 )
 
 

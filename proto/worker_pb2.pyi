@@ -53,7 +53,7 @@ class Sampling(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., min_p: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., presence_penalty: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class Extend(_message.Message):
-    __slots__ = ("rid", "token_ids", "slots", "prefix_slots", "prefix_len", "sample", "sampling", "is_new", "prompt_ids")
+    __slots__ = ("rid", "token_ids", "slots", "prefix_slots", "prefix_len", "sample", "sampling", "is_new", "prompt_ids", "generated_ids")
     RID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,7 @@ class Extend(_message.Message):
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     IS_NEW_FIELD_NUMBER: _ClassVar[int]
     PROMPT_IDS_FIELD_NUMBER: _ClassVar[int]
+    GENERATED_IDS_FIELD_NUMBER: _ClassVar[int]
     rid: int
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     slots: _containers.RepeatedScalarFieldContainer[int]
@@ -72,7 +73,8 @@ class Extend(_message.Message):
     sampling: Sampling
     is_new: bool
     prompt_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, rid: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., slots: _Optional[_Iterable[int]] = ..., prefix_slots: _Optional[_Iterable[int]] = ..., prefix_len: _Optional[int] = ..., sample: _Optional[bool] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., is_new: _Optional[bool] = ..., prompt_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    generated_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, rid: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., slots: _Optional[_Iterable[int]] = ..., prefix_slots: _Optional[_Iterable[int]] = ..., prefix_len: _Optional[int] = ..., sample: _Optional[bool] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., is_new: _Optional[bool] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., generated_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Decode(_message.Message):
     __slots__ = ("rid", "slot")

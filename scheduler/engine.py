@@ -303,7 +303,9 @@ class Engine:
                 repetition_penalty=s.repetition_penalty, frequency_penalty=s.frequency_penalty,
                 presence_penalty=s.presence_penalty, seed=s.seed,
             ))
-            ext.prompt_ids.extend(r.prompt_ids)
+            if s.repetition_penalty != 1.0 or s.frequency_penalty or s.presence_penalty:
+                ext.prompt_ids.extend(r.prompt_ids)
+                ext.generated_ids.extend(r.output_ids)
         return take
 
     def _retract(self, r: Request) -> None:

@@ -1,9 +1,12 @@
-"""CUDA graphs of decode-only steps, one per batch-size bucket.
+"""CUDA graphs of decode-only steps, one per (batch-size bucket, sampling mode).
 
 A decode step of a small model is hundreds of short kernels; launching them from Python costs
-more than running them. Each bucket's whole step (forward, sampling, storing the sampled
-tokens) is captured once and replayed with new inputs copied into static buffers. Batches are
-padded to the next bucket with a dummy row that reads and writes only the scratch KV slot.
+more than running them. Each bucket's whole step (slot-table write, forward, sampling, storing
+the sampled tokens) is captured once and replayed with new inputs copied into two packed
+static buffers (one host-to-device copy each). Batches are padded to the next bucket with a
+dummy row that reads and writes only the scratch KV slot. Two sampling modes are captured:
+greedy (argmax only) and full (penalties, filters, seeded sampling), which gives the same
+tokens as the eager path for any mix of parameters.
 """
 
 from __future__ import annotations
@@ -13,9 +16,12 @@ import logging
 import torch
 
 from litelang.worker.forward_batch import ForwardBatch
-from litelang.worker.runner import ModelRunner, SamplingTensors, StepPlan, sample_and_record
+from litelang.worker.runner import FULL_SAMPLING, GREEDY, ModelRunner, SamplingMode, SamplingTensors, StepPlan, sample_and_record
 
 log = logging.getLogger("litelang.worker")
+
+# rows of the packed int64 input buffer
+ROWS, POSITIONS, SLOTS, SEQ_LENS = range(4)
 
 
 def batch_buckets(max_batch_size: int) -> list[int]:
@@ -29,47 +35,47 @@ class DecodeGraphs:
         self.buckets = batch_buckets(runner.max_batch_size)
         n = self.buckets[-1]
         dev = runner.device
-        self.rows = torch.full((n,), runner.dummy_row, dtype=torch.int32, device=dev)
-        self.positions = torch.zeros(n, dtype=torch.long, device=dev)
-        self.slots = torch.full((n,), runner.pool.scratch_slot, dtype=torch.long, device=dev)
-        self.seq_lens = torch.ones(n, dtype=torch.int32, device=dev)
-        self.sampling = SamplingTensors(
-            temperature=torch.zeros(n, dtype=torch.float32, device=dev),
-            top_k=torch.zeros(n, dtype=torch.int32, device=dev),
-            top_p=torch.ones(n, dtype=torch.float32, device=dev),
-            min_p=torch.zeros(n, dtype=torch.float32, device=dev),
-            seeds=torch.zeros(n, dtype=torch.long, device=dev),
-            positions=torch.zeros(n, dtype=torch.long, device=dev),
-        )
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        # [rows, positions, slots, seq_lens] then the sampling ints; floats are sampling params
+        self.ints = torch.zeros((4 + len(SamplingTensors.INTS), n), dtype=torch.long, device=dev)
+        self.floats = torch.zeros((len(SamplingTensors.FLOATS), n), dtype=torch.float32, device=dev)
+        self._fill_padding(self.ints, self.floats, 0)
+        self.graphs: dict[tuple[int, SamplingMode], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
 
     def fits(self, batch_size: int) -> bool:
         return batch_size <= self.buckets[-1]
 
-    def _body(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _fill_padding(self, ints: torch.Tensor, floats: torch.Tensor, start: int) -> None:
         r = self.runner
-        rows = self.rows[:b]
+        ints[ROWS, start:] = r.dummy_row
+        ints[POSITIONS, start:] = 0
+        ints[SLOTS, start:] = r.pool.scratch_slot
+        ints[SEQ_LENS, start:] = 1
+        ints[4:, start:] = 0
+        floats[:, start:] = 0.0
+        floats[SamplingTensors.FLOATS.index("top_p"), start:] = 1.0
+        floats[SamplingTensors.FLOATS.index("repetition"), start:] = 1.0
+
+    def _body(self, b: int, mode: SamplingMode) -> tuple[torch.Tensor, torch.Tensor]:
+        r = self.runner
         dev = r.device
+        rows = self.ints[ROWS, :b]
         batch = ForwardBatch(
-            input_ids=r.last_tokens[rows.long()],
-            positions=self.positions[:b],
-            slots=self.slots[:b],
+            input_ids=r.last_tokens[rows],
+            positions=self.ints[POSITIONS, :b],
+            slots=self.ints[SLOTS, :b],
             req_to_slot=r.req_to_slot,
             num_extend_tokens=0,
             extend_rows=torch.empty(0, dtype=torch.int32, device=dev),
             extend_cu_seqlens=torch.zeros(1, dtype=torch.int32, device=dev),
             extend_prefix_lens=torch.empty(0, dtype=torch.int32, device=dev),
             extend_max_new_len=0,
-            decode_rows=rows,
-            decode_seq_lens=self.seq_lens[:b],
+            decode_rows=rows.to(torch.int32),
+            decode_seq_lens=self.ints[SEQ_LENS, :b].to(torch.int32),
             logits_index=torch.arange(b, device=dev),
         )
-        s = self.sampling
-        sampling = SamplingTensors(
-            s.temperature[:b], s.top_k[:b], s.top_p[:b], s.min_p[:b], s.seeds[:b], s.positions[:b]
-        )
+        sampling = SamplingTensors.from_packed(self.floats[:, :b], self.ints[4:, :b])
         return sample_and_record(
-            r.model, r.kernels, batch, sampling, rows.long(), r.last_tokens, r.pool.k, r.pool.v, r.model.tp
+            r.model, r.kernels, batch, sampling, mode, rows, r.last_tokens, r.penalties, r.pool.k, r.pool.v
         )
 
     @torch.inference_mode()
@@ -78,35 +84,37 @@ class DecodeGraphs:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            for b in reversed(self.buckets):  # largest first: smaller graphs reuse its memory
-                for _ in range(2):  # warm up (Triton compiles, cuBLAS picks algorithms)
-                    self._body(b)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool, stream=stream):
-                    tokens, logprobs = self._body(b)
-                self.graphs[b] = (graph, tokens, logprobs)
+            for mode in (FULL_SAMPLING, GREEDY):
+                for b in reversed(self.buckets):  # largest first: smaller graphs reuse its memory
+                    for _ in range(2):  # warm up (Triton compiles, cuBLAS picks algorithms)
+                        self._body(b, mode)
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, pool=pool, stream=stream):
+                        tokens, logprobs = self._body(b, mode)
+                    self.graphs[(b, mode)] = (graph, tokens, logprobs)
         torch.cuda.current_stream().wait_stream(stream)
         torch.cuda.synchronize()
-        log.info("captured decode CUDA graphs for batch sizes %s", self.buckets)
+        log.info("captured decode CUDA graphs for batch sizes %s (greedy and full sampling)", self.buckets)
 
     def run(self, plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor]:
         n = len(plan.dec_rows)
         b = next(x for x in self.buckets if x >= n)
+        pad = b - n
         r = self.runner
-        host = SamplingTensors.from_states(plan.samplers, "cpu")
-
-        def fill(buf: torch.Tensor, values, pad) -> None:
-            buf[:n].copy_(torch.tensor(values, dtype=buf.dtype), non_blocking=True)
-            if b > n:
-                buf[n:b].fill_(pad)
-
-        fill(self.rows, plan.dec_rows, r.dummy_row)
-        fill(self.positions, plan.positions, 0)
-        fill(self.slots, plan.slots, r.pool.scratch_slot)
-        fill(self.seq_lens, plan.dec_lens, 1)
-        s = self.sampling
-        for name, pad in (("temperature", 0.0), ("top_k", 0), ("top_p", 1.0), ("min_p", 0.0), ("seeds", 0), ("positions", 0)):
-            fill(getattr(s, name), getattr(host, name), pad)
-        graph, tokens, logprobs = self.graphs[b]
+        floats, ints = SamplingTensors.host_values(plan.samplers)
+        host_ints = torch.tensor(
+            [plan.dec_rows + [r.dummy_row] * pad, plan.positions + [0] * pad,
+             plan.slots + [r.pool.scratch_slot] * pad, plan.dec_lens + [1] * pad, *(v + [0] * pad for v in ints)],
+            dtype=torch.long,
+        )
+        float_pad = {"top_p": 1.0, "repetition": 1.0}
+        host_floats = torch.tensor(
+            [v + [float_pad.get(name, 0.0)] * pad for name, v in zip(SamplingTensors.FLOATS, floats)],
+            dtype=torch.float32,
+        )
+        self.ints[:, :b].copy_(host_ints, non_blocking=True)
+        self.floats[:, :b].copy_(host_floats, non_blocking=True)
+        mode = GREEDY if plan.mode.greedy else FULL_SAMPLING
+        graph, tokens, logprobs = self.graphs[(b, mode)]
         graph.replay()
         return tokens[:n], logprobs[:n]

@@ -34,6 +34,21 @@ class RequestState:
     top_p: float = 1.0
     min_p: float = 0.0
     seed: int = 0
+    repetition: float = 1.0
+    frequency: float = 0.0
+    presence: float = 0.0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0 and not self.penalized
+
+    @property
+    def penalized(self) -> bool:
+        return self.repetition != 1.0 or self.frequency != 0.0 or self.presence != 0.0
+
+    @property
+    def filtered(self) -> bool:
+        return self.temperature > 0 and (self.top_k > 0 or self.top_p < 1.0 or self.min_p > 0.0)
 
 
 @dataclass
@@ -59,6 +74,31 @@ class StepPlan:
     def decode_only(self) -> bool:
         return not self.ext_rows
 
+    @property
+    def mode(self) -> "SamplingMode":
+        return SamplingMode.for_states(self.samplers)
+
+
+@dataclass(frozen=True)
+class SamplingMode:
+    """Which sampling work a step needs, decided on the host from the requests' parameters."""
+
+    greedy: bool      # argmax only
+    penalties: bool   # apply repetition / frequency / presence penalties
+    filtered: bool    # top-k / top-p / min-p (needs a sort over the vocabulary)
+
+    @classmethod
+    def for_states(cls, states: list["RequestState"]) -> "SamplingMode":
+        return cls(
+            greedy=all(s.greedy for s in states),
+            penalties=any(s.penalized for s in states),
+            filtered=any(s.filtered for s in states),
+        )
+
+
+FULL_SAMPLING = SamplingMode(greedy=False, penalties=True, filtered=True)
+GREEDY = SamplingMode(greedy=True, penalties=False, filtered=False)
+
 
 @dataclass
 class SamplingTensors:
@@ -68,19 +108,35 @@ class SamplingTensors:
     min_p: torch.Tensor
     seeds: torch.Tensor
     positions: torch.Tensor  # index of the sampled token in its sequence: keys the random stream
+    repetition: torch.Tensor
+    frequency: torch.Tensor
+    presence: torch.Tensor
+
+    FLOATS = ("temperature", "top_p", "min_p", "repetition", "frequency", "presence")
+    INTS = ("top_k", "seeds", "positions")
+
+    @staticmethod
+    def host_values(states: list[RequestState]) -> tuple[list[list[float]], list[list[int]]]:
+        floats = [[s.temperature for s in states], [s.top_p for s in states], [s.min_p for s in states],
+                  [s.repetition for s in states], [s.frequency for s in states], [s.presence for s in states]]
+        ints = [[s.top_k for s in states], [s.seed & 0x7FFFFFFFFFFFFFFF for s in states],
+                [s.context_len for s in states]]
+        return floats, ints
+
+    @classmethod
+    def from_packed(cls, floats: torch.Tensor, ints: torch.Tensor) -> "SamplingTensors":
+        """Views of packed [6, n] float32 and [3, n] int64 device tensors (one copy each)."""
+        return cls(
+            temperature=floats[0], top_p=floats[1], min_p=floats[2], repetition=floats[3],
+            frequency=floats[4], presence=floats[5], top_k=ints[0].to(torch.int32), seeds=ints[1], positions=ints[2],
+        )
 
     @classmethod
     def from_states(cls, states: list[RequestState], device) -> "SamplingTensors":
-        def t(values, dtype):
-            return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
-
-        return cls(
-            temperature=t([s.temperature for s in states], torch.float32),
-            top_k=t([s.top_k for s in states], torch.int32),
-            top_p=t([s.top_p for s in states], torch.float32),
-            min_p=t([s.min_p for s in states], torch.float32),
-            seeds=t([s.seed & 0x7FFFFFFFFFFFFFFF for s in states], torch.long),
-            positions=t([s.context_len for s in states], torch.long),
+        floats, ints = cls.host_values(states)
+        return cls.from_packed(
+            torch.tensor(floats, dtype=torch.float32).to(device, non_blocking=True),
+            torch.tensor(ints, dtype=torch.long).to(device, non_blocking=True),
         )
 
 
@@ -112,21 +168,61 @@ class PendingStep:
         return out
 
 
+@dataclass
+class PenaltyState:
+    """Per-row token statistics for penalties, on the device: how often each token was generated
+    (output_counts) and which tokens the prompt holds (prompt_mask)."""
+
+    output_counts: torch.Tensor  # [rows, vocab] int32
+    prompt_mask: torch.Tensor    # [rows, vocab] bool
+
+    @classmethod
+    def allocate(cls, rows: int, vocab: int, device) -> "PenaltyState":
+        return cls(
+            torch.zeros((rows, vocab), dtype=torch.int32, device=device),
+            torch.zeros((rows, vocab), dtype=torch.bool, device=device),
+        )
+
+    def admit(self, row: int, prompt_ids, generated_ids, device) -> None:
+        self.output_counts[row].zero_()
+        self.prompt_mask[row].zero_()
+        if prompt_ids:
+            self.prompt_mask[row, torch.tensor(prompt_ids, dtype=torch.long).to(device)] = True
+        if generated_ids:
+            ids = torch.tensor(generated_ids, dtype=torch.long).to(device)
+            self.output_counts[row].index_add_(0, ids, torch.ones_like(ids, dtype=torch.int32))
+
+
 def sample_and_record(
-    model: Qwen2Model, kernels: KernelSet, batch: ForwardBatch, sampling: SamplingTensors,
-    sampler_rows: torch.Tensor, last_tokens: torch.Tensor, k_pools, v_pools, tp: TPGroup,
+    model: Qwen2Model, kernels: KernelSet, batch: ForwardBatch, sampling: SamplingTensors, mode: SamplingMode,
+    sampler_rows: torch.Tensor, last_tokens: torch.Tensor, penalties: PenaltyState, k_pools, v_pools,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, sample, and store each sampled token as its request's next decode input.
 
     Device work only (no host sync), so CUDA graphs can capture it whole.
     """
+    if batch.num_decodes:  # each decode token's slot goes into its row at its position
+        batch.req_to_slot[batch.decode_rows.long(), batch.decode_seq_lens.long() - 1] = (
+            batch.slots[batch.num_extend_tokens :].to(torch.int32)
+        )
     logits = model.forward(batch, k_pools, v_pools)
-    tokens = kernels.sample(
-        logits, sampling.temperature, sampling.top_k, sampling.top_p, sampling.min_p, sampling.seeds, sampling.positions
-    )
-    tokens = tp.broadcast(tokens)  # every rank continues from rank 0's draw
-    logprobs = torch.log_softmax(logits, dim=-1).gather(1, tokens[:, None])[:, 0]
+    if mode.greedy:
+        tokens = logits.argmax(dim=-1)
+    else:
+        if mode.penalties:
+            logits = kernels.apply_penalties(
+                logits, penalties.output_counts[sampler_rows], penalties.prompt_mask[sampler_rows],
+                sampling.repetition, sampling.frequency, sampling.presence,
+            )
+        tokens = kernels.sample(
+            logits, sampling.temperature, sampling.top_k, sampling.top_p, sampling.min_p, sampling.seeds,
+            sampling.positions, needs_filter=mode.filtered,
+        )
+    tokens = model.tp.broadcast(tokens)  # every rank continues from rank 0's draw
+    logprobs = torch.log_softmax(logits.float(), dim=-1).gather(1, tokens[:, None])[:, 0]
     last_tokens[sampler_rows] = tokens
+    if mode.penalties:
+        penalties.output_counts.index_put_((sampler_rows, tokens), torch.ones_like(tokens, dtype=torch.int32), accumulate=True)
     return tokens, logprobs
 
 
@@ -141,6 +237,7 @@ class ModelRunner:
         self.req_to_slot = torch.zeros((max_batch_size + 1, max_context), dtype=torch.int32, device=self.device)
         self.req_to_slot[self.dummy_row] = pool.scratch_slot
         self.last_tokens = torch.zeros(max_batch_size + 1, dtype=torch.long, device=self.device)
+        self.penalties = PenaltyState.allocate(max_batch_size + 1, model.spec.vocab_size, self.device)
         self.free_rows = list(range(max_batch_size - 1, -1, -1))
         self.requests: dict[int, RequestState] = {}
         self.graphs = None  # DecodeGraphs, set by setup when CUDA graphs are enabled
@@ -180,8 +277,8 @@ class ModelRunner:
             batch = self._forward_batch(plan)
             rows = _t([s.row for s in plan.samplers], torch.long, dev)
             tokens, logprobs = sample_and_record(
-                self.model, self.kernels, batch, SamplingTensors.from_states(plan.samplers, dev), rows,
-                self.last_tokens, self.pool.k, self.pool.v, self.model.tp,
+                self.model, self.kernels, batch, SamplingTensors.from_states(plan.samplers, dev), plan.mode, rows,
+                self.last_tokens, self.penalties, self.pool.k, self.pool.v,
             )
         prev_end = self._last_gpu_end
         if dev.type == "cuda":
@@ -197,10 +294,14 @@ class ModelRunner:
         For tests (teacher forcing: set last_tokens[row] before a decode step)."""
         plan = self._plan(req)
         dev = self.device
-        self.req_to_slot[_t(plan.table_rows, torch.long, dev), _t(plan.table_cols, torch.long, dev)] = _t(
-            plan.table_slots, torch.int32, dev
-        )
-        return self.model.forward(self._forward_batch(plan), self.pool.k, self.pool.v)
+        if plan.table_rows:
+            self.req_to_slot[_t(plan.table_rows, torch.long, dev), _t(plan.table_cols, torch.long, dev)] = _t(
+                plan.table_slots, torch.int32, dev
+            )
+        batch = self._forward_batch(plan)
+        if batch.num_decodes:
+            self.req_to_slot[batch.decode_rows.long(), batch.decode_seq_lens.long() - 1] = batch.slots[batch.num_extend_tokens :].int()
+        return self.model.forward(batch, self.pool.k, self.pool.v)
 
     def row_of(self, rid: int) -> int:
         return self.requests[rid].row
@@ -218,20 +319,27 @@ class ModelRunner:
         state = RequestState(
             row=self.free_rows.pop(), temperature=s.temperature, top_k=s.top_k,
             top_p=s.top_p if s.top_p > 0 else 1.0, min_p=s.min_p, seed=s.seed,
+            repetition=s.repetition_penalty if s.repetition_penalty > 0 else 1.0,
+            frequency=s.frequency_penalty, presence=s.presence_penalty,
         )
+        if state.penalized:
+            self.penalties.admit(state.row, ext.prompt_ids, ext.generated_ids, self.device)
         self.requests[ext.rid] = state
         return state
 
-    def _claim(self, plan: StepPlan, state: RequestState, new_slots, start: int) -> None:
+    def _claim(self, plan: StepPlan, state: RequestState, new_slots, start: int, record: bool = True) -> None:
+        """Check new slots; queue their req_to_slot writes (decode slots are written on the device
+        by sample_and_record instead, inside the CUDA graph)."""
         if start + len(new_slots) > self.max_context:
             raise StepError(f"context of {start + len(new_slots)} tokens exceeds max_context {self.max_context}")
         num_slots = self.pool.num_slots
-        for j, slot in enumerate(new_slots):
+        for slot in new_slots:
             if not 0 <= slot < num_slots:
                 raise StepError(f"slot {slot} outside the pool of {num_slots}")
-            plan.table_rows.append(state.row)
-            plan.table_cols.append(start + j)
-            plan.table_slots.append(slot)
+        if record:
+            plan.table_rows.extend([state.row] * len(new_slots))
+            plan.table_cols.extend(range(start, start + len(new_slots)))
+            plan.table_slots.extend(new_slots)
 
     def _plan(self, req: worker_pb2.StepRequest) -> StepPlan:
         plan = StepPlan()
@@ -265,7 +373,7 @@ class ModelRunner:
             state = self.requests.get(dec.rid)
             if state is None:
                 raise StepError(f"decode for unknown request {dec.rid}")
-            self._claim(plan, state, [dec.slot], state.context_len)
+            self._claim(plan, state, [dec.slot], state.context_len, record=False)
             plan.positions.append(state.context_len)
             plan.slots.append(dec.slot)
             state.context_len += 1
