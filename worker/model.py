@@ -125,7 +125,7 @@ class Qwen2Model:
         if batch.num_extends:
             out[:e] = ks.extend_attention(
                 q[:e], k_pool, v_pool, batch.req_to_slot, batch.extend_rows,
-                batch.extend_cu_seqlens, batch.extend_prefix_lens, self.scale,
+                batch.extend_cu_seqlens, batch.extend_prefix_lens, self.scale, max_new_len=batch.extend_max_new_len,
             )
         if batch.num_decodes:
             out[e:] = ks.decode_attention(
