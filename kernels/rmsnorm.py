@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from litelang.kernels._triton import tl, triton
+
 
 def rms_norm_ref(
     x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
@@ -21,3 +23,60 @@ def rms_norm_ref(
     xf = x.float()
     out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return weight * out.to(x.dtype), x
+
+
+# --- Triton ----------------------------------------------------------------------------------
+
+
+@triton.jit
+def _rms_norm_kernel(
+    X, Residual, Weight, Out, NewResidual,
+    stride_x, stride_r, stride_o, stride_nr,
+    hidden, eps,
+    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """One program per token row; the whole row sits in registers (hidden <= BLOCK)."""
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    mask = offs < hidden
+    x = tl.load(X + row * stride_x + offs, mask=mask, other=0.0)
+    if HAS_RESIDUAL:
+        r = tl.load(Residual + row * stride_r + offs, mask=mask, other=0.0)
+        # round the sum to the activation dtype, as `x + residual` does in torch
+        x = (x.to(tl.float32) + r.to(tl.float32)).to(X.dtype.element_ty)
+        tl.store(NewResidual + row * stride_nr + offs, x, mask=mask)
+    xf = x.to(tl.float32)
+    inv_rms = tl.rsqrt(tl.sum(xf * xf, axis=0) / hidden + eps)
+    normed = (xf * inv_rms).to(X.dtype.element_ty)
+    w = tl.load(Weight + offs, mask=mask, other=0.0)
+    out = w.to(tl.float32) * normed.to(tl.float32)
+    tl.store(Out + row * stride_o + offs, out.to(Out.dtype.element_ty), mask=mask)
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    t = t.reshape(-1, t.shape[-1])
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton version of rms_norm_ref (same results up to float32 summation order)."""
+    x2 = _rows(x)
+    tokens, hidden = x2.shape
+    out = torch.empty(x2.shape, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
+    if residual is None:
+        res_in, res_out = x2, out  # placeholders the kernel never touches
+    else:
+        res_in = _rows(residual)
+        res_out = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
+    if tokens > 0:
+        block = triton.next_power_of_2(hidden)
+        _rms_norm_kernel[(tokens,)](
+            x2, res_in, weight, out, res_out,
+            x2.stride(0), res_in.stride(0), out.stride(0), res_out.stride(0),
+            hidden, eps,
+            HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=min(max(block // 512, 1), 8),
+        )
+    new_residual = x if residual is None else res_out.reshape(x.shape)
+    return out.reshape(x.shape), new_residual

@@ -1,0 +1,113 @@
+"""Triton extend (prefill with cached prefixes) and decode (flash-decoding) attention vs the
+references, at small shapes: ragged batches, prefix offsets, GQA 7:1 / 6:1 / 1:1, shuffled pool
+slots, contexts crossing several blocks and splits, float32 / float16 / bfloat16."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from litelang.kernels.attention import (  # noqa: E402
+    decode_attention,
+    decode_attention_ref,
+    extend_attention,
+    extend_attention_ref,
+)
+
+TOL = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 3e-2}
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# (q_heads, kv_heads, head_dim): GQA 7:1 and 6:1, and plain multi-head
+HEADS = [(7, 1, 16), (12, 2, 32), (2, 2, 16)]
+
+
+def make_pool(device, dtype, kv_heads, head_dim, contexts, max_context=256, seed=0):
+    """A KV pool and req->slot table with shuffled slots; rows 1 and 2 share a 20-token prefix
+    (as the radix cache shares one). Request b uses row req_rows[b] (not b)."""
+    g = torch.Generator().manual_seed(seed)
+    rows = len(contexts) + 3
+    num_slots = rows * max_context + 16
+    k_pool = torch.randn(num_slots, kv_heads, head_dim, generator=g).to(device, dtype)
+    v_pool = torch.randn(num_slots, kv_heads, head_dim, generator=g).to(device, dtype)
+    req_to_slot = torch.randperm(num_slots, generator=g)[: rows * max_context].view(rows, max_context)
+    req_rows = torch.randperm(rows, generator=g)[: len(contexts)]
+    if len(contexts) > 2:
+        req_to_slot[req_rows[2], :20] = req_to_slot[req_rows[1], :20]
+    return k_pool, v_pool, req_to_slot.to(device, torch.int32), req_rows.to(device, torch.int32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("q_heads,kv_heads,head_dim", HEADS)
+def test_decode_matches_reference(device, dtype, q_heads, kv_heads, head_dim):
+    # length 1 next to long contexts; 200 tokens cross 7 splits of 32 (each 2 blocks of 16)
+    seq_lens = torch.tensor([1, 97, 33, 200, 16], device=device, dtype=torch.int32)
+    k_pool, v_pool, r2s, rows = make_pool(device, dtype, kv_heads, head_dim, seq_lens.tolist())
+    q = torch.randn(len(seq_lens), q_heads, head_dim, generator=torch.Generator().manual_seed(1)).to(device, dtype)
+    scale = head_dim**-0.5
+    out = decode_attention(q, k_pool, v_pool, r2s, rows, seq_lens, scale, split_size=32)
+    ref = decode_attention_ref(q, k_pool, v_pool, r2s, rows, seq_lens, scale)
+    torch.testing.assert_close(out, ref, atol=TOL[dtype], rtol=TOL[dtype])
+
+
+@pytest.mark.parametrize("split_size", [None, 16, 64, 256])
+def test_decode_split_size_does_not_matter(device, split_size):
+    """The log-sum-exp merge makes the split only a performance choice (None: the shape policy)."""
+    seq_lens = torch.tensor([200, 1, 129], device=device, dtype=torch.int32)
+    k_pool, v_pool, r2s, rows = make_pool(device, torch.float32, 2, 16, seq_lens.tolist(), seed=3)
+    q = torch.randn(3, 12, 16, generator=torch.Generator().manual_seed(4)).to(device)
+    out = decode_attention(q, k_pool, v_pool, r2s, rows, seq_lens, 0.25, split_size=split_size)
+    ref = decode_attention_ref(q, k_pool, v_pool, r2s, rows, seq_lens, 0.25)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
+
+
+def test_decode_empty_context_gives_zeros(device):
+    """Padding rows of a CUDA-graph bucket may carry seq_len 0: no NaN, no effect on other rows."""
+    seq_lens = torch.tensor([0, 40], device=device, dtype=torch.int32)
+    k_pool, v_pool, r2s, rows = make_pool(device, torch.float32, 1, 16, [0, 40], seed=5)
+    q = torch.randn(2, 7, 16, generator=torch.Generator().manual_seed(6)).to(device)
+    out = decode_attention(q, k_pool, v_pool, r2s, rows, seq_lens, 0.25, split_size=16)
+    assert torch.equal(out[0], torch.zeros_like(out[0]))
+    ref = decode_attention_ref(q[1:], k_pool, v_pool, r2s, rows[1:], seq_lens[1:], 0.25)
+    torch.testing.assert_close(out[1:], ref, atol=2e-5, rtol=2e-5)
+
+
+def extend_inputs(device, dtype, q_heads, kv_heads, head_dim, new_lens, prefix_lens, seed=0):
+    contexts = [p + n for p, n in zip(prefix_lens, new_lens)]
+    k_pool, v_pool, r2s, rows = make_pool(device, dtype, kv_heads, head_dim, contexts, seed=seed)
+    cu = torch.zeros(len(new_lens) + 1, dtype=torch.int32)
+    cu[1:] = torch.tensor(new_lens).cumsum(0)
+    q = torch.randn(int(cu[-1]), q_heads, head_dim, generator=torch.Generator().manual_seed(seed + 1))
+    prefix = torch.tensor(prefix_lens, dtype=torch.int32)
+    return q.to(device, dtype), k_pool, v_pool, r2s, rows, cu.to(device), prefix.to(device)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("q_heads,kv_heads,head_dim", HEADS)
+def test_extend_matches_reference(device, dtype, q_heads, kv_heads, head_dim):
+    # ragged: a fresh prompt, a prefix-cache hit (prefix not a multiple of the block), one new
+    # token after a long prefix, an empty request, a longer prompt crossing several blocks
+    new_lens, prefix_lens = [5, 17, 1, 0, 40], [0, 23, 60, 7, 3]
+    args = extend_inputs(device, dtype, q_heads, kv_heads, head_dim, new_lens, prefix_lens)
+    scale = head_dim**-0.5
+    out = extend_attention(*args, scale, max_new_len=max(new_lens))
+    ref = extend_attention_ref(*args, scale)
+    torch.testing.assert_close(out, ref, atol=TOL[dtype], rtol=TOL[dtype])
+
+
+def test_extend_without_max_new_len(device):
+    """max_new_len=None reads it from cu_seqlens_q (one host sync) and gives the same result."""
+    args = extend_inputs(device, torch.float32, 6, 1, 16, [3, 33], [17, 0], seed=7)
+    out = extend_attention(*args, 0.25)
+    torch.testing.assert_close(out, extend_attention(*args, 0.25, max_new_len=33))
+    torch.testing.assert_close(out, extend_attention_ref(*args, 0.25), atol=2e-5, rtol=2e-5)
+
+
+def test_extend_last_token_equals_decode(device):
+    """The last new token of an extend sees the same context as a decode step at that length."""
+    q, k_pool, v_pool, r2s, rows, cu, prefix = extend_inputs(device, torch.float32, 7, 1, 16, [9, 4], [30, 50], seed=9)
+    out = extend_attention(q, k_pool, v_pool, r2s, rows, cu, prefix, 0.25, max_new_len=9)
+    last = cu[1:].long() - 1
+    seq_lens = (prefix + cu[1:] - cu[:-1]).to(torch.int32)
+    dec = decode_attention(q[last], k_pool, v_pool, r2s, rows, seq_lens, 0.25, split_size=16)
+    torch.testing.assert_close(out[last], dec, atol=2e-5, rtol=2e-5)

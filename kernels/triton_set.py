@@ -1,0 +1,28 @@
+"""The Triton kernel set: same signatures as the references in REFERENCE (kernels/__init__.py).
+
+Optional keywords beyond the shared signatures: extend_attention(max_new_len=) (pass it: without
+it the grid size costs a host sync) and sample(needs_filter=) (the references accept both and
+ignore them); decode_attention(split_size=) for tests and tuning only.
+"""
+
+from __future__ import annotations
+
+from litelang.kernels import KernelSet
+from litelang.kernels.activation import silu_and_mul
+from litelang.kernels.attention import decode_attention, extend_attention
+from litelang.kernels.kv_store import store_kv
+from litelang.kernels.rmsnorm import rms_norm
+from litelang.kernels.rope import apply_rope
+from litelang.kernels.sampling import apply_penalties, sample
+
+TRITON = KernelSet(
+    name="triton",
+    rms_norm=rms_norm,
+    apply_rope=apply_rope,
+    silu_and_mul=silu_and_mul,
+    store_kv=store_kv,
+    extend_attention=extend_attention,
+    decode_attention=decode_attention,
+    sample=sample,
+    apply_penalties=apply_penalties,
+)
