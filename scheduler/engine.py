@@ -182,8 +182,7 @@ class Engine:
                 self._finish(req, pb.FINISH_REASON_ABORTED)
             if not self.running and not self.waiting and not self._inflight:
                 self.check_invariant()
-                self._wake.clear()
-                await self._wake.wait()
+                await self._idle_wait()
                 continue
             try:
                 step = self._schedule()
@@ -193,8 +192,7 @@ class Engine:
                 else:
                     self._restore_release(step)
                     if not self._inflight:  # nothing runnable until something arrives
-                        self._wake.clear()
-                        await self._wake.wait()
+                        await self._idle_wait()
                         continue
                 # keep one step queued behind the one running: process the older reply now
                 if self._inflight >= 2 or not (step.extends or step.decodes):
@@ -206,6 +204,20 @@ class Engine:
                 self.healthy = False
                 self._inflight = 0
                 self._fail_all(grpc.StatusCode.UNAVAILABLE, f"a worker failed ({e}); retry the request")
+
+    async def _idle_wait(self) -> None:
+        """Sleep until a request arrives or a worker's stream breaks (a worker can die while idle)."""
+        self._wake.clear()
+        wake = asyncio.ensure_future(self._wake.wait())
+        broken = asyncio.ensure_future(self.workers.broken.wait())
+        await asyncio.wait([wake, broken], return_when=asyncio.FIRST_COMPLETED)
+        wake.cancel()
+        broken.cancel()
+        if self.workers.broken.is_set() and self.workers.connected:
+            log.error("a worker's Step stream ended while idle; reconnecting")
+            self.healthy = False
+            await self.workers.close()
+            self._fail_all(grpc.StatusCode.UNAVAILABLE, "a worker failed; retry the request")
 
     def _restore_release(self, step: worker_pb2.StepRequest) -> None:
         """An empty step is not sent: keep its releases for the next one."""
@@ -261,11 +273,22 @@ class Engine:
             r.first_scheduled = r.first_scheduled or time.monotonic()
             r.prefill_target = len(r.prompt_ids) + len(r.output_ids)
             self.running.append(r)
-            budget -= self._add_extend(step, r, budget, is_new=True)
+            taken = self._add_extend(step, r, budget, is_new=True)
+            if taken == 0:  # locking its prefix left no room: undo and retry next step
+                self._unadmit(r)
+                break
+            budget -= taken
 
         step.release.extend(self._to_release)
         self._to_release.clear()
         return step
+
+    def _unadmit(self, r: Request) -> None:
+        self.running.remove(r)
+        self.by_rid.pop(r.rid, None)
+        self._release_kv(r)
+        r.phase = Phase.WAITING
+        self.waiting.appendleft(r)
 
     def _wants_more(self, r: Request) -> bool:
         """False once the tokens in flight already reach max_new_tokens or the context limit."""
@@ -405,8 +428,10 @@ class Engine:
         """free + cached + in use == capacity, with every slot accounted for exactly once."""
         own = [s for r in self.running for s in r.slots[r.tree_prefix_len :]]
         cached = self.cache.all_slots() if self.cache else []
-        free = self.allocator.num_free
-        if free + len(cached) + len(own) != self.capacity or len(set(own) | set(cached)) != len(own) + len(cached):
+        free = self.allocator.free_slots()
+        total = len(free) + len(cached) + len(own)
+        if total != self.capacity or len(set(free) | set(own) | set(cached)) != self.capacity:
             raise AssertionError(
-                f"KV slot leak: {free} free + {len(cached)} cached + {len(own)} in use != {self.capacity} capacity"
+                f"KV slot leak: {len(free)} free + {len(cached)} cached + {len(own)} in use != {self.capacity} "
+                "capacity, or a slot is counted twice"
             )

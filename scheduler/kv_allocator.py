@@ -16,6 +16,9 @@ class SlotAllocator:
     def num_free(self) -> int:
         return len(self._free)
 
+    def free_slots(self) -> list[int]:
+        return list(self._free)
+
     def allocate(self, n: int) -> list[int]:
         if n > len(self._free):
             raise OutOfSlots(f"asked for {n} KV slots, {len(self._free)} free")

@@ -26,6 +26,7 @@ class WorkerGroup:
         self.info: worker_pb2.InitResponse | None = None
         self._channels: list[grpc.aio.Channel] = []
         self._streams: list = []
+        self.broken = asyncio.Event()  # a Step stream ended on its own (worker died), even while idle
 
     @property
     def connected(self) -> bool:
@@ -39,6 +40,9 @@ class WorkerGroup:
             stubs = [worker_pb2_grpc.WorkerStub(c) for c in self._channels]
             infos = await asyncio.gather(*(s.Init(worker_pb2.InitRequest(), timeout=timeout) for s in stubs))
             self._streams = [s.Step() for s in stubs]
+            self.broken.clear()
+            for stream in self._streams:
+                stream.add_done_callback(self._on_stream_done)
         except grpc.aio.AioRpcError as e:
             await self.close()
             raise WorkerError(f"cannot initialise workers {self.addresses}: {e.code().name}: {e.details()}") from e
@@ -78,9 +82,14 @@ class WorkerGroup:
         await self.close()
         raise WorkerError(f"worker stream failed: {detail}") from e
 
+    def _on_stream_done(self, call) -> None:
+        if call in self._streams:  # not a stream close() is cancelling on purpose
+            self.broken.set()
+
     async def close(self) -> None:
-        for s in self._streams:
+        streams, self._streams = self._streams, []
+        for s in streams:
             s.cancel()
         for c in self._channels:
             await c.close()
-        self._streams, self._channels = [], []
+        self._channels = []

@@ -116,20 +116,21 @@ class Qwen2Model:
         q = qkv[:, :q_size].reshape(n, self.num_local_heads, d)
         k = qkv[:, q_size : q_size + kv_size].reshape(n, self.num_local_kv_heads, d)
         v = qkv[:, q_size + kv_size :].reshape(n, self.num_local_kv_heads, d)
-        q, k = q.contiguous(), k.contiguous()
+        # q, k, v stay strided views of qkv: the kernels take strides, saving two copies a layer
         ks.apply_rope(q, k, batch.positions, self.cos_sin)
         ks.store_kv(k_pool, v_pool, k, v, batch.slots)
 
-        out = torch.empty_like(q)
         e = batch.num_extend_tokens
+        parts = []
         if batch.num_extends:
-            out[:e] = ks.extend_attention(
+            parts.append(ks.extend_attention(
                 q[:e], k_pool, v_pool, batch.req_to_slot, batch.extend_rows,
                 batch.extend_cu_seqlens, batch.extend_prefix_lens, self.scale, max_new_len=batch.extend_max_new_len,
-            )
+            ))
         if batch.num_decodes:
-            out[e:] = ks.decode_attention(
+            parts.append(ks.decode_attention(
                 q[e:], k_pool, v_pool, batch.req_to_slot, batch.decode_rows, batch.decode_seq_lens, self.scale
-            )
+            ))
+        out = parts[0] if len(parts) == 1 else torch.cat(parts)
         o = torch.nn.functional.linear(out.reshape(n, q_size), w.o_weight)
         return self.tp.all_reduce(o)

@@ -219,7 +219,8 @@ def sample_and_record(
             sampling.positions, needs_filter=mode.filtered,
         )
     tokens = model.tp.broadcast(tokens)  # every rank continues from rank 0's draw
-    logprobs = torch.log_softmax(logits.float(), dim=-1).gather(1, tokens[:, None])[:, 0]
+    logits = logits.float()  # logprob = logit - logsumexp: one reduction, no [batch, vocab] softmax
+    logprobs = logits.gather(1, tokens[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
     last_tokens[sampler_rows] = tokens
     if mode.penalties:
         penalties.output_counts.index_put_((sampler_rows, tokens), torch.ones_like(tokens, dtype=torch.int32), accumulate=True)
@@ -333,9 +334,9 @@ class ModelRunner:
         if start + len(new_slots) > self.max_context:
             raise StepError(f"context of {start + len(new_slots)} tokens exceeds max_context {self.max_context}")
         num_slots = self.pool.num_slots
-        for slot in new_slots:
-            if not 0 <= slot < num_slots:
-                raise StepError(f"slot {slot} outside the pool of {num_slots}")
+        if new_slots and not (0 <= min(new_slots) and max(new_slots) < num_slots):
+            bad = next(s for s in new_slots if not 0 <= s < num_slots)
+            raise StepError(f"slot {bad} outside the pool of {num_slots}")
         if record:
             plan.table_rows.extend([state.row] * len(new_slots))
             plan.table_cols.extend(range(start, start + len(new_slots)))

@@ -1,0 +1,314 @@
+"""Fast unit and property tests, no processes: the slot allocator, incremental detokenization on
+the real tokenizer, sampling validation, the admission peak estimate against a brute-force
+simulation, the config schema, and the committed gRPC stubs against a fresh generation."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from litelang.configs.schema import LitelangConfig, add_config_args, config_from_args
+from litelang.proto import litelang_pb2 as pb
+from litelang.scheduler.admission import expected_remaining, future_peak
+from litelang.scheduler.detokenizer import IncrementalDetokenizer
+from litelang.scheduler.kv_allocator import OutOfSlots, SlotAllocator
+from litelang.scheduler.validation import InvalidRequest, check_prompt, resolve_sampling
+
+# ------------------------------------------------------------------------------ SlotAllocator
+
+
+def test_allocator_counts_and_out_of_slots():
+    a = SlotAllocator(10)
+    assert a.capacity == 10 and a.num_free == 10
+    assert a.allocate(0) == [] and a.num_free == 10
+    first = a.allocate(4)
+    second = a.allocate(6)
+    assert len(first) == 4 and len(second) == 6 and a.num_free == 0
+    assert sorted(first + second) == list(range(10)), "every slot handed out exactly once"
+    with pytest.raises(OutOfSlots):
+        a.allocate(1)
+    a.free(first)
+    assert a.num_free == 4
+    with pytest.raises(OutOfSlots):
+        a.allocate(5)
+    assert a.num_free == 4, "a failed allocation must not take anything"
+    assert sorted(a.allocate(4)) == sorted(first)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 64), st.lists(st.tuples(st.booleans(), st.integers(0, 20)), max_size=60))
+def test_allocator_never_hands_out_a_held_slot(capacity, ops):
+    a = SlotAllocator(capacity)
+    held: list[list[int]] = []
+    for is_alloc, n in ops:
+        if is_alloc or not held:
+            if n > a.num_free:
+                with pytest.raises(OutOfSlots):
+                    a.allocate(n)
+                continue
+            got = a.allocate(n)
+            assert len(got) == n
+            flat = {s for h in held for s in h}
+            assert not flat & set(got) and len(set(got)) == n
+            assert all(0 <= s < capacity for s in got)
+            held.append(got)
+        else:
+            a.free(held.pop(n % len(held)))
+        assert a.num_free + sum(map(len, held)) == capacity
+
+
+# ------------------------------------------------------------------------------ detokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer(default_model_dir):
+    from litelang.scheduler.tokenizer import Tokenizer
+
+    return Tokenizer(default_model_dir)
+
+
+def detokenize(tokenizer, ids: list[int], skip_special_tokens: bool = False) -> list[str]:
+    d = IncrementalDetokenizer(tokenizer, skip_special_tokens)
+    return [d.add(i) for i in ids]
+
+
+SAMPLES = [
+    "def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)\n",
+    "递归是一种在函数中调用自身的方法。生僻字：龘、靐、齉、爩。",
+    "emoji: 🐱🐶🦄 👨‍👩‍👧‍👦 🏳️‍🌈 family",
+    "mixed ünïcödé — «quotes» … ½ ∑ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 𓀀",
+    "日本語のテキストと한국어 텍스트",
+    "<|im_start|>user\nhi<|im_end|>\n",
+]
+
+
+def check_deltas(tokenizer, ids: list[int], skip_special_tokens: bool = False) -> list[str]:
+    deltas = detokenize(tokenizer, ids, skip_special_tokens)
+    assert "".join(deltas) == tokenizer.decode(ids, skip_special_tokens)
+    for i, delta in enumerate(deltas):
+        assert "\ufffd" not in delta, f"delta {i} carries a broken character: {delta!r}"
+    return deltas
+
+
+@pytest.mark.parametrize("text", SAMPLES)
+def test_detokenizer_deltas_concatenate_to_the_decoded_text(tokenizer, text):
+    ids = tokenizer.encode(text)
+    deltas = check_deltas(tokenizer, ids)
+    assert "".join(deltas) == text
+
+
+def test_detokenizer_holds_back_split_characters(tokenizer):
+    """龘 is two byte-level tokens: the first yields nothing, the second the whole character."""
+    ids = tokenizer.encode("龘")
+    assert len(ids) >= 2 and "\ufffd" in tokenizer.decode(ids[:1])  # the premise of this test
+    deltas = detokenize(tokenizer, ids)
+    assert deltas[0] == "" and "".join(deltas) == "龘"
+
+
+def test_detokenizer_skip_special_tokens(tokenizer):
+    ids = tokenizer.encode("<|im_start|>user\nhi<|im_end|>")
+    deltas = check_deltas(tokenizer, ids, skip_special_tokens=True)
+    assert "".join(deltas) == "user\nhi"
+
+
+TEXT = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\ufffd"), max_size=40
+)
+PIECES = st.lists(
+    st.sampled_from(["你好", "龘", "靐", "😀", "👨‍👩‍👧", "é", "\n", " def", "𝔘", "  ", "ab", "\t", "ا", "🇫🇷"]),
+    max_size=12,
+).map("".join)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(TEXT, PIECES, st.tuples(TEXT, PIECES).map("".join)))
+@example("🦄🦄🦄")
+@example("a龘b")
+def test_detokenizer_property(tokenizer, text):
+    ids = tokenizer.encode(text)
+    check_deltas(tokenizer, ids)
+
+
+# ------------------------------------------------------------------------------ validation
+
+
+CFG = LitelangConfig(max_output_length=100)
+
+
+def resolve(**fields):
+    return resolve_sampling(pb.SamplingParams(**fields), CFG, default_seed=7)
+
+
+@pytest.mark.parametrize(
+    "fields, words",
+    [
+        (dict(temperature=-0.5), ["temperature", ">= 0"]),
+        (dict(temperature=math.nan), ["temperature", "finite"]),
+        (dict(temperature=math.inf), ["temperature", "finite"]),
+        (dict(top_p=0.0), ["top_p", "(0, 1]"]),
+        (dict(top_p=1.5), ["top_p", "(0, 1]"]),
+        (dict(top_p=math.nan), ["top_p"]),
+        (dict(top_k=-1), ["top_k"]),
+        (dict(min_p=1.5), ["min_p"]),
+        (dict(repetition_penalty=0.0), ["repetition_penalty"]),
+        (dict(frequency_penalty=3.0), ["frequency_penalty"]),
+        (dict(presence_penalty=-2.5), ["presence_penalty"]),
+        (dict(max_new_tokens=0), ["max_new_tokens", ">= 1"]),
+        (dict(max_new_tokens=-1), ["max_new_tokens", ">= 1"]),
+        (dict(max_new_tokens=101), ["max_new_tokens", "max_output_length"]),
+        (dict(max_new_tokens=10, min_new_tokens=11), ["min_new_tokens"]),
+        (dict(min_new_tokens=-1), ["min_new_tokens"]),
+        (dict(stop=["ok", ""]), ["stop"]),
+    ],
+)
+def test_resolve_sampling_rejects_with_a_message(fields, words):
+    with pytest.raises(InvalidRequest) as info:
+        resolve(**fields)
+    for word in words:
+        assert word in str(info.value), str(info.value)
+
+
+def test_resolve_sampling_defaults_and_values():
+    s = resolve()
+    assert s.temperature == 0.0 and s.top_p == 1.0 and s.top_k == 0
+    assert s.max_new_tokens == min(256, CFG.max_output_length) and s.seed == 7
+    s = resolve(temperature=0.7, top_p=1.0, top_k=5, max_new_tokens=100, min_new_tokens=3, stop=["\n\n"],
+                stop_token_ids=[5], ignore_eos=True, seed=0, skip_special_tokens=True)
+    assert (s.temperature, s.top_p, s.top_k, s.max_new_tokens, s.min_new_tokens) == (pytest.approx(0.7), 1.0, 5, 100, 3)
+    assert s.stop == ["\n\n"] and s.stop_token_ids == [5] and s.ignore_eos and s.skip_special_tokens
+    assert s.seed == 0, "an explicit seed 0 is a seed, not 'unset'"
+
+
+def test_check_prompt():
+    cfg = LitelangConfig(max_input_length=4)
+    check_prompt([1, 2, 3, 4], cfg, vocab_size=10)
+    with pytest.raises(InvalidRequest, match="empty"):
+        check_prompt([], cfg, vocab_size=10)
+    with pytest.raises(InvalidRequest, match="max_input_length 4"):
+        check_prompt([1] * 5, cfg, vocab_size=10)
+    with pytest.raises(InvalidRequest, match="vocabulary"):
+        check_prompt([1, 10], cfg, vocab_size=10)
+    with pytest.raises(InvalidRequest, match="vocabulary"):
+        check_prompt([-1], cfg, vocab_size=10)
+
+
+# ------------------------------------------------------------------------------ admission
+
+
+def brute_force_peak(requests: list[tuple[int, int]]) -> int:
+    """Every request decodes one token per step in parallel; a request with b tokens to go
+    holds a + t slots after t steps and frees them all once it produced its last token."""
+    held = [a for a, _ in requests]
+    left = [b for _, b in requests]
+    alive = [True] * len(requests)
+    peak = sum(held)
+    while any(alive):
+        peak = max(peak, sum(h for h, on in zip(held, alive) if on))
+        for i in range(len(requests)):
+            if not alive[i]:
+                continue
+            if left[i] == 0:
+                alive[i] = False  # done: frees everything after this step
+            else:
+                held[i] += 1
+                left[i] -= 1
+    return peak
+
+
+REQS = st.lists(st.tuples(st.integers(0, 50), st.integers(0, 40)), max_size=10)
+
+
+@settings(max_examples=300, deadline=None)
+@given(REQS)
+@example([])
+@example([(5, 0)])
+@example([(1, 10), (100, 1)])
+def test_future_peak_matches_brute_force(requests):
+    assert future_peak(requests) == brute_force_peak(requests)
+
+
+@settings(max_examples=100, deadline=None)
+@given(REQS, st.randoms(use_true_random=False))
+def test_future_peak_ignores_order(requests, rnd):
+    shuffled = list(requests)
+    rnd.shuffle(shuffled)
+    assert future_peak(shuffled) == future_peak(requests)
+
+
+def test_expected_remaining_is_optimistic_only_when_lightly_used():
+    assert expected_remaining(100, used=10, capacity=100, busy_scale=0.5) < 100
+    assert expected_remaining(100, used=60, capacity=100, busy_scale=0.5) == 100
+    assert expected_remaining(100, used=0, capacity=100, busy_scale=0.0) == 100  # busy_scale 0: never optimistic
+    assert expected_remaining(7, used=0, capacity=100, busy_scale=1.0) >= 1  # never rounds a request away
+    for remaining in range(0, 50):
+        assert 0 <= expected_remaining(remaining, 0, 100, 0.5) <= remaining
+
+
+# ------------------------------------------------------------------------------ config schema
+
+
+def parse(argv: list[str]) -> LitelangConfig:
+    parser = argparse.ArgumentParser()
+    add_config_args(parser)
+    return config_from_args(parser.parse_args(argv))
+
+
+def test_config_precedence_defaults_yaml_flags(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("port: 1234\nmax_reqs: 7\nuse_radix_cache: false\nmem_usage: 0.5\nworkers: []\n")
+    assert parse([]) == LitelangConfig()
+    from_yaml = parse(["--config", str(path)])
+    assert (from_yaml.port, from_yaml.max_reqs, from_yaml.use_radix_cache, from_yaml.mem_usage) == (1234, 7, False, 0.5)
+    assert from_yaml.max_batch_size == LitelangConfig().max_batch_size  # untouched keys keep defaults
+    both = parse(["--config", str(path), "--port", "999", "--use-radix-cache", "--kv-slots", "64"])
+    assert (both.port, both.max_reqs, both.use_radix_cache, both.kv_slots) == (999, 7, True, 64)
+    assert parse(["--no-cuda-graphs"]).cuda_graphs is False
+    two = parse(["--tp", "2", "--workers", "h1:1", "h2:2"])
+    assert two.worker_addresses() == ["h1:1", "h2:2"]
+    assert parse(["--worker-base-port", "700", "--tp", "2"]).worker_addresses() == ["127.0.0.1:700", "127.0.0.1:701"]
+
+
+def test_config_unknown_key_is_an_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("port: 1\nmax_request: 3\n")
+    with pytest.raises(ValueError, match="max_request"):
+        LitelangConfig.from_yaml(path)
+    with pytest.raises(ValueError, match="max_request"):
+        parse(["--config", str(path)])
+    with pytest.raises(SystemExit):  # argparse: unknown flag
+        parse(["--max-request", "3"])
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    (dict(tp=0), "tp"), (dict(max_reqs=0), "max_reqs"), (dict(mem_usage=1.5), "mem_usage"),
+    (dict(busy_scale=-0.1), "busy_scale"), (dict(device="tpu"), "device"), (dict(kv_slots=-1), "kv_slots"),
+    (dict(tp=2, workers=["a:1"]), "workers"),
+])
+def test_config_invalid_values(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        LitelangConfig(**kwargs)
+
+
+def test_default_yaml_is_valid():
+    from helpers import REPO_ROOT
+
+    cfg = LitelangConfig.from_yaml(REPO_ROOT / "configs" / "default.yaml")
+    assert cfg.port == 50051 and cfg.host == "127.0.0.1"
+
+
+# ------------------------------------------------------------------------------ proto stubs
+
+
+def test_committed_stubs_match_a_fresh_generation(tmp_path):
+    from litelang.tools.gen_proto import PROTO_DIR, generate
+
+    written = generate(tmp_path)
+    committed = sorted(p.name for p in PROTO_DIR.glob("*_pb2*.py*"))
+    assert sorted(p.name for p in written) == committed
+    stale = [p.name for p in written if p.read_bytes() != (PROTO_DIR / p.name).read_bytes()]
+    assert not stale, f"stale generated stubs {stale}: run `make proto`"
+
