@@ -178,7 +178,9 @@ def _gumbel_candidates_kernel(
     key = tl.load(Keys + row).to(tl.uint32)
     bits = _hash32_tl(key ^ _hash32_tl(tok.to(tl.uint32) + 0x632BE5AB))
     u = ((bits.to(tl.float64) + 0.5) * (1.0 / 4294967296.0)).to(tl.float32)
-    gumbel = -tl.log(-tl.log(u))
+    # float64: Triton's float32 log is the fast approximation, whose absolute error near u = 1
+    # (where the winning, largest Gumbel values come from) would reorder candidates
+    gumbel = (-tl.log(-tl.log(u.to(tl.float64)))).to(tl.float32)
     val = tl.where(mask, x + tl.where(temp > 0, gumbel, 0.0), float("-inf"))
     tok = tl.where(mask, tok, vocab)  # masked lanes lose every tie
     out = Cand + row * 2 * tl.num_programs(1) + 2 * blk
