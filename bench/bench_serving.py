@@ -37,9 +37,11 @@ def free_port() -> int:
 
 
 class Server:
+    device = "cuda"
+
     def __init__(self, model: Path, **overrides):
         self.port = free_port()
-        cfg = dict(model=str(model), device="cuda", port=self.port, worker_base_port=free_port(),
+        cfg = dict(model=str(model), device=self.device, port=self.port, worker_base_port=free_port(),
                    dist_port=free_port(), max_batch_size=160, max_input_length=4096, max_output_length=2048,
                    max_prefill_tokens=8192, max_reqs=1024, mem_usage=0.8, log_level="warning")
         cfg.update(overrides)
@@ -166,8 +168,12 @@ def main() -> None:
     ap.add_argument("--only", default="single,batch1,batch128,prefix,poisson")
     ap.add_argument("--rates", default="4,8")
     ap.add_argument("--poisson-requests", type=int, default=64)
+    ap.add_argument("--model", help="use this checkpoint instead of a random one at --shape")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--scale", type=float, default=1.0, help="shrink every workload (smoke tests on CPU)")
     args = ap.parse_args()
-    model = random_checkpoint(args.shape, Path(args.dir) / args.shape)
+    Server.device = args.device
+    model = Path(args.model) if args.model else random_checkpoint(args.shape, Path(args.dir) / args.shape)
     for name in TOKENIZER_FILES:
         src = Path(args.tokenizer) / name
         if src.exists():
