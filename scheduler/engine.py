@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import time
 
 import grpc
@@ -23,7 +24,6 @@ from litelang.configs.schema import LitelangConfig
 from litelang.proto import litelang_pb2 as pb
 from litelang.proto import worker_pb2
 from litelang.scheduler.admission import expected_remaining, future_peak
-from litelang.scheduler.detokenizer import IncrementalDetokenizer
 from litelang.scheduler.kv_allocator import SlotAllocator
 from litelang.scheduler.metrics import Metrics
 from litelang.scheduler.radix_cache import RadixCache
@@ -32,6 +32,12 @@ from litelang.scheduler.tokenizer import Tokenizer
 from litelang.scheduler.worker_client import WorkerError, WorkerGroup
 
 log = logging.getLogger("litelang.scheduler")
+
+# steps sent ahead of the one whose reply is being processed; a request that stops at step N
+# still runs (and wastes a slot) in the PIPELINE_DEPTH - 1 steps after it
+PIPELINE_DEPTH = int(os.environ.get("LITELANG_PIPELINE_DEPTH", "2"))
+# check every slot (not just the counts) whenever the engine goes idle; O(pool size)
+CHECK_SLOTS_WHEN_IDLE = os.environ.get("LITELANG_CHECK_SLOTS", "") == "1"
 
 
 class RejectedError(Exception):
@@ -95,7 +101,7 @@ class Engine:
                 f"KV slots but the whole pool has {self.capacity}; shorten the prompt or lower max_new_tokens",
             )
         self.by_id[req.request_id] = req
-        req.detokenizer = IncrementalDetokenizer(self.tokenizer, req.sampling.skip_special_tokens)
+        req.detokenizer = self.tokenizer.detokenizer(req.sampling.skip_special_tokens)
         self.waiting.append(req)
         self.stats["requests_received"] += 1
         self._wake.set()
@@ -181,7 +187,7 @@ class Engine:
             for req in [r for r in self.running if r.aborted]:
                 self._finish(req, pb.FINISH_REASON_ABORTED)
             if not self.running and not self.waiting and not self._inflight:
-                self.check_invariant()
+                self.check_invariant(full=CHECK_SLOTS_WHEN_IDLE)
                 await self._idle_wait()
                 continue
             try:
@@ -194,8 +200,8 @@ class Engine:
                     if not self._inflight:  # nothing runnable until something arrives
                         await self._idle_wait()
                         continue
-                # keep one step queued behind the one running: process the older reply now
-                if self._inflight >= 2 or not (step.extends or step.decodes):
+                # keep steps queued behind the one running: process the oldest reply now
+                if self._inflight >= PIPELINE_DEPTH or not (step.extends or step.decodes):
                     reply = await self.workers.receive()
                     self._inflight -= 1
                     self._process(reply)
@@ -424,9 +430,18 @@ class Engine:
         self.waiting.clear()
         self._reset_kv(self.capacity)
 
-    def check_invariant(self) -> None:
-        """free + cached + in use == capacity, with every slot accounted for exactly once."""
+    def check_invariant(self, full: bool = True) -> None:
+        """free + cached + in use == capacity; with `full`, also that every slot is accounted for
+        exactly once (O(capacity): tests and LITELANG_CHECK_SLOTS=1, not production idles)."""
         own = [s for r in self.running for s in r.slots[r.tree_prefix_len :]]
+        cached_count = self.cache.size if self.cache else 0
+        if not full:
+            if self.allocator.num_free + cached_count + len(own) != self.capacity:
+                raise AssertionError(
+                    f"KV slot leak: {self.allocator.num_free} free + {cached_count} cached + {len(own)} in use "
+                    f"!= {self.capacity} capacity"
+                )
+            return
         cached = self.cache.all_slots() if self.cache else []
         free = self.allocator.free_slots()
         total = len(free) + len(cached) + len(own)

@@ -18,6 +18,7 @@ from litelang.scheduler.engine import Engine
 from litelang.scheduler.service import LitelangService
 from litelang.scheduler.tokenizer import Tokenizer
 from litelang.scheduler.worker_client import WorkerGroup
+from litelang.tools.profiling import profiled
 
 log = logging.getLogger("litelang.scheduler")
 
@@ -71,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     add_config_args(parser)
     cfg = config_from_args(parser.parse_args(argv))
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s scheduler %(levelname)s %(message)s")
-    asyncio.run(serve(cfg))
+    with profiled("scheduler"):
+        asyncio.run(serve(cfg))
     return 0
 
 

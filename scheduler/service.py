@@ -66,7 +66,7 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
         """Yield the request's OutputEvents; abort it if the client goes away."""
         try:
             while True:
-                ev: OutputEvent = await req.events.get()
+                ev = await next_events(req)
                 if ev.error is not None:
                     await context.abort(grpc.StatusCode(_code(ev.error[0])), ev.error[1])
                 yield ev
@@ -129,6 +129,18 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
             generated_tokens=e.stats["generated_tokens"], worker_healthy=e.healthy, steps=e.stats["steps"],
             gpu_busy_ms=e.stats["gpu_busy_ms"], gpu_gap_ms=e.stats["gpu_gap_ms"], retractions=e.stats["retractions"],
         )
+
+
+async def next_events(req: Request) -> OutputEvent:
+    """The next event, merged with any others already queued: a stream that fell behind the
+    engine catches up in one message instead of one per token (sending costs more than merging)."""
+    ev: OutputEvent = await req.events.get()
+    while ev.error is None and ev.finish_reason == pb.FINISH_REASON_UNSPECIFIED and not req.events.empty():
+        nxt: OutputEvent = req.events.get_nowait()
+        if nxt.error is not None:
+            return nxt
+        ev = OutputEvent(text=ev.text + nxt.text, token_ids=ev.token_ids + nxt.token_ids, finish_reason=nxt.finish_reason)
+    return ev
 
 
 def _code(value: int) -> tuple:
@@ -218,7 +230,7 @@ class ChatSession:
         self.current = req
         try:
             while True:
-                ev: OutputEvent = await req.events.get()
+                ev = await next_events(req)
                 if ev.error is not None:
                     self.out.put_nowait(pb.ChatServerMessage(error=pb.TurnError(turn=self.turn, code=ev.error[0], message=ev.error[1])))
                     return

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
+from litelang.scheduler.detokenizer import ByteLevelDetokenizer, IncrementalDetokenizer, byte_level_table
+
 
 class Tokenizer:
     def __init__(self, model_dir: str | Path):
@@ -14,6 +16,14 @@ class Tokenizer:
         self.hf = AutoTokenizer.from_pretrained(str(model_dir))
         self.eos_token_ids = self._eos_ids(model_dir)
         self.has_chat_template = bool(getattr(self.hf, "chat_template", None))
+        self._byte_table = byte_level_table(self.hf)
+
+    def detokenizer(self, skip_special_tokens: bool = False):
+        """A fresh incremental detokenizer: the table-driven one for byte-level BPE tokenizers."""
+        if self._byte_table is not None:
+            table, special = self._byte_table
+            return ByteLevelDetokenizer(table, special, skip_special_tokens)
+        return IncrementalDetokenizer(self, skip_special_tokens)
 
     def _eos_ids(self, model_dir: Path) -> list[int]:
         ids: list[int] = []

@@ -3,12 +3,16 @@ the real default checkpoint, and free ports."""
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
 import pytest
 
 from helpers import make_tiny_qwen2
+
+# servers started by the tests check every KV slot whenever they go idle (see Engine.check_invariant)
+os.environ.setdefault("LITELANG_CHECK_SLOTS", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_DIR = ROOT / "models" / "qwen2.5-coder-0.5b-instruct"

@@ -33,6 +33,7 @@ import pytest
 from litelang.configs.schema import LitelangConfig
 from litelang.proto import litelang_pb2 as pb
 from litelang.proto import worker_pb2
+from litelang.scheduler.detokenizer import IncrementalDetokenizer
 from litelang.scheduler.engine import Engine, RejectedError
 from litelang.scheduler.request import Phase, Request, SamplingConfig
 from litelang.scheduler.worker_client import WorkerError
@@ -89,6 +90,9 @@ class FakeTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return [int(x) for x in text.replace("<", " ").replace(">", " ").split()]
+
+    def detokenizer(self, skip_special_tokens: bool = False) -> IncrementalDetokenizer:
+        return IncrementalDetokenizer(self, skip_special_tokens)
 
 
 # ------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from litelang.configs.schema import LitelangConfig, add_config_args, config_from_args
 from litelang.proto import litelang_pb2 as pb
 from litelang.scheduler.admission import expected_remaining, future_peak
-from litelang.scheduler.detokenizer import IncrementalDetokenizer
+from litelang.scheduler.detokenizer import ByteLevelDetokenizer, IncrementalDetokenizer
 from litelang.scheduler.kv_allocator import OutOfSlots, SlotAllocator
 from litelang.scheduler.validation import InvalidRequest, check_prompt, resolve_sampling
 
@@ -71,8 +71,17 @@ def tokenizer(default_model_dir):
     return Tokenizer(default_model_dir)
 
 
-def detokenize(tokenizer, ids: list[int], skip_special_tokens: bool = False) -> list[str]:
-    d = IncrementalDetokenizer(tokenizer, skip_special_tokens)
+@pytest.fixture(scope="module", params=["window", "byte_level"])
+def make_detok(request, tokenizer):
+    """Both detokenizers: the generic window one and the byte-table one the server uses for Qwen2."""
+    if request.param == "window":
+        return lambda skip: IncrementalDetokenizer(tokenizer, skip)
+    assert isinstance(tokenizer.detokenizer(), ByteLevelDetokenizer)
+    return tokenizer.detokenizer
+
+
+def detokenize(make_detok, ids: list[int], skip_special_tokens: bool = False) -> list[str]:
+    d = make_detok(skip_special_tokens)
     return [d.add(i) for i in ids]
 
 
@@ -86,8 +95,8 @@ SAMPLES = [
 ]
 
 
-def check_deltas(tokenizer, ids: list[int], skip_special_tokens: bool = False) -> list[str]:
-    deltas = detokenize(tokenizer, ids, skip_special_tokens)
+def check_deltas(tokenizer, make_detok, ids: list[int], skip_special_tokens: bool = False) -> list[str]:
+    deltas = detokenize(make_detok, ids, skip_special_tokens)
     assert "".join(deltas) == tokenizer.decode(ids, skip_special_tokens)
     for i, delta in enumerate(deltas):
         assert "\ufffd" not in delta, f"delta {i} carries a broken character: {delta!r}"
@@ -95,23 +104,23 @@ def check_deltas(tokenizer, ids: list[int], skip_special_tokens: bool = False) -
 
 
 @pytest.mark.parametrize("text", SAMPLES)
-def test_detokenizer_deltas_concatenate_to_the_decoded_text(tokenizer, text):
+def test_detokenizer_deltas_concatenate_to_the_decoded_text(tokenizer, make_detok, text):
     ids = tokenizer.encode(text)
-    deltas = check_deltas(tokenizer, ids)
+    deltas = check_deltas(tokenizer, make_detok, ids)
     assert "".join(deltas) == text
 
 
-def test_detokenizer_holds_back_split_characters(tokenizer):
+def test_detokenizer_holds_back_split_characters(tokenizer, make_detok):
     """龘 is two byte-level tokens: the first yields nothing, the second the whole character."""
     ids = tokenizer.encode("龘")
     assert len(ids) >= 2 and "\ufffd" in tokenizer.decode(ids[:1])  # the premise of this test
-    deltas = detokenize(tokenizer, ids)
+    deltas = detokenize(make_detok, ids)
     assert deltas[0] == "" and "".join(deltas) == "龘"
 
 
-def test_detokenizer_skip_special_tokens(tokenizer):
+def test_detokenizer_skip_special_tokens(tokenizer, make_detok):
     ids = tokenizer.encode("<|im_start|>user\nhi<|im_end|>")
-    deltas = check_deltas(tokenizer, ids, skip_special_tokens=True)
+    deltas = check_deltas(tokenizer, make_detok, ids, skip_special_tokens=True)
     assert "".join(deltas) == "user\nhi"
 
 
@@ -128,9 +137,9 @@ PIECES = st.lists(
 @given(st.one_of(TEXT, PIECES, st.tuples(TEXT, PIECES).map("".join)))
 @example("🦄🦄🦄")
 @example("a龘b")
-def test_detokenizer_property(tokenizer, text):
+def test_detokenizer_property(tokenizer, make_detok, text):
     ids = tokenizer.encode(text)
-    check_deltas(tokenizer, ids)
+    check_deltas(tokenizer, make_detok, ids)
 
 
 # ------------------------------------------------------------------------------ validation

@@ -153,6 +153,11 @@ class PendingStep:
         self.tokens, self.logprobs, self.start = tokens, logprobs, start
         self.gpu_start, self.gpu_end, self.prev_gpu_end = gpu_start, gpu_end, prev_gpu_end
 
+    def wait(self) -> None:
+        """Block until the step's GPU work (and its copy to the host) is done."""
+        if self.gpu_end is not None:
+            self.gpu_end.synchronize()
+
     def result(self) -> worker_pb2.StepResponse:
         out = worker_pb2.StepResponse(step_id=self.step_id)
         if not self.rids:

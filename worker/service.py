@@ -14,6 +14,7 @@ import torch
 
 from litelang.configs.schema import LitelangConfig
 from litelang.proto import worker_pb2, worker_pb2_grpc
+from litelang.tools.profiling import profiled
 from litelang.worker.runner import ModelRunner, StepError
 
 log = logging.getLogger("litelang.worker")
@@ -47,12 +48,14 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         )
 
     def Step(self, request_iterator, context):
-        """Launch each step as soon as it arrives; answer step N after step N+1 is launched when
-        the scheduler has already sent it, so the GPU never waits on the host between steps."""
+        """Launch each step as soon as it arrives. The previous step is answered once the next is
+        launched, or once its GPU work is done and nothing new has come; never by waiting for the
+        step just launched, so the scheduler's next step can be queued behind it on the GPU."""
         runner = self._ready_runner(context)
         if not self._step_lock.acquire(blocking=False):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "another scheduler already holds this worker's Step stream")
-        inbox: queue.Queue = queue.Queue()
+        inbox: queue.Queue = queue.Queue()  # StepRequests, StepDone markers, None at the end
+        watcher = _DoneWatcher(inbox)
 
         def read() -> None:
             try:
@@ -68,30 +71,29 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             torch.cuda.set_device(runner.device)
         pending = None
         try:
-            with torch.no_grad():
+            with torch.no_grad(), profiled(f"worker{self.rank}"):
                 while True:
-                    if pending is None:
-                        req = inbox.get()
-                    else:
-                        try:
-                            req = inbox.get_nowait()
-                        except queue.Empty:
+                    item = inbox.get()
+                    if item is None:
+                        break
+                    if isinstance(item, _StepDone):
+                        if pending is not None and pending.step_id == item.step_id:
                             yield pending.result()
                             pending = None
-                            continue
-                    if req is None:
-                        break
+                        continue
                     try:
-                        launched = runner.launch(req)
+                        launched = runner.launch(item)
                     except StepError as e:
-                        log.error("bad step %d: %s", req.step_id, e)
-                        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"step {req.step_id}: {e}")
+                        log.error("bad step %d: %s", item.step_id, e)
+                        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"step {item.step_id}: {e}")
                     if pending is not None:
                         yield pending.result()
                     pending = launched
+                    watcher.watch(launched)
                 if pending is not None:
                     yield pending.result()
         finally:
+            watcher.stop()
             runner.reset()
             self._step_lock.release()
 
@@ -99,3 +101,29 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         if self.runner is None:
             return worker_pb2.HealthResponse(ready=False, message=f"rank {self.rank} loading")
         return worker_pb2.HealthResponse(ready=True, message=f"rank {self.rank} ready")
+
+
+class _StepDone:
+    def __init__(self, step_id: int):
+        self.step_id = step_id
+
+
+class _DoneWatcher:
+    """A thread that waits for each launched step's GPU work and then posts a _StepDone marker,
+    so the Step loop can block on one queue for 'next request' or 'previous step finished'."""
+
+    def __init__(self, inbox: queue.Queue):
+        self.inbox = inbox
+        self.todo: queue.Queue = queue.Queue()
+        threading.Thread(target=self._run, daemon=True, name="step-done-watcher").start()
+
+    def watch(self, step) -> None:
+        self.todo.put(step)
+
+    def stop(self) -> None:
+        self.todo.put(None)
+
+    def _run(self) -> None:
+        while (step := self.todo.get()) is not None:
+            step.wait()
+            self.inbox.put(_StepDone(step.step_id))
