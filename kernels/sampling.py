@@ -36,10 +36,10 @@ def _row_keys(seeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
 def _uniforms(keys: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """float32 uniforms strictly inside (0, 1) of the given token ids (broadcast against keys).
 
-    24 bits, so every value is exact in float32: a 32-bit fraction could round to 1.0, making the
-    Gumbel noise +inf (a certain win, and NaN on a filtered -inf logit)."""
+    23 bits plus a half, so every value is exact in float32: a 32-bit fraction could round to 1.0,
+    making the Gumbel noise +inf (a certain win, and NaN on a filtered -inf logit)."""
     bits = _hash32(keys ^ _hash32(tokens.long() + 0x632BE5AB))
-    return ((bits >> 8).to(torch.float32) + 0.5) * (1.0 / 16777216.0)
+    return ((bits >> 9).to(torch.float32) + 0.5) * (1.0 / 8388608.0)
 
 
 def uniform_from_counter(seeds: torch.Tensor, positions: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -180,7 +180,7 @@ def _gumbel_candidates_kernel(
         tok = offs
     key = tl.load(Keys + row).to(tl.uint32)
     bits = _hash32_tl(key ^ _hash32_tl(tok.to(tl.uint32) + 0x632BE5AB))
-    u = ((bits >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)  # as _uniforms: exact, never 0 or 1
+    u = ((bits >> 9).to(tl.float32) + 0.5) * (1.0 / 8388608.0)  # as _uniforms: exact, never 0 or 1
     # float64: Triton's float32 log is the fast approximation, whose absolute error near u = 1
     # (where the winning, largest Gumbel values come from) would reorder candidates
     gumbel = (-tl.log(-tl.log(u.to(tl.float64)))).to(tl.float32)

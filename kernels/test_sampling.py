@@ -213,12 +213,12 @@ def test_penalties_match_reference(device):
 
 def test_uniforms_strictly_inside_unit_interval():
     """A 32-bit fraction rounded to float32 can be exactly 1.0: Gumbel noise +inf, a certain
-    (and, on a filtered -inf logit, NaN) winner. Uniforms must be exact 24-bit values in (0, 1)."""
+    (and, on a filtered -inf logit, NaN) winner. Uniforms must be exact (k + 0.5) / 2**23 values in (0, 1)."""
     from litelang.kernels.sampling import _uniforms
 
     keys = torch.arange(0, 2000, dtype=torch.long)[:, None] * 7919
     u = _uniforms(keys, torch.arange(4096))
     assert u.dtype == torch.float32
     assert 0.0 < u.min().item() and u.max().item() < 1.0
-    scaled = u.double() * 2**24 - 0.5
-    assert torch.equal(scaled, scaled.round()), "uniforms must be (k + 0.5) / 2**24, exact in float32"
+    scaled = u.double() * 2**23 - 0.5
+    assert torch.equal(scaled, scaled.round()), "uniforms must be (k + 0.5) / 2**23, exact in float32"
