@@ -1,0 +1,71 @@
+"""Tensor parallelism on CPU: two worker processes (gloo) under litelang-launch give the same
+greedy tokens as HF transformers on the same checkpoint, and stop cleanly."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM
+
+from helpers import free_ports, health_status
+from litelang.client import LitelangClient
+from test_launch import Launcher
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, default_model_dir):
+    from helpers import make_tiny_qwen2_with_tokenizer
+
+    return make_tiny_qwen2_with_tokenizer(tmp_path_factory.mktemp("tiny_tp"), default_model_dir)
+
+
+class TPLauncher(Launcher):
+    def __init__(self, model, tmp, tp: int):
+        super().__init__(model, tmp)
+        cfg = yaml.safe_load(self.config.read_text())
+        base = free_ports(1)[0]
+        while not _free_consecutive(base, tp):
+            base = free_ports(1)[0]
+        self.worker_port = base
+        cfg.update(tp=tp, worker_base_port=base, dist_port=free_ports(1)[0])
+        self.config.write_text(yaml.safe_dump(cfg))
+
+
+def _free_consecutive(base: int, n: int) -> bool:
+    import socket
+
+    for port in range(base, base + n):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+def test_tp2_greedy_matches_hf_and_stops_cleanly(tiny_model, tmp_path):
+    prompts = [[9707, 11, 1879, 0, 220, 17], [785, 3974, 13876, 38835, 374, 264, 1632, 315, 6195, 11, 1221]]
+    hf = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    want = [
+        hf.generate(torch.tensor([p]), max_new_tokens=12, min_new_tokens=12, do_sample=False)[0, len(p):].tolist()
+        for p in prompts
+    ]
+    launch = TPLauncher(tiny_model, tmp_path, tp=2).start()
+    try:
+        launch.wait_line("litelang is serving")
+        for rank in range(2):
+            assert health_status(f"127.0.0.1:{launch.worker_port + rank}") == "SERVING"
+        workers = [c for c in launch.children().values() if "litelang.worker.main" in c]
+        assert len(workers) == 2, launch.output()
+        with LitelangClient(launch.address, timeout=120) as client:
+            assert client.model_info().tp == 2
+            got = [list(client.generate(p, max_new_tokens=12, temperature=0, ignore_eos=True).token_ids) for p in prompts]
+        assert got == want
+        launch.stop_and_check(signal.SIGTERM)
+    finally:
+        launch.cleanup()
