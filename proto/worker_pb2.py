@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blitelang/proto/worker.proto\x12\x12litelang.worker.v1\"\r\n\x0bInitRequest\"\xab\x01\n\x0cInitResponse\x12\x10\n\x08kv_slots\x18\x01 \x01(\x03\x12\x12\n\nvocab_size\x18\x02 \x01(\x05\x12\x13\n\x0bmax_context\x18\x03 \x01(\x05\x12\x16\n\x0emax_batch_size\x18\x04 \x01(\x05\x12\x0c\n\x04rank\x18\x05 \x01(\x05\x12\n\n\x02tp\x18\x06 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\x12\r\n\x05\x64type\x18\x08 \x01(\t\x12\x0f\n\x07kernels\x18\t \x01(\t\"\xab\x01\n\x08Sampling\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\r\n\x05min_p\x18\x04 \x01(\x02\x12\x1a\n\x12repetition_penalty\x18\x05 \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\x06 \x01(\x02\x12\x18\n\x10presence_penalty\x18\x07 \x01(\x02\x12\x0c\n\x04seed\x18\x08 \x01(\x04\"\xdc\x01\n\x06\x45xtend\x12\x0b\n\x03rid\x18\x01 \x01(\x03\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\r\n\x05slots\x18\x03 \x03(\x05\x12\x14\n\x0cprefix_slots\x18\x04 \x03(\x05\x12\x12\n\nprefix_len\x18\x05 \x01(\x05\x12\x0e\n\x06sample\x18\x06 \x01(\x08\x12.\n\x08sampling\x18\x07 \x01(\x0b\x32\x1c.litelang.worker.v1.Sampling\x12\x0e\n\x06is_new\x18\x08 \x01(\x08\x12\x12\n\nprompt_ids\x18\t \x03(\x05\x12\x15\n\rgenerated_ids\x18\n \x03(\x05\"#\n\x06\x44\x65\x63ode\x12\x0b\n\x03rid\x18\x01 \x01(\x03\x12\x0c\n\x04slot\x18\x02 \x01(\x05\"\x89\x01\n\x0bStepRequest\x12\x0f\n\x07step_id\x18\x01 \x01(\x03\x12+\n\x07\x65xtends\x18\x02 \x03(\x0b\x32\x1a.litelang.worker.v1.Extend\x12+\n\x07\x64\x65\x63odes\x18\x03 \x03(\x0b\x32\x1a.litelang.worker.v1.Decode\x12\x0f\n\x07release\x18\x04 \x03(\x03\">\n\x0cSampledToken\x12\x0b\n\x03rid\x18\x01 \x01(\x03\x12\x10\n\x08token_id\x18\x02 \x01(\x05\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"\x89\x01\n\x0cStepResponse\x12\x0f\n\x07step_id\x18\x01 \x01(\x03\x12\x30\n\x06tokens\x18\x02 \x03(\x0b\x32 .litelang.worker.v1.SampledToken\x12\x12\n\nforward_ms\x18\x03 \x01(\x01\x12\x0e\n\x06gpu_ms\x18\x04 \x01(\x01\x12\x12\n\ngpu_gap_ms\x18\x05 \x01(\x01\"\x0f\n\rHealthRequest\"0\n\x0eHealthResponse\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t2\xf3\x01\n\x06Worker\x12I\n\x04Init\x12\x1f.litelang.worker.v1.InitRequest\x1a .litelang.worker.v1.InitResponse\x12M\n\x04Step\x12\x1f.litelang.worker.v1.StepRequest\x1a .litelang.worker.v1.StepResponse(\x01\x30\x01\x12O\n\x06Health\x12!.litelang.worker.v1.HealthRequest\x1a\".litelang.worker.v1.HealthResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blitelang/proto/worker.proto\x12\x12litelang.worker.v1\"\r\n\x0bInitRequest\"\xab\x01\n\x0cInitResponse\x12\x10\n\x08kv_slots\x18\x01 \x01(\x03\x12\x12\n\nvocab_size\x18\x02 \x01(\x05\x12\x13\n\x0bmax_context\x18\x03 \x01(\x05\x12\x16\n\x0emax_batch_size\x18\x04 \x01(\x05\x12\x0c\n\x04rank\x18\x05 \x01(\x05\x12\n\n\x02tp\x18\x06 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\x12\r\n\x05\x64type\x18\x08 \x01(\t\x12\x0f\n\x07kernels\x18\t \x01(\t\"\xdf\x01\n\x08Sampling\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\r\n\x05min_p\x18\x04 \x01(\x02\x12\x1a\n\x12repetition_penalty\x18\x05 \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\x06 \x01(\x02\x12\x18\n\x10presence_penalty\x18\x07 \x01(\x02\x12\x0c\n\x04seed\x18\x08 \x01(\x04\x12\x16\n\x0esuppress_until\x18\t \x01(\x05\x12\x1a\n\x12suppress_token_ids\x18\n \x03(\x05\"\xdc\x01\n\x06\x45xtend\x12\x0b\n\x03rid\x18\x01 \x01(\x03\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\r\n\x05slots\x18\x03 \x03(\x05\x12\x14\n\x0cprefix_slots\x18\x04 \x03(\x05\x12\x12\n\nprefix_len\x18\x05 \x01(\x05\x12\x0e\n\x06sample\x18\x06 \x01(\x08\x12.\n\x08sampling\x18\x07 \x01(\x0b\x32\x1c.litelang.worker.v1.Sampling\x12\x0e\n\x06is_new\x18\x08 \x01(\x08\x12\x12\n\nprompt_ids\x18\t \x03(\x05\x12\x15\n\rgenerated_ids\x18\n \x03(\x05\"#\n\x06\x44\x65\x63ode\x12\x0b\n\x03rid\x18\x01 \x01(\x03\x12\x0c\n\x04slot\x18\x02 \x01(\x05\"\x89\x01\n\x0bStepRequest\x12\x0f\n\x07step_id\x18\x01 \x01(\x03\x12+\n\x07\x65xtends\x18\x02 \x03(\x0b\x32\x1a.litelang.worker.v1.Extend\x12+\n\x07\x64\x65\x63odes\x18\x03 \x03(\x0b\x32\x1a.litelang.worker.v1.Decode\x12\x0f\n\x07release\x18\x04 \x03(\x03\">\n\x0cSampledToken\x12\x0b\n\x03rid\x18\x01 \x01(\x03\x12\x10\n\x08token_id\x18\x02 \x01(\x05\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"\x89\x01\n\x0cStepResponse\x12\x0f\n\x07step_id\x18\x01 \x01(\x03\x12\x30\n\x06tokens\x18\x02 \x03(\x0b\x32 .litelang.worker.v1.SampledToken\x12\x12\n\nforward_ms\x18\x03 \x01(\x01\x12\x0e\n\x06gpu_ms\x18\x04 \x01(\x01\x12\x12\n\ngpu_gap_ms\x18\x05 \x01(\x01\"\x0f\n\rHealthRequest\"0\n\x0eHealthResponse\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t2\xf3\x01\n\x06Worker\x12I\n\x04Init\x12\x1f.litelang.worker.v1.InitRequest\x1a .litelang.worker.v1.InitResponse\x12M\n\x04Step\x12\x1f.litelang.worker.v1.StepRequest\x1a .litelang.worker.v1.StepResponse(\x01\x30\x01\x12O\n\x06Health\x12!.litelang.worker.v1.HealthRequest\x1a\".litelang.worker.v1.HealthResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,21 +36,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INITRESPONSE']._serialized_start=67
   _globals['_INITRESPONSE']._serialized_end=238
   _globals['_SAMPLING']._serialized_start=241
-  _globals['_SAMPLING']._serialized_end=412
-  _globals['_EXTEND']._serialized_start=415
-  _globals['_EXTEND']._serialized_end=635
-  _globals['_DECODE']._serialized_start=637
-  _globals['_DECODE']._serialized_end=672
-  _globals['_STEPREQUEST']._serialized_start=675
-  _globals['_STEPREQUEST']._serialized_end=812
-  _globals['_SAMPLEDTOKEN']._serialized_start=814
-  _globals['_SAMPLEDTOKEN']._serialized_end=876
-  _globals['_STEPRESPONSE']._serialized_start=879
-  _globals['_STEPRESPONSE']._serialized_end=1016
-  _globals['_HEALTHREQUEST']._serialized_start=1018
-  _globals['_HEALTHREQUEST']._serialized_end=1033
-  _globals['_HEALTHRESPONSE']._serialized_start=1035
-  _globals['_HEALTHRESPONSE']._serialized_end=1083
-  _globals['_WORKER']._serialized_start=1086
-  _globals['_WORKER']._serialized_end=1329
+  _globals['_SAMPLING']._serialized_end=464
+  _globals['_EXTEND']._serialized_start=467
+  _globals['_EXTEND']._serialized_end=687
+  _globals['_DECODE']._serialized_start=689
+  _globals['_DECODE']._serialized_end=724
+  _globals['_STEPREQUEST']._serialized_start=727
+  _globals['_STEPREQUEST']._serialized_end=864
+  _globals['_SAMPLEDTOKEN']._serialized_start=866
+  _globals['_SAMPLEDTOKEN']._serialized_end=928
+  _globals['_STEPRESPONSE']._serialized_start=931
+  _globals['_STEPRESPONSE']._serialized_end=1068
+  _globals['_HEALTHREQUEST']._serialized_start=1070
+  _globals['_HEALTHREQUEST']._serialized_end=1085
+  _globals['_HEALTHRESPONSE']._serialized_start=1087
+  _globals['_HEALTHRESPONSE']._serialized_end=1135
+  _globals['_WORKER']._serialized_start=1138
+  _globals['_WORKER']._serialized_end=1381
 # @@protoc_insertion_point(module_scope)

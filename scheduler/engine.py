@@ -332,6 +332,10 @@ class Engine:
                 repetition_penalty=s.repetition_penalty, frequency_penalty=s.frequency_penalty,
                 presence_penalty=s.presence_penalty, seed=s.seed,
             ))
+            if s.min_new_tokens:  # the worker masks stop tokens until the minimum is reached
+                ext.sampling.suppress_until = len(r.prompt_ids) + s.min_new_tokens
+                eos = [] if s.ignore_eos else self.tokenizer.eos_token_ids
+                ext.sampling.suppress_token_ids.extend(dict.fromkeys(eos + s.stop_token_ids))
             if s.repetition_penalty != 1.0 or s.frequency_penalty or s.presence_penalty:
                 ext.prompt_ids.extend(r.prompt_ids)
                 ext.generated_ids.extend(r.output_ids)
@@ -361,9 +365,9 @@ class Engine:
             r = self.by_rid.get(t.rid)
             if r is not None and r.phase is Phase.RUNNING:
                 r.pending_samples -= 1
-                self._append_token(r, t.token_id)
+                self._append_token(r, t.token_id, t.logprob)
 
-    def _append_token(self, r: Request, token: int) -> None:
+    def _append_token(self, r: Request, token: int, logprob: float = 0.0) -> None:
         s = r.sampling
         r.first_token = r.first_token or time.monotonic()
         r.output_ids.append(token)
@@ -380,12 +384,13 @@ class Engine:
                 finish = pb.FINISH_REASON_STOP_STRING
             elif n >= s.max_new_tokens or len(r.prompt_ids) + n >= self.cfg.max_context:
                 finish = pb.FINISH_REASON_LENGTH
+        logprobs = [logprob] if s.logprobs else []
         if finish != pb.FINISH_REASON_UNSPECIFIED:
-            self._finish(r, finish, new_tokens=[token])
+            self._finish(r, finish, new_tokens=[token], logprobs=logprobs)
             return
         hold = max((len(x) for x in s.stop), default=1) - 1  # a stop string may be forming
         end = max(r.emitted_chars, len(r.text) - hold)
-        r.events.put_nowait(OutputEvent(text=r.text[r.emitted_chars : end], token_ids=[token]))
+        r.events.put_nowait(OutputEvent(text=r.text[r.emitted_chars : end], token_ids=[token], logprobs=logprobs))
         r.emitted_chars = end
 
     def _cut_stop_string(self, r: Request, before: int) -> bool:
@@ -400,7 +405,9 @@ class Engine:
         r.stop_string = stop
         return True
 
-    def _finish(self, r: Request, reason: int, new_tokens: list[int] | None = None) -> None:
+    def _finish(
+        self, r: Request, reason: int, new_tokens: list[int] | None = None, logprobs: list[float] | None = None
+    ) -> None:
         if r in self.running:
             self.running.remove(r)
             self._to_release.append(r.rid)
@@ -415,7 +422,7 @@ class Engine:
         self.stats["prompt_tokens"] += len(r.prompt_ids)
         self.stats["cached_prompt_tokens"] += r.cached_tokens
         self.metrics.finished(r, pb.FinishReason.Name(reason).removeprefix("FINISH_REASON_").lower())
-        r.events.put_nowait(OutputEvent(text=text, token_ids=new_tokens or [], finish_reason=reason))
+        r.events.put_nowait(OutputEvent(text=text, token_ids=new_tokens or [], logprobs=logprobs or [], finish_reason=reason))
 
     def _forget(self, r: Request) -> None:
         self.by_id.pop(r.request_id, None)

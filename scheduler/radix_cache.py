@@ -27,11 +27,19 @@ class Node:
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the common prefix, by slice comparisons (C speed) and bisection: prompts run to
+    thousands of tokens and are matched several times per request."""
     n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo] and a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 class RadixCache:

@@ -28,6 +28,7 @@ class SamplingConfig:
     ignore_eos: bool = False
     seed: int = 0
     skip_special_tokens: bool = False
+    logprobs: bool = False
 
 
 class Phase(enum.Enum):
@@ -42,6 +43,7 @@ class OutputEvent:
 
     text: str
     token_ids: list[int]
+    logprobs: list[float] = field(default_factory=list)  # one per token id (if asked for)
     finish_reason: int = pb.FINISH_REASON_UNSPECIFIED
     error: tuple[int, str] | None = None  # (grpc.StatusCode value, message) when the request failed
 

@@ -80,19 +80,20 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
 
     async def Generate(self, request, context):
         req = await self._start(request, context)
-        text, ids = [], []
+        text, ids, logprobs = [], [], []
         async for ev in self._events(req, context):
             text.append(ev.text)
             ids.extend(ev.token_ids)
+            logprobs.extend(ev.logprobs)
         return pb.GenerateResponse(
-            request_id=req.request_id, text="".join(text), token_ids=ids, finish_reason=req.finish_reason,
+            request_id=req.request_id, text="".join(text), token_ids=ids, logprobs=logprobs, finish_reason=req.finish_reason,
             usage=req.usage(), timings=req.timings(), stop_string=req.stop_string,
         )
 
     async def GenerateStream(self, request, context):
         req = await self._start(request, context)
         async for ev in self._events(req, context):
-            chunk = pb.GenerateStreamChunk(request_id=req.request_id, text=ev.text, token_ids=ev.token_ids)
+            chunk = pb.GenerateStreamChunk(request_id=req.request_id, text=ev.text, token_ids=ev.token_ids, logprobs=ev.logprobs)
             if ev.finish_reason != pb.FINISH_REASON_UNSPECIFIED:
                 chunk.finish_reason = ev.finish_reason
                 chunk.usage.CopyFrom(req.usage())
@@ -139,7 +140,8 @@ async def next_events(req: Request) -> OutputEvent:
         nxt: OutputEvent = req.events.get_nowait()
         if nxt.error is not None:
             return nxt
-        ev = OutputEvent(text=ev.text + nxt.text, token_ids=ev.token_ids + nxt.token_ids, finish_reason=nxt.finish_reason)
+        ev = OutputEvent(text=ev.text + nxt.text, token_ids=ev.token_ids + nxt.token_ids,
+                         logprobs=ev.logprobs + nxt.logprobs, finish_reason=nxt.finish_reason)
     return ev
 
 

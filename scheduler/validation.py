@@ -9,6 +9,10 @@ from litelang.proto import litelang_pb2 as pb
 from litelang.scheduler.request import SamplingConfig
 
 
+# the worker masks stop tokens before min_new_tokens with a fixed-width table: EOS ids + these
+MAX_STOP_TOKEN_IDS = 14
+
+
 class InvalidRequest(ValueError):
     """Never valid, whatever the server's load: INVALID_ARGUMENT."""
 
@@ -61,11 +65,14 @@ def resolve_sampling(params: pb.SamplingParams, cfg: LitelangConfig, default_see
     if any(not stop for stop in params.stop):
         raise InvalidRequest("stop strings must not be empty")
     s.stop = list(params.stop)
+    if len(params.stop_token_ids) > MAX_STOP_TOKEN_IDS:
+        raise InvalidRequest(f"at most {MAX_STOP_TOKEN_IDS} stop_token_ids (got {len(params.stop_token_ids)})")
     s.stop_token_ids = list(params.stop_token_ids)
     s.ignore_eos = params.ignore_eos
     if params.HasField("seed"):
         s.seed = params.seed
     s.skip_special_tokens = params.skip_special_tokens
+    s.logprobs = params.logprobs
     return s
 
 

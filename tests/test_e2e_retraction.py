@@ -43,11 +43,13 @@ def test_retraction_under_pool_pressure_matches_hf(tiny_model, tmp_path, radix):
         client = group.client
         with cf.ThreadPoolExecutor(len(prompts)) as pool:
             replies = list(pool.map(
-                lambda p: client.generate(p, max_new_tokens=NEW, temperature=0, ignore_eos=True), prompts))
+                lambda p: client.generate(p, max_new_tokens=NEW, temperature=0, ignore_eos=True, logprobs=True), prompts))
         got = [list(r.token_ids) for r in replies]
         stats = client.stats()
         assert stats.retractions > 0, "the pool was meant to force retractions"
         assert got == want
+        for r in replies:  # logprobs ride along, one per token, each a log-probability
+            assert len(r.logprobs) == len(r.token_ids) and all(lp <= 0.0 for lp in r.logprobs)
         if radix:
             assert sum(r.usage.cached_tokens for r in replies) >= len(shared), "the shared prefix was not reused"
         wait_for(lambda: is_idle(client.stats()), timeout=30, what="the server to go idle")

@@ -86,3 +86,48 @@ def test_chunked_prefill_matches_whole(tiny_qwen2):
     chunked = run_greedy(build_runner(cfg, 0), prompts, n=8, chunk=6)
     assert whole == chunked
     assert whole[7] == hf_greedy(tiny_qwen2, prompts[7], 8)
+
+
+def test_min_new_tokens_masks_stop_tokens(tiny_qwen2):
+    """Before suppress_until the worker never samples a suppressed (stop) token: the first token is
+    HF's best token other than the greedy one; later positions are free again."""
+    prompt = [5, 17, 99, 3]
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt])).logits[0, -1]
+    greedy, runner_up = logits.topk(2).indices.tolist()
+    cfg = LitelangConfig(model=str(tiny_qwen2), device="cpu", kv_slots=100, max_batch_size=2,
+                         max_input_length=32, max_output_length=32)
+    runner = build_runner(cfg, rank=0)
+    sampling = greedy_sampling()
+    sampling.suppress_until = len(prompt) + 1
+    sampling.suppress_token_ids.extend([greedy])
+    req = worker_pb2.StepRequest(step_id=0)
+    req.extends.add(rid=1, token_ids=prompt, slots=list(range(4)), sample=True, is_new=True, sampling=sampling)
+    first = runner.step(req).tokens[0].token_id
+    assert first == runner_up != greedy
+    # without suppression the same request samples the greedy token
+    plain = worker_pb2.StepRequest(step_id=1)
+    plain.extends.add(rid=2, token_ids=prompt, slots=list(range(10, 14)), sample=True, is_new=True, sampling=greedy_sampling())
+    assert runner.step(plain).tokens[0].token_id == greedy
+
+
+def test_logprobs_match_hf(tiny_qwen2):
+    """The logprob the worker returns with each greedy token is HF's log-softmax at that step."""
+    prompt = [11, 22, 33, 44, 55]
+    cfg = LitelangConfig(model=str(tiny_qwen2), device="cpu", kv_slots=100, max_batch_size=2,
+                         max_input_length=32, max_output_length=32)
+    runner = build_runner(cfg, rank=0)
+    req = worker_pb2.StepRequest(step_id=0)
+    req.extends.add(rid=1, token_ids=prompt, slots=list(range(5)), sample=True, is_new=True, sampling=greedy_sampling())
+    got = [(t.token_id, t.logprob) for t in runner.step(req).tokens]
+    for step in range(1, 6):
+        req = worker_pb2.StepRequest(step_id=step)
+        req.decodes.add(rid=1, slot=10 + step)
+        got += [(t.token_id, t.logprob) for t in runner.step(req).tokens]
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2, dtype=torch.float32).eval()
+    ids = prompt + [tok for tok, _ in got]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
+    for i, (tok, lp) in enumerate(got):
+        assert abs(logp[len(prompt) - 1 + i, tok].item() - lp) < 1e-4

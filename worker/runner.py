@@ -37,10 +37,11 @@ class RequestState:
     repetition: float = 1.0
     frequency: float = 0.0
     presence: float = 0.0
+    suppress_until: int = 0  # stop tokens are masked for sampled positions before this
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0 and not self.penalized
+        return self.temperature <= 0 and not self.penalized and not self.suppress_until
 
     @property
     def penalized(self) -> bool:
@@ -112,15 +113,17 @@ class SamplingTensors:
     frequency: torch.Tensor
     presence: torch.Tensor
 
+    suppress_until: torch.Tensor  # [batch] int64
+
     FLOATS = ("temperature", "top_p", "min_p", "repetition", "frequency", "presence")
-    INTS = ("top_k", "seeds", "positions")
+    INTS = ("top_k", "seeds", "positions", "suppress_until")
 
     @staticmethod
     def host_values(states: list[RequestState]) -> tuple[list[list[float]], list[list[int]]]:
         floats = [[s.temperature for s in states], [s.top_p for s in states], [s.min_p for s in states],
                   [s.repetition for s in states], [s.frequency for s in states], [s.presence for s in states]]
         ints = [[s.top_k for s in states], [s.seed & 0x7FFFFFFFFFFFFFFF for s in states],
-                [s.context_len for s in states]]
+                [s.context_len for s in states], [s.suppress_until for s in states]]
         return floats, ints
 
     @classmethod
@@ -129,6 +132,7 @@ class SamplingTensors:
         return cls(
             temperature=floats[0], top_p=floats[1], min_p=floats[2], repetition=floats[3],
             frequency=floats[4], presence=floats[5], top_k=ints[0].to(torch.int32), seeds=ints[1], positions=ints[2],
+            suppress_until=ints[3],
         )
 
     @classmethod
@@ -173,20 +177,39 @@ class PendingStep:
         return out
 
 
+MAX_SUPPRESS = 16  # stop tokens masked before min_new_tokens, per request
+
+
 @dataclass
 class PenaltyState:
     """Per-row token statistics for penalties, on the device: how often each token was generated
-    (output_counts) and which tokens the prompt holds (prompt_mask)."""
+    (output_counts) and which tokens the prompt holds (prompt_mask); plus the stop tokens each
+    row may not sample before its min_new_tokens (suppress_ids, padded by repeating the first)."""
 
     output_counts: torch.Tensor  # [rows, vocab] int32
     prompt_mask: torch.Tensor    # [rows, vocab] bool
+    suppress_ids: torch.Tensor   # [rows, MAX_SUPPRESS] int64
 
     @classmethod
     def allocate(cls, rows: int, vocab: int, device) -> "PenaltyState":
         return cls(
             torch.zeros((rows, vocab), dtype=torch.int32, device=device),
             torch.zeros((rows, vocab), dtype=torch.bool, device=device),
+            torch.zeros((rows, MAX_SUPPRESS), dtype=torch.long, device=device),
         )
+
+    def set_suppressed(self, row: int, ids, device) -> None:
+        ids = list(ids)[:MAX_SUPPRESS]
+        padded = ids + [ids[0]] * (MAX_SUPPRESS - len(ids))  # repeats write the same value
+        self.suppress_ids[row] = torch.tensor(padded, dtype=torch.long).to(device)
+
+    def mask_suppressed(self, logits: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor,
+                        until: torch.Tensor) -> torch.Tensor:
+        """-inf on each row's stop tokens while its sampled position is before `until`."""
+        ids = self.suppress_ids[rows]
+        active = (positions < until)[:, None].expand_as(ids)
+        blocked = torch.where(active, torch.full_like(ids, 0, dtype=logits.dtype) - float("inf"), logits.gather(1, ids))
+        return logits.scatter(1, ids, blocked)
 
     def admit(self, row: int, prompt_ids, generated_ids, device) -> None:
         self.output_counts[row].zero_()
@@ -214,6 +237,7 @@ def sample_and_record(
     if mode.greedy:
         tokens = logits.argmax(dim=-1)
     else:
+        logits = penalties.mask_suppressed(logits, sampler_rows, sampling.positions, sampling.suppress_until)
         if mode.penalties:
             logits = kernels.apply_penalties(
                 logits, penalties.output_counts[sampler_rows], penalties.prompt_mask[sampler_rows],
@@ -328,6 +352,9 @@ class ModelRunner:
             repetition=s.repetition_penalty if s.repetition_penalty > 0 else 1.0,
             frequency=s.frequency_penalty, presence=s.presence_penalty,
         )
+        if s.suppress_until and s.suppress_token_ids:
+            state.suppress_until = s.suppress_until
+            self.penalties.set_suppressed(state.row, s.suppress_token_ids, self.device)
         if state.penalized:
             self.penalties.admit(state.row, ext.prompt_ids, ext.generated_ids, self.device)
         self.requests[ext.rid] = state
