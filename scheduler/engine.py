@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import os
+import threading
 import time
 
 import grpc
@@ -66,17 +68,52 @@ class Engine:
         self._step_id = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        # the engine may run on its own thread and event loop (start_in_thread): its state is
+        # guarded by this lock, and events for a request go to the loop that owns its queue
+        self._lock = threading.RLock()
+        self._engine_loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._outbox: dict[asyncio.AbstractEventLoop, list] = {}
 
     # ------------------------------------------------------------ public API
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop())
+        """Run the loop as a task of the current event loop (tests, simple embedding)."""
+        self._engine_loop = asyncio.get_running_loop()
+        self._task = self._engine_loop.create_task(self._loop())
+
+    def start_in_thread(self) -> None:
+        """Run the loop on a thread of its own, so the client-facing gRPC work of the calling
+        loop (one send per stream per token) cannot hold back the next step for the GPU."""
+        ready = threading.Event()
+
+        async def main() -> None:
+            self._engine_loop = asyncio.get_running_loop()
+            self._task = asyncio.current_task()
+            ready.set()
+            try:
+                await self._loop()
+            finally:
+                await self.workers.close()
+
+        def run() -> None:
+            with contextlib.suppress(asyncio.CancelledError):
+                asyncio.run(main())
+
+        self._thread = threading.Thread(target=run, name="engine", daemon=True)
+        self._thread.start()
+        ready.wait()
 
     async def stop(self) -> None:
-        if self._task:
+        if self._thread is not None:
+            self._engine_loop.call_soon_threadsafe(self._task.cancel)
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 10.0)
+        elif self._task:
             self._task.cancel()
-        self._fail_all(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
-        await self.workers.close()
+            await self.workers.close()
+        with self._lock:
+            self._fail_all(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+        self._flush()
 
     @property
     def capacity(self) -> int:
@@ -84,6 +121,11 @@ class Engine:
 
     def submit(self, req: Request) -> None:
         """Queue a validated request, or raise RejectedError at once (never admit to fail later)."""
+        with self._lock:
+            self._submit(req)
+        self._notify()
+
+    def _submit(self, req: Request) -> None:
         if not self.healthy:
             raise RejectedError(grpc.StatusCode.UNAVAILABLE, "the workers are not ready (starting or restarting); retry shortly")
         if req.request_id in self.by_id:
@@ -104,18 +146,43 @@ class Engine:
         req.detokenizer = self.tokenizer.detokenizer(req.sampling.skip_special_tokens)
         self.waiting.append(req)
         self.stats["requests_received"] += 1
-        self._wake.set()
 
     def abort(self, request_id: str) -> bool:
-        req = self.by_id.get(request_id)
-        if req is None or req.phase is Phase.FINISHED:
-            return False
-        req.aborted = True
-        if req.phase is Phase.WAITING:
-            self.waiting.remove(req)
-            self._finish(req, pb.FINISH_REASON_ABORTED)
-        self._wake.set()  # running ones are finished at the top of the next iteration
+        with self._lock:
+            req = self.by_id.get(request_id)
+            if req is None or req.phase is Phase.FINISHED:
+                return False
+            req.aborted = True
+            if req.phase is Phase.WAITING:
+                self.waiting.remove(req)
+                self._finish(req, pb.FINISH_REASON_ABORTED)
+        self._flush()
+        self._notify()  # running ones are finished at the top of the next iteration
         return True
+
+    def _notify(self) -> None:
+        """Wake the engine loop, from its own thread or any other."""
+        loop = self._engine_loop
+        if loop is None:
+            self._wake.set()
+        elif _running_loop() is loop:
+            self._wake.set()
+        else:
+            loop.call_soon_threadsafe(self._wake.set)
+
+    def _emit(self, r: Request, ev: OutputEvent) -> None:
+        """Queue ev for r's stream: directly when r's queue belongs to this loop, else batched
+        for its loop (delivered by _flush, one cross-thread call per loop and step)."""
+        loop = r.events_loop
+        if loop is None or loop is _running_loop():
+            r.events.put_nowait(ev)
+        else:
+            self._outbox.setdefault(loop, []).append((r.events, ev))
+
+    def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, {}
+        for loop, items in outbox.items():
+            loop.call_soon_threadsafe(_deliver, items)
 
     def kv_counts(self) -> dict[str, int]:
         free = self.allocator.num_free
@@ -181,39 +248,51 @@ class Engine:
 
     async def _loop(self) -> None:
         while True:
+            self._flush()
             if not self.workers.connected:
                 await self._connect()
                 continue
-            for req in [r for r in self.running if r.aborted]:
-                self._finish(req, pb.FINISH_REASON_ABORTED)
-            if not self.running and not self.waiting and not self._inflight:
-                self.check_invariant(full=CHECK_SLOTS_WHEN_IDLE)
+            with self._lock:
+                for req in [r for r in self.running if r.aborted]:
+                    self._finish(req, pb.FINISH_REASON_ABORTED)
+                idle = not self.running and not self.waiting and not self._inflight
+                if idle:
+                    self.check_invariant(full=CHECK_SLOTS_WHEN_IDLE)
+                    self._wake.clear()
+                else:
+                    step = self._schedule()
+                    if not (step.extends or step.decodes):
+                        self._restore_release(step)
+                        if not self._inflight:
+                            self._wake.clear()  # about to sleep until something changes
+            if idle:
+                self._flush()
                 await self._idle_wait()
                 continue
             try:
-                step = self._schedule()
                 if step.extends or step.decodes:
                     await self.workers.send(step)
                     self._inflight += 1
-                else:
-                    self._restore_release(step)
-                    if not self._inflight:  # nothing runnable until something arrives
-                        await self._idle_wait()
-                        continue
+                elif not self._inflight:  # nothing runnable until something arrives
+                    self._flush()
+                    await self._idle_wait()
+                    continue
                 # keep steps queued behind the one running: process the oldest reply now
                 if self._inflight >= PIPELINE_DEPTH or not (step.extends or step.decodes):
                     reply = await self.workers.receive()
                     self._inflight -= 1
-                    self._process(reply)
+                    with self._lock:
+                        self._process(reply)
             except WorkerError as e:
                 log.error("%s; failing %d running requests", e, len(self.running))
                 self.healthy = False
                 self._inflight = 0
-                self._fail_all(grpc.StatusCode.UNAVAILABLE, f"a worker failed ({e}); retry the request")
+                with self._lock:
+                    self._fail_all(grpc.StatusCode.UNAVAILABLE, f"a worker failed ({e}); retry the request")
 
     async def _idle_wait(self) -> None:
-        """Sleep until a request arrives or a worker's stream breaks (a worker can die while idle)."""
-        self._wake.clear()
+        """Sleep until a request arrives or a worker's stream breaks (a worker can die while idle).
+        _wake was cleared under the lock, so a submit after that check is not missed."""
         wake = asyncio.ensure_future(self._wake.wait())
         broken = asyncio.ensure_future(self.workers.broken.wait())
         await asyncio.wait([wake, broken], return_when=asyncio.FIRST_COMPLETED)
@@ -223,7 +302,8 @@ class Engine:
             log.error("a worker's Step stream ended while idle; reconnecting")
             self.healthy = False
             await self.workers.close()
-            self._fail_all(grpc.StatusCode.UNAVAILABLE, "a worker failed; retry the request")
+            with self._lock:
+                self._fail_all(grpc.StatusCode.UNAVAILABLE, "a worker failed; retry the request")
 
     def _restore_release(self, step: worker_pb2.StepRequest) -> None:
         """An empty step is not sent: keep its releases for the next one."""
@@ -236,10 +316,11 @@ class Engine:
             log.warning("%s; retrying", e)
             await asyncio.sleep(1.0)
             return
-        self._reset_kv(int(info.kv_slots))
-        self._to_release.clear()
-        self._inflight = 0
-        self.healthy = True
+        with self._lock:
+            self._reset_kv(int(info.kv_slots))
+            self._to_release.clear()
+            self._inflight = 0
+            self.healthy = True
 
     # ------------------------------------------------------------ scheduling
 
@@ -390,7 +471,7 @@ class Engine:
             return
         hold = max((len(x) for x in s.stop), default=1) - 1  # a stop string may be forming
         end = max(r.emitted_chars, len(r.text) - hold)
-        r.events.put_nowait(OutputEvent(text=r.text[r.emitted_chars : end], token_ids=[token], logprobs=logprobs))
+        self._emit(r, OutputEvent(text=r.text[r.emitted_chars : end], token_ids=[token], logprobs=logprobs))
         r.emitted_chars = end
 
     def _cut_stop_string(self, r: Request, before: int) -> bool:
@@ -422,7 +503,7 @@ class Engine:
         self.stats["prompt_tokens"] += len(r.prompt_ids)
         self.stats["cached_prompt_tokens"] += r.cached_tokens
         self.metrics.finished(r, pb.FinishReason.Name(reason).removeprefix("FINISH_REASON_").lower())
-        r.events.put_nowait(OutputEvent(text=text, token_ids=new_tokens or [], logprobs=logprobs or [], finish_reason=reason))
+        self._emit(r, OutputEvent(text=text, token_ids=new_tokens or [], logprobs=logprobs or [], finish_reason=reason))
 
     def _forget(self, r: Request) -> None:
         self.by_id.pop(r.request_id, None)
@@ -432,7 +513,7 @@ class Engine:
         for r in list(self.running) + list(self.waiting):
             r.phase = Phase.FINISHED
             self._forget(r)
-            r.events.put_nowait(OutputEvent(text="", token_ids=[], error=(code.value[0], message)))
+            self._emit(r, OutputEvent(text="", token_ids=[], error=(code.value[0], message)))
         self.running.clear()
         self.waiting.clear()
         self._reset_kv(self.capacity)
@@ -457,3 +538,15 @@ class Engine:
                 f"KV slot leak: {len(free)} free + {len(cached)} cached + {len(own)} in use != {self.capacity} "
                 "capacity, or a slot is counted twice"
             )
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _deliver(items: list) -> None:
+    for queue, ev in items:
+        queue.put_nowait(ev)

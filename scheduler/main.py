@@ -41,7 +41,7 @@ async def serve(cfg: LitelangConfig) -> None:
     await server.start()
     if cfg.metrics_port:
         engine.metrics.serve(cfg.metrics_port, cfg.host)
-    engine.start()
+    engine.start_in_thread()
 
     async def track_health() -> None:
         """SERVING once the workers answered Init; NOT_SERVING while they are down."""

@@ -75,6 +75,7 @@ class Request:
     finished_at: float | None = None
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     detokenizer: object = None            # IncrementalDetokenizer, set by the engine
+    events_loop: asyncio.AbstractEventLoop | None = None  # the loop that reads `events` (None: the engine's)
 
     @property
     def num_computed(self) -> int:

@@ -50,7 +50,8 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
     def _new_request(self, request_id: str, prompt_ids: list[int], params: pb.SamplingParams) -> Request:
         sampling = resolve_sampling(params, self.cfg, default_seed=next(self._seeds))
         check_prompt(prompt_ids, self.cfg, self.engine.workers.info.vocab_size if self.engine.workers.info else 1 << 31)
-        return Request(request_id=request_id or uuid.uuid4().hex, prompt_ids=prompt_ids, sampling=sampling)
+        return Request(request_id=request_id or uuid.uuid4().hex, prompt_ids=prompt_ids, sampling=sampling,
+                       events_loop=asyncio.get_running_loop())
 
     async def _start(self, request: pb.GenerateRequest, context) -> Request:
         try:
