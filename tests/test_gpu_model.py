@@ -90,6 +90,15 @@ def test_cuda_graph_decode_equals_eager(ckpt):
     torch.cuda.empty_cache()
     graphed = run_batch(make_runner(ckpt, cuda_graphs=True), prompts, 24).tokens
     assert graphed == eager
+    # the full-sampling graph: penalties, top-p, seeds and min_new_tokens masking
+    full = worker_pb2.Sampling(temperature=0.7, top_p=0.9, seed=5, repetition_penalty=1.2, presence_penalty=0.3,
+                               suppress_until=7 + 12, suppress_token_ids=eager[1][:3])
+    torch.cuda.empty_cache()
+    eager_full = run_batch(make_runner(ckpt, cuda_graphs=False), prompts, 24, full).tokens
+    torch.cuda.empty_cache()
+    graphed_full = run_batch(make_runner(ckpt, cuda_graphs=True), prompts, 24, full).tokens
+    assert graphed_full == eager_full
+    assert not set(eager_full[1][:12]) & set(eager[1][:3]), "suppressed tokens sampled before suppress_until"
 
 
 def test_seeded_sampling_same_in_any_batch(ckpt):

@@ -96,7 +96,7 @@ class DecodeGraphs:
         torch.cuda.synchronize()
         log.info("captured decode CUDA graphs for batch sizes %s (greedy and full sampling)", self.buckets)
 
-    def run(self, plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(self, plan: StepPlan, mode: SamplingMode) -> tuple[torch.Tensor, torch.Tensor]:
         n = len(plan.dec_rows)
         b = next(x for x in self.buckets if x >= n)
         pad = b - n
@@ -114,7 +114,6 @@ class DecodeGraphs:
         )
         self.ints[:, :b].copy_(host_ints, non_blocking=True)
         self.floats[:, :b].copy_(host_floats, non_blocking=True)
-        mode = GREEDY if plan.mode.greedy else FULL_SAMPLING
-        graph, tokens, logprobs = self.graphs[(b, mode)]
+        graph, tokens, logprobs = self.graphs[(b, GREEDY if mode.greedy else FULL_SAMPLING)]
         graph.replay()
         return tokens[:n], logprobs[:n]

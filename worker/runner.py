@@ -301,13 +301,14 @@ class ModelRunner:
             self.req_to_slot[_t(plan.table_rows, torch.long, dev), _t(plan.table_cols, torch.long, dev)] = _t(
                 plan.table_slots, torch.int32, dev
             )
+        mode = plan.mode
         if plan.decode_only and self.graphs is not None and self.graphs.fits(len(plan.dec_rows)):
-            tokens, logprobs = self.graphs.run(plan)
+            tokens, logprobs = self.graphs.run(plan, mode)
         else:
             batch = self._forward_batch(plan)
             rows = _t([s.row for s in plan.samplers], torch.long, dev)
             tokens, logprobs = sample_and_record(
-                self.model, self.kernels, batch, SamplingTensors.from_states(plan.samplers, dev), plan.mode, rows,
+                self.model, self.kernels, batch, SamplingTensors.from_states(plan.samplers, dev), mode, rows,
                 self.last_tokens, self.penalties, self.pool.k, self.pool.v,
             )
         prev_end = self._last_gpu_end
