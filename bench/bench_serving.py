@@ -38,12 +38,14 @@ def free_port() -> int:
 
 class Server:
     device = "cuda"
+    overrides: dict = {}
 
     def __init__(self, model: Path, **overrides):
         self.port = free_port()
         cfg = dict(model=str(model), device=self.device, port=self.port, worker_base_port=free_port(),
                    dist_port=free_port(), max_batch_size=160, max_input_length=4096, max_output_length=2048,
                    max_prefill_tokens=8192, max_reqs=1024, mem_usage=0.8, log_level="warning")
+        cfg.update(self.overrides)
         cfg.update(overrides)
         self.cfg_file = Path(f"/tmp/litelang-bench-{self.port}.yaml")
         self.cfg_file.write_text(yaml.safe_dump(cfg))
@@ -170,9 +172,10 @@ def main() -> None:
     ap.add_argument("--poisson-requests", type=int, default=64)
     ap.add_argument("--model", help="use this checkpoint instead of a random one at --shape")
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--scale", type=float, default=1.0, help="shrink every workload (smoke tests on CPU)")
+    ap.add_argument("--stream-interval", type=int, default=1, help="server's tokens per stream message")
     args = ap.parse_args()
     Server.device = args.device
+    Server.overrides = {"stream_interval": args.stream_interval}
     model = Path(args.model) if args.model else random_checkpoint(args.shape, Path(args.dir) / args.shape)
     for name in TOKENIZER_FILES:
         src = Path(args.tokenizer) / name

@@ -44,6 +44,7 @@ class LitelangConfig:
     busy_scale: float = 0.5             # admission optimism: see docs/ARCHITECTURE.md
     use_radix_cache: bool = True        # reuse KV of shared prefixes across requests
     cuda_graphs: bool = True            # capture decode steps in CUDA graphs (GPU only)
+    stream_interval: int = 1            # tokens per stream message (larger: fewer messages, burstier streams)
     # --- misc ---
     seed: int = 0                       # seed for requests that don't carry one
     log_level: str = "info"
@@ -60,7 +61,8 @@ class LitelangConfig:
             p.append(f"tp must be >= 1 (got {self.tp})")
         if self.workers and len(self.workers) != self.tp:
             p.append(f"workers lists {len(self.workers)} addresses but tp is {self.tp}")
-        for name in ("max_batch_size", "max_input_length", "max_output_length", "max_prefill_tokens", "max_reqs"):
+        for name in ("max_batch_size", "max_input_length", "max_output_length", "max_prefill_tokens", "max_reqs",
+                     "stream_interval"):
             if getattr(self, name) < 1:
                 p.append(f"{name} must be >= 1 (got {getattr(self, name)})")
         if not 0.0 < self.mem_usage <= 1.0:

@@ -465,14 +465,19 @@ class Engine:
                 finish = pb.FINISH_REASON_STOP_STRING
             elif n >= s.max_new_tokens or len(r.prompt_ids) + n >= self.cfg.max_context:
                 finish = pb.FINISH_REASON_LENGTH
-        logprobs = [logprob] if s.logprobs else []
+        r.unsent_ids.append(token)
+        if s.logprobs:
+            r.unsent_logprobs.append(logprob)
         if finish != pb.FINISH_REASON_UNSPECIFIED:
-            self._finish(r, finish, new_tokens=[token], logprobs=logprobs)
+            self._finish(r, finish)
+            return
+        if len(r.unsent_ids) < self.cfg.stream_interval:
             return
         hold = max((len(x) for x in s.stop), default=1) - 1  # a stop string may be forming
         end = max(r.emitted_chars, len(r.text) - hold)
-        self._emit(r, OutputEvent(text=r.text[r.emitted_chars : end], token_ids=[token], logprobs=logprobs))
+        self._emit(r, OutputEvent(text=r.text[r.emitted_chars : end], token_ids=r.unsent_ids, logprobs=r.unsent_logprobs))
         r.emitted_chars = end
+        r.unsent_ids, r.unsent_logprobs = [], []
 
     def _cut_stop_string(self, r: Request, before: int) -> bool:
         longest = max(len(x) for x in r.sampling.stop)
@@ -486,9 +491,7 @@ class Engine:
         r.stop_string = stop
         return True
 
-    def _finish(
-        self, r: Request, reason: int, new_tokens: list[int] | None = None, logprobs: list[float] | None = None
-    ) -> None:
+    def _finish(self, r: Request, reason: int) -> None:
         if r in self.running:
             self.running.remove(r)
             self._to_release.append(r.rid)
@@ -503,7 +506,8 @@ class Engine:
         self.stats["prompt_tokens"] += len(r.prompt_ids)
         self.stats["cached_prompt_tokens"] += r.cached_tokens
         self.metrics.finished(r, pb.FinishReason.Name(reason).removeprefix("FINISH_REASON_").lower())
-        self._emit(r, OutputEvent(text=text, token_ids=new_tokens or [], logprobs=logprobs or [], finish_reason=reason))
+        self._emit(r, OutputEvent(text=text, token_ids=r.unsent_ids, logprobs=r.unsent_logprobs, finish_reason=reason))
+        r.unsent_ids, r.unsent_logprobs = [], []
 
     def _forget(self, r: Request) -> None:
         self.by_id.pop(r.request_id, None)

@@ -67,6 +67,8 @@ class Request:
     output_ids: list[int] = field(default_factory=list)
     text: str = ""                        # decoded output so far (stop strings cut off)
     emitted_chars: int = 0                # how much of text the client has been sent
+    unsent_ids: list[int] = field(default_factory=list)       # generated, not yet in an event
+    unsent_logprobs: list[float] = field(default_factory=list)
     finish_reason: int = pb.FINISH_REASON_UNSPECIFIED
     stop_string: str = ""
     aborted: bool = False
