@@ -16,7 +16,8 @@ import logging
 import torch
 
 from litelang.worker.forward_batch import ForwardBatch
-from litelang.worker.runner import FULL_SAMPLING, GREEDY, ModelRunner, SamplingMode, SamplingTensors, StepPlan, sample_and_record
+from litelang.worker.runner import ModelRunner, StepPlan
+from litelang.worker.sampler import FULL_SAMPLING, GREEDY, SamplingMode, SamplingTensors, sample_and_record
 
 log = logging.getLogger("litelang.worker")
 

@@ -1,0 +1,160 @@
+"""Sampling state on the worker: which sampling work a step needs (SamplingMode), the per-request
+parameters as device tensors (SamplingTensors), per-row penalty and stop-token state
+(PenaltyState), and the device-only forward + sample step that CUDA graphs capture."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from litelang.kernels import KernelSet
+from litelang.worker.forward_batch import ForwardBatch
+from litelang.worker.model import Qwen2Model
+
+if TYPE_CHECKING:
+    from litelang.worker.runner import RequestState
+
+
+@dataclass(frozen=True)
+class SamplingMode:
+    """Which sampling work a step needs, decided on the host from the requests' parameters."""
+
+    greedy: bool      # argmax only
+    penalties: bool   # apply repetition / frequency / presence penalties
+    filtered: bool    # top-k / top-p / min-p (needs a sort over the vocabulary)
+
+    @classmethod
+    def for_states(cls, states: list[RequestState]) -> "SamplingMode":
+        return cls(
+            greedy=all(s.greedy for s in states),
+            penalties=any(s.penalized for s in states),
+            filtered=any(s.filtered for s in states),
+        )
+
+
+FULL_SAMPLING = SamplingMode(greedy=False, penalties=True, filtered=True)
+GREEDY = SamplingMode(greedy=True, penalties=False, filtered=False)
+
+
+@dataclass
+class SamplingTensors:
+    temperature: torch.Tensor
+    top_k: torch.Tensor
+    top_p: torch.Tensor
+    min_p: torch.Tensor
+    seeds: torch.Tensor
+    positions: torch.Tensor  # index of the sampled token in its sequence: keys the random stream
+    repetition: torch.Tensor
+    frequency: torch.Tensor
+    presence: torch.Tensor
+
+    suppress_until: torch.Tensor  # [batch] int64
+
+    FLOATS = ("temperature", "top_p", "min_p", "repetition", "frequency", "presence")
+    INTS = ("top_k", "seeds", "positions", "suppress_until")
+
+    @staticmethod
+    def host_values(states: list[RequestState]) -> tuple[list[list[float]], list[list[int]]]:
+        floats = [[s.temperature for s in states], [s.top_p for s in states], [s.min_p for s in states],
+                  [s.repetition for s in states], [s.frequency for s in states], [s.presence for s in states]]
+        ints = [[s.top_k for s in states], [s.seed & 0x7FFFFFFFFFFFFFFF for s in states],
+                [s.context_len for s in states], [s.suppress_until for s in states]]
+        return floats, ints
+
+    @classmethod
+    def from_packed(cls, floats: torch.Tensor, ints: torch.Tensor) -> "SamplingTensors":
+        """Views of packed [6, n] float32 and [3, n] int64 device tensors (one copy each)."""
+        return cls(
+            temperature=floats[0], top_p=floats[1], min_p=floats[2], repetition=floats[3],
+            frequency=floats[4], presence=floats[5], top_k=ints[0].to(torch.int32), seeds=ints[1], positions=ints[2],
+            suppress_until=ints[3],
+        )
+
+    @classmethod
+    def from_states(cls, states: list[RequestState], device) -> "SamplingTensors":
+        floats, ints = cls.host_values(states)
+        return cls.from_packed(
+            torch.tensor(floats, dtype=torch.float32).to(device, non_blocking=True),
+            torch.tensor(ints, dtype=torch.long).to(device, non_blocking=True),
+        )
+
+
+MAX_SUPPRESS = 16  # stop tokens masked before min_new_tokens, per request
+
+
+@dataclass
+class PenaltyState:
+    """Per-row token statistics for penalties, on the device: how often each token was generated
+    (output_counts) and which tokens the prompt holds (prompt_mask); plus the stop tokens each
+    row may not sample before its min_new_tokens (suppress_ids, padded by repeating the first)."""
+
+    output_counts: torch.Tensor  # [rows, vocab] int32
+    prompt_mask: torch.Tensor    # [rows, vocab] bool
+    suppress_ids: torch.Tensor   # [rows, MAX_SUPPRESS] int64
+
+    @classmethod
+    def allocate(cls, rows: int, vocab: int, device) -> "PenaltyState":
+        return cls(
+            torch.zeros((rows, vocab), dtype=torch.int32, device=device),
+            torch.zeros((rows, vocab), dtype=torch.bool, device=device),
+            torch.zeros((rows, MAX_SUPPRESS), dtype=torch.long, device=device),
+        )
+
+    def set_suppressed(self, row: int, ids, device) -> None:
+        ids = list(ids)[:MAX_SUPPRESS]
+        padded = ids + [ids[0]] * (MAX_SUPPRESS - len(ids))  # repeats write the same value
+        self.suppress_ids[row] = torch.tensor(padded, dtype=torch.long).to(device)
+
+    def mask_suppressed(self, logits: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor,
+                        until: torch.Tensor) -> torch.Tensor:
+        """-inf on each row's stop tokens while its sampled position is before `until`."""
+        ids = self.suppress_ids[rows]
+        active = (positions < until)[:, None].expand_as(ids)
+        blocked = torch.where(active, torch.full_like(ids, 0, dtype=logits.dtype) - float("inf"), logits.gather(1, ids))
+        return logits.scatter(1, ids, blocked)
+
+    def admit(self, row: int, prompt_ids, generated_ids, device) -> None:
+        self.output_counts[row].zero_()
+        self.prompt_mask[row].zero_()
+        if prompt_ids:
+            self.prompt_mask[row, torch.tensor(prompt_ids, dtype=torch.long).to(device)] = True
+        if generated_ids:
+            ids = torch.tensor(generated_ids, dtype=torch.long).to(device)
+            self.output_counts[row].index_add_(0, ids, torch.ones_like(ids, dtype=torch.int32))
+
+
+def sample_and_record(
+    model: Qwen2Model, kernels: KernelSet, batch: ForwardBatch, sampling: SamplingTensors, mode: SamplingMode,
+    sampler_rows: torch.Tensor, last_tokens: torch.Tensor, penalties: PenaltyState, k_pools, v_pools,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, sample, and store each sampled token as its request's next decode input.
+
+    Device work only (no host sync), so CUDA graphs can capture it whole.
+    """
+    if batch.num_decodes:  # each decode token's slot goes into its row at its position
+        batch.req_to_slot[batch.decode_rows.long(), batch.decode_seq_lens.long() - 1] = (
+            batch.slots[batch.num_extend_tokens :].to(torch.int32)
+        )
+    logits = model.forward(batch, k_pools, v_pools)
+    if mode.greedy:
+        tokens = logits.argmax(dim=-1)
+    else:
+        logits = penalties.mask_suppressed(logits, sampler_rows, sampling.positions, sampling.suppress_until)
+        if mode.penalties:
+            logits = kernels.apply_penalties(
+                logits, penalties.output_counts[sampler_rows], penalties.prompt_mask[sampler_rows],
+                sampling.repetition, sampling.frequency, sampling.presence,
+            )
+        tokens = kernels.sample(
+            logits, sampling.temperature, sampling.top_k, sampling.top_p, sampling.min_p, sampling.seeds,
+            sampling.positions, needs_filter=mode.filtered,
+        )
+    tokens = model.tp.broadcast(tokens)  # every rank continues from rank 0's draw
+    logits = logits.float()  # logprob = logit - logsumexp: one reduction, no [batch, vocab] softmax
+    logprobs = logits.gather(1, tokens[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
+    last_tokens[sampler_rows] = tokens
+    if mode.penalties:
+        penalties.output_counts.index_put_((sampler_rows, tokens), torch.ones_like(tokens, dtype=torch.int32), accumulate=True)
+    return tokens, logprobs
