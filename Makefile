@@ -35,8 +35,9 @@ test-fast: $(STAMP)
 test-gpu:
 	$(PYTHON) -m pytest -p no:cacheprovider -m gpu tests kernels
 
+# on a CUDA machine: kernel, model (vs HF transformers) and serving benchmarks, results in ./out
 bench:
-	$(PYTHON) -m litelang.bench.run_all
+	bash bench/device_run.sh kernels model15 model7 serving
 
 clean:
 	rm -rf .cache build *.egg-info
