@@ -73,10 +73,6 @@ class WorkerGroup:
             raise WorkerError("a worker closed its Step stream")
         return replies[0]
 
-    async def step(self, request: worker_pb2.StepRequest) -> worker_pb2.StepResponse:
-        await self.send(request)
-        return await self.receive()
-
     async def _broken(self, e: Exception):
         detail = f"{e.code().name}: {e.details()}" if isinstance(e, grpc.aio.AioRpcError) else str(e)
         await self.close()
