@@ -3,6 +3,7 @@ without gRPC: what the worker alone can do."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -30,10 +31,11 @@ def greedy(temperature: float = 0.0, seed: int = 0) -> worker_pb2.Sampling:
 
 def run_batch(
     runner: ModelRunner, prompts: list[list[int]], new_tokens: int, sampling: worker_pb2.Sampling | None = None,
-    first_rid: int = 1,
+    first_rid: int = 1, decode_context: contextlib.AbstractContextManager | None = None,
 ) -> Result:
     """Prefill every prompt in one step, then decode new_tokens - 1 steps with launch-ahead;
-    returns tokens and wall times (CUDA-synchronised)."""
+    returns tokens and wall times (CUDA-synchronised). decode_context (e.g. a profiler) is
+    entered around the decode steps only."""
     sampling = sampling or greedy()
     next_slot = 0
 
@@ -66,16 +68,17 @@ def run_batch(
             for t in reply.tokens:
                 out[t.rid].append(t.token_id)
 
-        for step in range(1, new_tokens):
-            req = worker_pb2.StepRequest(step_id=step)
-            for rid in rids:
-                req.decodes.add(rid=rid, slot=take(1)[0])
-            launched = runner.launch(req)
+        with decode_context or contextlib.nullcontext():
+            for step in range(1, new_tokens):
+                req = worker_pb2.StepRequest(step_id=step)
+                for rid in rids:
+                    req.decodes.add(rid=rid, slot=take(1)[0])
+                launched = runner.launch(req)
+                if pending is not None:
+                    collect(pending.result())
+                pending = launched
             if pending is not None:
                 collect(pending.result())
-            pending = launched
-        if pending is not None:
-            collect(pending.result())
         decode_s = timer.stop()
         runner.step(worker_pb2.StepRequest(step_id=new_tokens, release=rids))
     return Result(out, prefill_s, decode_s, gpu_ms, gap_ms)

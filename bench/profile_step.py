@@ -22,9 +22,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--prefill", default="", help="NxL: profile one prefill of N prompts of L tokens instead")
     ap.add_argument("--graphs", action="store_true", help="profile CUDA-graph replays (decode)")
+    ap.add_argument("--prompt-len", type=int, default=32, help="decode: prompt tokens per request (context size)")
     args = ap.parse_args()
     path = random_checkpoint(args.shape, Path("/tmp/litelang-bench") / args.shape)
-    runner = litelang_runner(path, max_batch=max(64, args.batch), max_context=2048, cuda_graphs=args.graphs)
+    runner = litelang_runner(path, max_batch=max(64, args.batch), max_context=max(2048, args.prompt_len + 64), cuda_graphs=args.graphs)
     vocab = runner.model.spec.vocab_size
     if args.prefill:
         n, length = map(int, args.prefill.split("x"))
@@ -33,10 +34,10 @@ def main() -> None:
             run_batch(runner, prompts(n, length, vocab, 1), 1)
         steps = 1
     else:
-        run_batch(runner, prompts(args.batch, 32, vocab, 0), 8)
+        run_batch(runner, prompts(args.batch, args.prompt_len, vocab, 0), 8)
         steps = 20
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            run_batch(runner, prompts(args.batch, 32, vocab, 1), steps + 1)
+        prof = profile(activities=[ProfilerActivity.CUDA])
+        run_batch(runner, prompts(args.batch, args.prompt_len, vocab, 1), steps + 1, decode_context=prof)
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70)
     print(table)
     total = sum(e.device_time_total for e in prof.key_averages()) / 1000

@@ -104,8 +104,8 @@ class DecodeGraphs:
         r = self.runner
         floats, ints = SamplingTensors.host_values(plan.samplers)
         host_ints = torch.tensor(
-            [plan.dec_rows + [r.dummy_row] * pad, plan.positions + [0] * pad,
-             plan.slots + [r.pool.scratch_slot] * pad, plan.dec_lens + [1] * pad, *(v + [0] * pad for v in ints)],
+            [plan.dec_rows + [r.dummy_row] * pad, plan.dec_positions + [0] * pad,
+             plan.dec_slots + [r.pool.scratch_slot] * pad, plan.dec_lens + [1] * pad, *(v + [0] * pad for v in ints)],
             dtype=torch.long,
         )
         float_pad = {"top_p": 1.0, "repetition": 1.0}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from litelang.kernels import KernelSet
@@ -54,22 +55,28 @@ class RequestState:
 
 @dataclass
 class StepPlan:
-    """A step as host lists, before anything touches the device."""
+    """A step as host arrays, before anything touches the device. Extend parts are numpy
+    chunks (one per request): a 24k-token prefill converts in microseconds, where Python
+    lists of ints cost milliseconds per tensor."""
 
-    ids: list[int] = field(default_factory=list)        # extend tokens only; decode inputs live on the device
-    positions: list[int] = field(default_factory=list)
-    slots: list[int] = field(default_factory=list)
-    table_rows: list[int] = field(default_factory=list)  # req_to_slot writes
-    table_cols: list[int] = field(default_factory=list)
-    table_slots: list[int] = field(default_factory=list)
+    ext_ids: list[np.ndarray] = field(default_factory=list)  # decode inputs live on the device
+    ext_positions: list[np.ndarray] = field(default_factory=list)
+    ext_slots: list[np.ndarray] = field(default_factory=list)
+    table_writes: list[tuple[int, int, np.ndarray]] = field(default_factory=list)  # (row, first col, slots)
     ext_rows: list[int] = field(default_factory=list)
     cu: list[int] = field(default_factory=lambda: [0])
     prefix_lens: list[int] = field(default_factory=list)
     dec_rows: list[int] = field(default_factory=list)
+    dec_positions: list[int] = field(default_factory=list)
+    dec_slots: list[int] = field(default_factory=list)
     dec_lens: list[int] = field(default_factory=list)
     logits_index: list[int] = field(default_factory=list)
     samplers: list[RequestState] = field(default_factory=list)
     sampler_rids: list[int] = field(default_factory=list)
+
+    @property
+    def num_extend_tokens(self) -> int:
+        return self.cu[-1]
 
     @property
     def decode_only(self) -> bool:
@@ -154,10 +161,7 @@ class ModelRunner:
         if dev.type == "cuda":
             gpu_start = torch.cuda.Event(enable_timing=True)
             gpu_start.record()
-        if plan.table_rows:
-            self.req_to_slot[_t(plan.table_rows, torch.long, dev), _t(plan.table_cols, torch.long, dev)] = _t(
-                plan.table_slots, torch.int32, dev
-            )
+        self._write_table(plan)
         mode = plan.mode
         if plan.decode_only and self.graphs is not None and self.graphs.fits(len(plan.dec_rows)):
             tokens, logprobs = self.graphs.run(plan, mode)
@@ -182,10 +186,7 @@ class ModelRunner:
         For tests (teacher forcing: set last_tokens[row] before a decode step)."""
         plan = self._plan(req)
         dev = self.device
-        if plan.table_rows:
-            self.req_to_slot[_t(plan.table_rows, torch.long, dev), _t(plan.table_cols, torch.long, dev)] = _t(
-                plan.table_slots, torch.int32, dev
-            )
+        self._write_table(plan)
         batch = self._forward_batch(plan)
         if batch.num_decodes:
             self.req_to_slot[batch.decode_rows.long(), batch.decode_seq_lens.long() - 1] = batch.slots[batch.num_extend_tokens :].int()
@@ -218,26 +219,33 @@ class ModelRunner:
         self.requests[ext.rid] = state
         return state
 
-    def _claim(self, plan: StepPlan, state: RequestState, new_slots, start: int, record: bool = True) -> None:
+    def _claim(self, plan: StepPlan, state: RequestState, new_slots: np.ndarray, start: int, record: bool = True) -> None:
         """Check new slots; queue their req_to_slot writes (decode slots are written on the device
         by sample_and_record instead, inside the CUDA graph)."""
         if start + len(new_slots) > self.max_context:
             raise StepError(f"context of {start + len(new_slots)} tokens exceeds max_context {self.max_context}")
         num_slots = self.pool.num_slots
-        if new_slots and not (0 <= min(new_slots) and max(new_slots) < num_slots):
-            bad = next(s for s in new_slots if not 0 <= s < num_slots)
+        if len(new_slots) and not (0 <= new_slots.min() and new_slots.max() < num_slots):
+            bad = next(int(s) for s in new_slots if not 0 <= s < num_slots)
             raise StepError(f"slot {bad} outside the pool of {num_slots}")
-        if record:
-            plan.table_rows.extend([state.row] * len(new_slots))
-            plan.table_cols.extend(range(start, start + len(new_slots)))
-            plan.table_slots.extend(new_slots)
+        if record and len(new_slots):
+            plan.table_writes.append((state.row, start, new_slots))
+
+    def _write_table(self, plan: StepPlan) -> None:
+        if not plan.table_writes:
+            return
+        dev = self.device
+        rows = np.concatenate([np.full(len(sl), row, np.int64) for row, _, sl in plan.table_writes])
+        cols = np.concatenate([np.arange(c, c + len(sl), dtype=np.int64) for _, c, sl in plan.table_writes])
+        slots = np.concatenate([sl for _, _, sl in plan.table_writes])
+        self.req_to_slot[_a(rows, dev), _a(cols, dev)] = _a(slots, dev)
 
     def _plan(self, req: worker_pb2.StepRequest) -> StepPlan:
         plan = StepPlan()
         for ext in req.extends:
             if ext.is_new:
                 state = self._admit(ext)
-                self._claim(plan, state, ext.prefix_slots, 0)
+                self._claim(plan, state, np.array(ext.prefix_slots, np.int32), 0)
                 state.context_len = ext.prefix_len
             else:
                 state = self.requests.get(ext.rid)
@@ -248,29 +256,30 @@ class ModelRunner:
                 raise StepError(f"request {ext.rid}: {n} tokens with {len(ext.slots)} slots")
             if ext.prefix_len != state.context_len:
                 raise StepError(f"request {ext.rid}: prefix_len {ext.prefix_len} but {state.context_len} tokens cached")
-            self._claim(plan, state, ext.slots, state.context_len)
-            plan.ids.extend(ext.token_ids)
-            plan.positions.extend(range(state.context_len, state.context_len + n))
-            plan.slots.extend(ext.slots)
+            slots = np.array(ext.slots, np.int32)
+            self._claim(plan, state, slots, state.context_len)
+            plan.ext_ids.append(np.array(ext.token_ids, np.int64))
+            plan.ext_positions.append(np.arange(state.context_len, state.context_len + n, dtype=np.int64))
+            plan.ext_slots.append(slots)
             plan.ext_rows.append(state.row)
             plan.prefix_lens.append(state.context_len)
             plan.cu.append(plan.cu[-1] + n)
             state.context_len += n
             if ext.sample:
-                plan.logits_index.append(len(plan.ids) - 1)
+                plan.logits_index.append(plan.cu[-1] - 1)
                 plan.samplers.append(state)
                 plan.sampler_rids.append(ext.rid)
         for dec in req.decodes:
             state = self.requests.get(dec.rid)
             if state is None:
                 raise StepError(f"decode for unknown request {dec.rid}")
-            self._claim(plan, state, [dec.slot], state.context_len, record=False)
-            plan.positions.append(state.context_len)
-            plan.slots.append(dec.slot)
+            self._claim(plan, state, np.array([dec.slot], np.int32), state.context_len, record=False)
+            plan.dec_positions.append(state.context_len)
+            plan.dec_slots.append(dec.slot)
             state.context_len += 1
             plan.dec_rows.append(state.row)
             plan.dec_lens.append(state.context_len)
-            plan.logits_index.append(len(plan.ids) + len(plan.dec_rows) - 1)
+            plan.logits_index.append(plan.cu[-1] + len(plan.dec_rows) - 1)
             plan.samplers.append(state)
             plan.sampler_rids.append(dec.rid)
         return plan
@@ -278,13 +287,15 @@ class ModelRunner:
     def _forward_batch(self, plan: StepPlan) -> ForwardBatch:
         dev = self.device
         decode_rows = _t(plan.dec_rows, torch.int32, dev)
-        input_ids = torch.cat([_t(plan.ids, torch.long, dev), self.last_tokens[decode_rows.long()]])
+        ids = np.concatenate(plan.ext_ids) if plan.ext_ids else np.zeros(0, np.int64)
+        positions = np.concatenate(plan.ext_positions + [np.array(plan.dec_positions, np.int64)])
+        slots = np.concatenate(plan.ext_slots + [np.array(plan.dec_slots, np.int32)]).astype(np.int64)
         return ForwardBatch(
-            input_ids=input_ids,
-            positions=_t(plan.positions, torch.long, dev),
-            slots=_t(plan.slots, torch.long, dev),
+            input_ids=torch.cat([_a(ids, dev), self.last_tokens[decode_rows.long()]]),
+            positions=_a(positions, dev),
+            slots=_a(slots, dev),
             req_to_slot=self.req_to_slot,
-            num_extend_tokens=len(plan.ids),
+            num_extend_tokens=plan.num_extend_tokens,
             extend_rows=_t(plan.ext_rows, torch.int32, dev),
             extend_cu_seqlens=_t(plan.cu, torch.int32, dev),
             extend_prefix_lens=_t(plan.prefix_lens, torch.int32, dev),
@@ -297,3 +308,9 @@ class ModelRunner:
 
 def _t(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+
+
+def _a(values: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on the device; torch.from_numpy shares the memory, so copy on CPU."""
+    t = torch.from_numpy(values)
+    return t.to(device, non_blocking=True) if device.type != "cpu" else t.clone()
