@@ -1,6 +1,7 @@
 """The scheduling loop: admit, batch, step the workers, stream tokens back.
 
-Runs as one asyncio task beside the gRPC handlers (same event loop, so no locks). Each
+Runs as one asyncio task in the engine process (scheduler/engine_process.py), apart from the
+client-facing gRPC server, so per-stream gRPC work never delays the next step. Each
 iteration builds one StepRequest: a decode token for every running request past its prefill,
 the next prefill chunk of requests still reading their prompt, and new requests admitted FCFS
 while the batch, the prefill budget and the KV estimate allow.
@@ -17,8 +18,8 @@ import collections
 import contextlib
 import logging
 import os
-import threading
 import time
+from typing import Callable
 
 import grpc
 
@@ -29,7 +30,7 @@ from litelang.scheduler.admission import expected_remaining, future_peak
 from litelang.scheduler.kv_allocator import SlotAllocator
 from litelang.scheduler.metrics import Metrics
 from litelang.scheduler.radix_cache import RadixCache
-from litelang.scheduler.request import OutputEvent, Phase, Request
+from litelang.scheduler.request import OutcomeDetails, OutputEvent, Phase, Request
 from litelang.scheduler.tokenizer import Tokenizer
 from litelang.scheduler.worker_client import WorkerError, WorkerGroup
 
@@ -68,51 +69,24 @@ class Engine:
         self._step_id = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
-        # the engine may run on its own thread and event loop (start_in_thread): its state is
-        # guarded by this lock, and events for a request go to the loop that owns its queue
-        self._lock = threading.RLock()
-        self._engine_loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._outbox: dict[asyncio.AbstractEventLoop, list] = {}
+        # where events go: by default each request's own queue; the engine process sends them
+        # to the frontend instead, batched per step (`on_flush`)
+        self.sink: Callable[[Request, OutputEvent], None] = _to_queue
+        self.on_flush: Callable[[], None] = lambda: None
 
     # ------------------------------------------------------------ public API
 
     def start(self) -> None:
-        """Run the loop as a task of the current event loop (tests, simple embedding)."""
-        self._engine_loop = asyncio.get_running_loop()
-        self._task = self._engine_loop.create_task(self._loop())
-
-    def start_in_thread(self) -> None:
-        """Run the loop on a thread of its own, so the client-facing gRPC work of the calling
-        loop (one send per stream per token) cannot hold back the next step for the GPU."""
-        ready = threading.Event()
-
-        async def main() -> None:
-            self._engine_loop = asyncio.get_running_loop()
-            self._task = asyncio.current_task()
-            ready.set()
-            try:
-                await self._loop()
-            finally:
-                await self.workers.close()
-
-        def run() -> None:
-            with contextlib.suppress(asyncio.CancelledError):
-                asyncio.run(main())
-
-        self._thread = threading.Thread(target=run, name="engine", daemon=True)
-        self._thread.start()
-        ready.wait()
+        """Run the loop as a task of the current event loop."""
+        self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
-        if self._thread is not None:
-            self._engine_loop.call_soon_threadsafe(self._task.cancel)
-            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 10.0)
-        elif self._task:
+        if self._task:
             self._task.cancel()
-            await self.workers.close()
-        with self._lock:
-            self._fail_all(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.workers.close()
+        self._fail_all(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
         self._flush()
 
     @property
@@ -121,9 +95,8 @@ class Engine:
 
     def submit(self, req: Request) -> None:
         """Queue a validated request, or raise RejectedError at once (never admit to fail later)."""
-        with self._lock:
-            self._submit(req)
-        self._notify()
+        self._submit(req)
+        self._wake.set()
 
     def _submit(self, req: Request) -> None:
         if not self.healthy:
@@ -148,41 +121,34 @@ class Engine:
         self.stats["requests_received"] += 1
 
     def abort(self, request_id: str) -> bool:
-        with self._lock:
-            req = self.by_id.get(request_id)
-            if req is None or req.phase is Phase.FINISHED:
-                return False
-            req.aborted = True
-            if req.phase is Phase.WAITING:
-                self.waiting.remove(req)
-                self._finish(req, pb.FINISH_REASON_ABORTED)
+        req = self.by_id.get(request_id)
+        if req is None or req.phase is Phase.FINISHED:
+            return False
+        req.aborted = True
+        if req.phase is Phase.WAITING:
+            self.waiting.remove(req)
+            self._finish(req, pb.FINISH_REASON_ABORTED)
         self._flush()
-        self._notify()  # running ones are finished at the top of the next iteration
+        self._wake.set()  # running ones are finished at the top of the next iteration
         return True
 
-    def _notify(self) -> None:
-        """Wake the engine loop, from its own thread or any other."""
-        loop = self._engine_loop
-        if loop is None:
-            self._wake.set()
-        elif _running_loop() is loop:
-            self._wake.set()
-        else:
-            loop.call_soon_threadsafe(self._wake.set)
-
     def _emit(self, r: Request, ev: OutputEvent) -> None:
-        """Queue ev for r's stream: directly when r's queue belongs to this loop, else batched
-        for its loop (delivered by _flush, one cross-thread call per loop and step)."""
-        loop = r.events_loop
-        if loop is None or loop is _running_loop():
-            r.events.put_nowait(ev)
-        else:
-            self._outbox.setdefault(loop, []).append((r.events, ev))
+        self.sink(r, ev)
 
     def _flush(self) -> None:
-        outbox, self._outbox = self._outbox, {}
-        for loop, items in outbox.items():
-            loop.call_soon_threadsafe(_deliver, items)
+        """End of a batch of events (a step's, an abort's): let the sink send them together."""
+        self.on_flush()
+
+    def snapshot(self) -> dict[str, int | bool]:
+        """The figures of the GetStats RPC (field name -> value)."""
+        kv = self.kv_counts()
+        names = ("requests_finished", "prompt_tokens", "cached_prompt_tokens", "generated_tokens", "steps",
+                 "gpu_busy_ms", "gpu_gap_ms", "retractions")
+        return dict(
+            waiting=len(self.waiting), running=len(self.running), kv_capacity=kv["capacity"], kv_free=kv["free"],
+            kv_cached=kv["cached"], kv_in_use=kv["in_use"], worker_healthy=self.healthy,
+            **{name: self.stats[name] for name in names},
+        )
 
     def kv_counts(self) -> dict[str, int]:
         free = self.allocator.num_free
@@ -252,19 +218,18 @@ class Engine:
             if not self.workers.connected:
                 await self._connect()
                 continue
-            with self._lock:
-                for req in [r for r in self.running if r.aborted]:
-                    self._finish(req, pb.FINISH_REASON_ABORTED)
-                idle = not self.running and not self.waiting and not self._inflight
-                if idle:
-                    self.check_invariant(full=CHECK_SLOTS_WHEN_IDLE)
-                    self._wake.clear()
-                else:
-                    step = self._schedule()
-                    if not (step.extends or step.decodes):
-                        self._restore_release(step)
-                        if not self._inflight:
-                            self._wake.clear()  # about to sleep until something changes
+            for req in [r for r in self.running if r.aborted]:
+                self._finish(req, pb.FINISH_REASON_ABORTED)
+            idle = not self.running and not self.waiting and not self._inflight
+            if idle:
+                self.check_invariant(full=CHECK_SLOTS_WHEN_IDLE)
+                self._wake.clear()
+            else:
+                step = self._schedule()
+                if not (step.extends or step.decodes):
+                    self._restore_release(step)
+                    if not self._inflight:
+                        self._wake.clear()  # about to sleep until something changes
             if idle:
                 self._flush()
                 await self._idle_wait()
@@ -281,18 +246,17 @@ class Engine:
                 if self._inflight >= PIPELINE_DEPTH or not (step.extends or step.decodes):
                     reply = await self.workers.receive()
                     self._inflight -= 1
-                    with self._lock:
-                        self._process(reply)
+                    self._process(reply)
             except WorkerError as e:
                 log.error("%s; failing %d running requests", e, len(self.running))
                 self.healthy = False
                 self._inflight = 0
-                with self._lock:
-                    self._fail_all(grpc.StatusCode.UNAVAILABLE, f"a worker failed ({e}); retry the request")
+                self._fail_all(grpc.StatusCode.UNAVAILABLE, f"a worker failed ({e}); retry the request")
 
     async def _idle_wait(self) -> None:
         """Sleep until a request arrives or a worker's stream breaks (a worker can die while idle).
-        _wake was cleared under the lock, so a submit after that check is not missed."""
+        _wake was cleared on this loop after the last check for work, and submits run on this
+        loop too, so one cannot slip in between."""
         wake = asyncio.ensure_future(self._wake.wait())
         broken = asyncio.ensure_future(self.workers.broken.wait())
         await asyncio.wait([wake, broken], return_when=asyncio.FIRST_COMPLETED)
@@ -302,8 +266,7 @@ class Engine:
             log.error("a worker's Step stream ended while idle; reconnecting")
             self.healthy = False
             await self.workers.close()
-            with self._lock:
-                self._fail_all(grpc.StatusCode.UNAVAILABLE, "a worker failed; retry the request")
+            self._fail_all(grpc.StatusCode.UNAVAILABLE, "a worker failed; retry the request")
 
     def _restore_release(self, step: worker_pb2.StepRequest) -> None:
         """An empty step is not sent: keep its releases for the next one."""
@@ -316,11 +279,10 @@ class Engine:
             log.warning("%s; retrying", e)
             await asyncio.sleep(1.0)
             return
-        with self._lock:
-            self._reset_kv(int(info.kv_slots))
-            self._to_release.clear()
-            self._inflight = 0
-            self.healthy = True
+        self._reset_kv(int(info.kv_slots))
+        self._to_release.clear()
+        self._inflight = 0
+        self.healthy = True
 
     # ------------------------------------------------------------ scheduling
 
@@ -506,7 +468,9 @@ class Engine:
         self.stats["prompt_tokens"] += len(r.prompt_ids)
         self.stats["cached_prompt_tokens"] += r.cached_tokens
         self.metrics.finished(r, pb.FinishReason.Name(reason).removeprefix("FINISH_REASON_").lower())
-        self._emit(r, OutputEvent(text=text, token_ids=r.unsent_ids, logprobs=r.unsent_logprobs, finish_reason=reason))
+        outcome = OutcomeDetails(usage=r.usage(), timings=r.timings(), text=r.text, stop_string=r.stop_string)
+        self._emit(r, OutputEvent(text=text, token_ids=r.unsent_ids, logprobs=r.unsent_logprobs, finish_reason=reason,
+                                  outcome=outcome))
         r.unsent_ids, r.unsent_logprobs = [], []
 
     def _forget(self, r: Request) -> None:
@@ -544,13 +508,5 @@ class Engine:
             )
 
 
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
-def _deliver(items: list) -> None:
-    for queue, ev in items:
-        queue.put_nowait(ev)
+def _to_queue(r: Request, ev: OutputEvent) -> None:
+    r.events.put_nowait(ev)

@@ -1,4 +1,5 @@
-"""`litelang-scheduler`: the client-facing gRPC server that drives the workers."""
+"""`litelang-scheduler`: the client-facing gRPC server (this process) and the engine that
+drives the workers (a child process, scheduler/engine_process.py)."""
 
 from __future__ import annotations
 
@@ -14,20 +15,19 @@ from grpc_reflection.v1alpha import reflection
 
 from litelang.configs.schema import LitelangConfig, add_config_args, config_from_args
 from litelang.proto import litelang_pb2, litelang_pb2_grpc
-from litelang.scheduler.engine import Engine
+from litelang.scheduler.engine_process import EngineClient
 from litelang.scheduler.service import LitelangService
 from litelang.scheduler.tokenizer import Tokenizer
-from litelang.scheduler.worker_client import WorkerGroup
 from litelang.tools.profiling import profiled
 
 log = logging.getLogger("litelang.scheduler")
 
 
-async def serve(cfg: LitelangConfig) -> None:
+async def serve(cfg: LitelangConfig) -> int:
     tokenizer = Tokenizer(cfg.model)
-    engine = Engine(cfg, tokenizer, WorkerGroup(cfg.worker_addresses()))
+    engine = EngineClient(cfg)
     server = grpc.aio.server()
-    litelang_pb2_grpc.add_LitelangServicer_to_server(LitelangService(cfg, engine), server)
+    litelang_pb2_grpc.add_LitelangServicer_to_server(LitelangService(cfg, engine, tokenizer), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service_names = (
@@ -39,9 +39,7 @@ async def serve(cfg: LitelangConfig) -> None:
     if server.add_insecure_port(cfg.address) == 0:
         raise SystemExit(f"cannot listen on {cfg.address}: is another server using the port?")
     await server.start()
-    if cfg.metrics_port:
-        engine.metrics.serve(cfg.metrics_port, cfg.host)
-    engine.start_in_thread()
+    engine.start()  # serves the Prometheus metrics (metrics_port) too
 
     async def track_health() -> None:
         """SERVING once the workers answered Init; NOT_SERVING while they are down."""
@@ -60,11 +58,13 @@ async def serve(cfg: LitelangConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    died = asyncio.ensure_future(engine.died.wait())
+    await asyncio.wait([asyncio.ensure_future(stop.wait()), died], return_when=asyncio.FIRST_COMPLETED)
     log.info("shutting down")
     health_task.cancel()
     await engine.stop()
     await server.stop(grace=1.0)
+    return 1 if died.done() else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,8 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(parser.parse_args(argv))
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s scheduler %(levelname)s %(message)s")
     with profiled("scheduler"):
-        asyncio.run(serve(cfg))
-    return 0
+        return asyncio.run(serve(cfg))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,17 @@ class Phase(enum.Enum):
 
 
 @dataclass
+class OutcomeDetails:
+    """What the final response reports besides the tokens (the RPC layer, in another process,
+    sees only events, never the engine's Request)."""
+
+    usage: pb.Usage
+    timings: pb.Timings
+    text: str          # the whole output text, stop string cut off
+    stop_string: str
+
+
+@dataclass
 class OutputEvent:
     """What the engine hands the RPC layer: new text/tokens, and on the last event the outcome."""
 
@@ -46,6 +57,11 @@ class OutputEvent:
     logprobs: list[float] = field(default_factory=list)  # one per token id (if asked for)
     finish_reason: int = pb.FINISH_REASON_UNSPECIFIED
     error: tuple[int, str] | None = None  # (grpc.StatusCode value, message) when the request failed
+    outcome: OutcomeDetails | None = None  # set on the final event of a request that finished
+
+    @property
+    def final(self) -> bool:
+        return self.error is not None or self.finish_reason != pb.FINISH_REASON_UNSPECIFIED
 
 
 @dataclass
@@ -75,9 +91,8 @@ class Request:
     first_scheduled: float | None = None
     first_token: float | None = None
     finished_at: float | None = None
-    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)  # OutputEvents for the RPC layer
     detokenizer: object = None            # IncrementalDetokenizer, set by the engine
-    events_loop: asyncio.AbstractEventLoop | None = None  # the loop that reads `events` (None: the engine's)
 
     @property
     def num_computed(self) -> int:

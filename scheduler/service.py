@@ -1,4 +1,5 @@
-"""The client-facing gRPC service (litelang.v1.Litelang) on top of the Engine.
+"""The client-facing gRPC service (litelang.v1.Litelang), in the frontend process; the engine
+runs in its own process behind an EngineClient.
 
 Every RPC validates its input first: never-valid input is INVALID_ARGUMENT with a message that
 says what to change; load problems come from the engine (RESOURCE_EXHAUSTED, UNAVAILABLE).
@@ -16,17 +17,18 @@ import grpc
 from litelang.configs.schema import LitelangConfig
 from litelang.proto import litelang_pb2 as pb
 from litelang.proto import litelang_pb2_grpc
-from litelang.scheduler.engine import Engine, RejectedError
+from litelang.scheduler.engine import RejectedError
+from litelang.scheduler.engine_process import EngineClient
 from litelang.scheduler.request import OutputEvent, Request
+from litelang.scheduler.tokenizer import Tokenizer
 from litelang.scheduler.validation import InvalidRequest, check_prompt, resolve_sampling
 
 log = logging.getLogger("litelang.scheduler")
 
 
 class LitelangService(litelang_pb2_grpc.LitelangServicer):
-    def __init__(self, cfg: LitelangConfig, engine: Engine):
-        self.cfg, self.engine = cfg, engine
-        self.tokenizer = engine.tokenizer
+    def __init__(self, cfg: LitelangConfig, engine: EngineClient, tokenizer: Tokenizer):
+        self.cfg, self.engine, self.tokenizer = cfg, engine, tokenizer
         self._seeds = itertools.count(cfg.seed * 1_000_003 + 1)
 
     # ------------------------------------------------------------ helpers
@@ -49,9 +51,8 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
 
     def _new_request(self, request_id: str, prompt_ids: list[int], params: pb.SamplingParams) -> Request:
         sampling = resolve_sampling(params, self.cfg, default_seed=next(self._seeds))
-        check_prompt(prompt_ids, self.cfg, self.engine.workers.info.vocab_size if self.engine.workers.info else 1 << 31)
-        return Request(request_id=request_id or uuid.uuid4().hex, prompt_ids=prompt_ids, sampling=sampling,
-                       events_loop=asyncio.get_running_loop())
+        check_prompt(prompt_ids, self.cfg, self.engine.info.vocab_size if self.engine.info else 1 << 31)
+        return Request(request_id=request_id or uuid.uuid4().hex, prompt_ids=prompt_ids, sampling=sampling)
 
     async def _start(self, request: pb.GenerateRequest, context) -> Request:
         try:
@@ -71,7 +72,7 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
                 if ev.error is not None:
                     await context.abort(grpc.StatusCode(_code(ev.error[0])), ev.error[1])
                 yield ev
-                if ev.finish_reason != pb.FINISH_REASON_UNSPECIFIED:
+                if ev.final:
                     return
         except asyncio.CancelledError:
             self.engine.abort(req.request_id)
@@ -81,14 +82,14 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
 
     async def Generate(self, request, context):
         req = await self._start(request, context)
-        text, ids, logprobs = [], [], []
+        ids, logprobs = [], []
         async for ev in self._events(req, context):
-            text.append(ev.text)
             ids.extend(ev.token_ids)
             logprobs.extend(ev.logprobs)
+        out = ev.outcome
         return pb.GenerateResponse(
-            request_id=req.request_id, text="".join(text), token_ids=ids, logprobs=logprobs, finish_reason=req.finish_reason,
-            usage=req.usage(), timings=req.timings(), stop_string=req.stop_string,
+            request_id=req.request_id, text=out.text, token_ids=ids, logprobs=logprobs, finish_reason=ev.finish_reason,
+            usage=out.usage, timings=out.timings, stop_string=out.stop_string,
         )
 
     async def GenerateStream(self, request, context):
@@ -97,8 +98,8 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
             chunk = pb.GenerateStreamChunk(request_id=req.request_id, text=ev.text, token_ids=ev.token_ids, logprobs=ev.logprobs)
             if ev.finish_reason != pb.FINISH_REASON_UNSPECIFIED:
                 chunk.finish_reason = ev.finish_reason
-                chunk.usage.CopyFrom(req.usage())
-                chunk.timings.CopyFrom(req.timings())
+                chunk.usage.CopyFrom(ev.outcome.usage)
+                chunk.timings.CopyFrom(ev.outcome.timings)
             yield chunk
 
     async def Chat(self, request_iterator, context):
@@ -111,7 +112,7 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
         return pb.AbortResponse(aborted=aborted)
 
     async def ModelInfo(self, request, context):
-        info = self.engine.workers.info
+        info = self.engine.info
         if info is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the workers are not ready yet; retry shortly")
         return pb.ModelInfoResponse(
@@ -122,27 +123,22 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
         )
 
     async def GetStats(self, request, context):
-        e = self.engine
-        kv = e.kv_counts()
-        return pb.StatsResponse(
-            waiting=len(e.waiting), running=len(e.running), kv_capacity=kv["capacity"], kv_free=kv["free"],
-            kv_cached=kv["cached"], kv_in_use=kv["in_use"], requests_finished=e.stats["requests_finished"],
-            prompt_tokens=e.stats["prompt_tokens"], cached_prompt_tokens=e.stats["cached_prompt_tokens"],
-            generated_tokens=e.stats["generated_tokens"], worker_healthy=e.healthy, steps=e.stats["steps"],
-            gpu_busy_ms=e.stats["gpu_busy_ms"], gpu_gap_ms=e.stats["gpu_gap_ms"], retractions=e.stats["retractions"],
-        )
+        try:
+            return pb.StatsResponse(**await self.engine.stats())
+        except (RejectedError, asyncio.TimeoutError):
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the engine did not answer; the server may be restarting")
 
 
 async def next_events(req: Request) -> OutputEvent:
     """The next event, merged with any others already queued: a stream that fell behind the
     engine catches up in one message instead of one per token (sending costs more than merging)."""
     ev: OutputEvent = await req.events.get()
-    while ev.error is None and ev.finish_reason == pb.FINISH_REASON_UNSPECIFIED and not req.events.empty():
+    while not ev.final and not req.events.empty():
         nxt: OutputEvent = req.events.get_nowait()
         if nxt.error is not None:
             return nxt
         ev = OutputEvent(text=ev.text + nxt.text, token_ids=ev.token_ids + nxt.token_ids,
-                         logprobs=ev.logprobs + nxt.logprobs, finish_reason=nxt.finish_reason)
+                         logprobs=ev.logprobs + nxt.logprobs, finish_reason=nxt.finish_reason, outcome=nxt.outcome)
     return ev
 
 
@@ -240,12 +236,13 @@ class ChatSession:
                 if ev.text or ev.token_ids:
                     self.out.put_nowait(pb.ChatServerMessage(chunk=pb.TurnChunk(turn=self.turn, text=ev.text, token_ids=ev.token_ids)))
                 if ev.finish_reason != pb.FINISH_REASON_UNSPECIFIED:
+                    out = ev.outcome
                     if ev.finish_reason != pb.FINISH_REASON_ABORTED:  # a cancelled turn leaves no trace
                         self.messages.append({"role": "user", "content": user.content})
-                        self.messages.append({"role": "assistant", "content": req.text})
+                        self.messages.append({"role": "assistant", "content": out.text})
                     self.out.put_nowait(pb.ChatServerMessage(end=pb.TurnEnd(
-                        turn=self.turn, text=req.text, finish_reason=ev.finish_reason,
-                        usage=req.usage(), timings=req.timings(),
+                        turn=self.turn, text=out.text, finish_reason=ev.finish_reason,
+                        usage=out.usage, timings=out.timings,
                     )))
                     return
         finally:

@@ -319,3 +319,25 @@ def test_worker_killed_while_idle_then_restarted_serves_next_request(single):
     single.wait_serving(120)
     reply = single.client.generate(FIB, max_new_tokens=4, temperature=0)
     assert reply.usage.completion_tokens == 4
+
+
+# ------------------------------------------------------------------------------ engine death
+# (last: it ends the `single` group's scheduler)
+
+def test_engine_process_killed_fails_streams_and_scheduler_exits(single):
+    """The engine runs in a child process of the scheduler. If it dies, in-flight streams end
+    with UNAVAILABLE at once and the scheduler exits non-zero for its supervisor to restart,
+    leaving no process behind (checked by the group's stop())."""
+    import psutil
+
+    call = long_stream(single, timeout=90)
+    _read_some(call, 2)
+    children = psutil.Process(single.scheduler.pid).children()
+    engines = [p for p in children if "resource_tracker" not in " ".join(p.cmdline())]
+    assert len(engines) == 1, [p.cmdline() for p in children]
+    engines[0].kill()
+    t0 = time.monotonic()
+    err = rpc_error(lambda: list(call))
+    assert err.code() == grpc.StatusCode.UNAVAILABLE, (err.code(), err.details())
+    assert time.monotonic() - t0 < 30
+    assert single.scheduler.wait(timeout=30) == 1
