@@ -6,19 +6,33 @@
 - prefill attention: TFLOP/s at 8k tokens, causal, head_dim 128, vs dense bf16 peak (989), with
   torch SDPA (FlashAttention) on the same problem as a baseline.
 - sampling at batch 256 x 151936 vocabulary: with the sort-based filters and without.
+- small-M linear (kernels/linear.py) at Qwen2-1.5B decode shapes, M 1 and 8: time per call and
+  GB/s of weight read, beside cuBLAS (F.linear) in the same run; weights rotate so none is in L2.
+- launch-bound decode-step kernels, timed per call by replaying a CUDA graph of 100 calls (as
+  the worker's decode steps run them; K/V stay in L2 across the replays): fused RoPE + KV
+  store vs apply_rope + store_kv at batch 1 and 64, and decode attention at batch 1 (contexts
+  64, 300, 32k) and batch 40 (600..1200), req->slot table 2048 and 32k wide. With
+  --decode-baseline PATH (a copy of an older kernels/attention.py) its decode_attention is
+  timed beside the current one.
 
-Usage: python bench/bench_kernels.py [--peak-gbs 3350] [--peak-tflops 989]
+Usage: python bench/bench_kernels.py [--peak-gbs 3350] [--peak-tflops 989] [--decode-baseline PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 import triton.testing
 
+from litelang.bench.tune_linear import SHAPES as LINEAR_SHAPES, rotating_us
 from litelang.kernels.attention import decode_attention, extend_attention
+from litelang.kernels.kv_store import store_kv
+from litelang.kernels.rope import apply_rope, rope_cos_sin_cache
+from litelang.kernels.rope_store import apply_rope_and_store_kv
 from litelang.kernels.sampling import sample
 
 DEV = "cuda"
@@ -52,6 +66,107 @@ def bench_decode(peak_gbs: float) -> list[str]:
         slots = "shuffled" if shuffled else "contiguous"
         rows.append(f"| decode attention | batch {batch} x {context} ctx (table {width}, {slots} slots), "
                     f"hd 128, 12q/2kv, bf16 | {ms * 1e3:.1f} us | {gbs:.0f} GB/s | {100 * gbs / peak_gbs:.0f}% HBM |")
+    return rows
+
+
+def graph_us(fn: Callable[[], object], calls: int = 100, replays: int = 10) -> float:
+    """Microseconds per call of fn from replaying a CUDA graph of `calls` back-to-back calls:
+    for microsecond kernels the launch cost inside a graph is what a decode step pays, and
+    do_bench's eager launches would measure the host instead."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()  # compile outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    graph.replay()  # warm
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) * 1e3 / (calls * replays)
+
+
+def bench_rope_store(q_heads: int = 12, kv_heads: int = 2, head_dim: int = 128) -> list[str]:
+    """One fused launch vs apply_rope + store_kv, on views of a fused qkv output (Qwen2-1.5B)."""
+    rows = []
+    cos_sin = rope_cos_sin_cache(head_dim, 32768, 1e6, device=DEV)
+    k_pool = torch.zeros(1 << 16, kv_heads, head_dim, device=DEV, dtype=BF16)
+    v_pool = torch.zeros_like(k_pool)
+    for tokens in (1, 64):
+        qkv = torch.randn(tokens, (q_heads + 2 * kv_heads) * head_dim, device=DEV, dtype=BF16)
+        q, k, v = qkv.view(tokens, -1, head_dim).split([q_heads, kv_heads, kv_heads], dim=1)
+        positions = torch.randint(0, 32768, (tokens,), device=DEV)
+        slots = torch.randperm(1 << 16, device=DEV)[:tokens]
+
+        def separate():
+            apply_rope(q, k, positions, cos_sin)
+            store_kv(k_pool, v_pool, k, v, slots)
+
+        fused = graph_us(lambda: apply_rope_and_store_kv(q, k, v, positions, cos_sin, k_pool, v_pool, slots))
+        two = graph_us(separate)
+        rows.append(f"| rope + kv store (graph replay) | {tokens} tokens, hd {head_dim}, {q_heads}q/{kv_heads}kv, bf16 "
+                    f"| fused {fused:.2f} us | separate {two:.2f} us | |")
+    return rows
+
+
+def decode_case_lens(lens: list[int], table_width: int, q_heads=12, kv_heads=2, head_dim=128):
+    """Request b at lens[b] tokens on contiguous slots, in a table table_width wide."""
+    k_pool = torch.randn(sum(lens), kv_heads, head_dim, device=DEV, dtype=BF16)
+    v_pool = torch.randn_like(k_pool)
+    req_to_slot = torch.zeros(len(lens), table_width, device=DEV, dtype=torch.int32)
+    start = 0
+    for b, n in enumerate(lens):
+        req_to_slot[b, :n] = torch.arange(start, start + n, device=DEV, dtype=torch.int32)
+        start += n
+    req_rows = torch.arange(len(lens), device=DEV, dtype=torch.int32)
+    seq_lens = torch.tensor(lens, device=DEV, dtype=torch.int32)
+    q = torch.randn(len(lens), q_heads, head_dim, device=DEV, dtype=BF16)
+    return q, k_pool, v_pool, req_to_slot, req_rows, seq_lens, head_dim**-0.5
+
+
+def bench_decode_small(baseline: Callable | None) -> list[str]:
+    """Decode attention where launches and the split policy dominate, per call in a graph."""
+    b40 = torch.randint(600, 1201, (40,), generator=torch.Generator().manual_seed(0)).tolist()
+    cases = [("batch 1 x 64 ctx", [64], 2048), ("batch 1 x 64 ctx", [64], 32768),
+             ("batch 1 x 300 ctx", [300], 2048), ("batch 1 x 300 ctx", [300], 32768),
+             ("batch 1 x 32768 ctx", [32768], 32768),
+             ("batch 40 x 600..1200 ctx", b40, 2048), ("batch 40 x 600..1200 ctx", b40, 32768)]
+    rows = []
+    for name, lens, width in cases:
+        args = decode_case_lens(lens, width)
+        now = graph_us(lambda: decode_attention(*args))
+        before = f"before {graph_us(lambda: baseline(*args)):.2f} us" if baseline else ""
+        rows.append(f"| decode attention (graph replay) | {name} (table {width}), hd 128, 12q/2kv, bf16 "
+                    f"| {now:.2f} us | {before} | |")
+    return rows
+
+
+def load_decode_baseline(path: str) -> Callable:
+    """decode_attention from a copy of an older kernels/attention.py, for before/after rows."""
+    spec = importlib.util.spec_from_file_location("decode_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.decode_attention
+
+
+def bench_linear(peak_gbs: float) -> list[str]:
+    """Triton small-M linear (linear_silu_mul for gate_up) vs cuBLAS (+ silu_and_mul) at Qwen2-1.5B
+    decode shapes, per call in a CUDA graph over rotating weight copies (no L2 reuse, like layers)."""
+    rows = []
+    for name, shape in LINEAR_SHAPES["1.5b"].items():
+        n, k = shape[:2]
+        for m in (1, 8):
+            mine, cublas = rotating_us(shape, m, "served"), rotating_us(shape, m, None)
+            gbs = n * k * 2 / (mine * 1e-6) / 1e9
+            rows.append(f"| linear {name} (graph replay) | M {m} x [{n}x{k}], bf16 | {mine:.2f} us "
+                        f"(cuBLAS {cublas:.2f} us) | {gbs:.0f} GB/s | {100 * gbs / peak_gbs:.0f}% HBM |")
     return rows
 
 
@@ -102,10 +217,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--peak-gbs", type=float, default=3350.0, help="HBM peak in GB/s (H100 SXM: 3350)")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
+    parser.add_argument("--decode-baseline", help="an older kernels/attention.py to time beside the current one")
     args = parser.parse_args()
+    baseline = load_decode_baseline(args.decode_baseline) if args.decode_baseline else None
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}\n")
     print("| kernel | shape | time | achieved | of peak |")
     print("| --- | --- | --- | --- | --- |")
+    for row in bench_linear(args.peak_gbs) + bench_rope_store() + bench_decode_small(baseline):
+        print(row, flush=True)
     for row in bench_decode(args.peak_gbs) + bench_prefill(args.peak_tflops) + bench_sample():
         print(row, flush=True)
 

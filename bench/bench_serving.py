@@ -77,6 +77,8 @@ async def stream_one(client: AsyncLitelangClient, ids: list[int], new: int, reco
         times.extend([now] * len(chunk.token_ids))
         if chunk.finish_reason:
             record.setdefault("cached", []).append(chunk.usage.cached_tokens)
+            record.setdefault("server_ttft", []).append(chunk.timings.ttft_ms / 1000)
+            record.setdefault("server_queue", []).append(chunk.timings.queue_ms / 1000)
     record.setdefault("ttft", []).append(times[0] - t0)
     record.setdefault("itl", []).extend(b - a for a, b in zip(times, times[1:]))
     record.setdefault("tokens", []).append(len(times))
@@ -144,7 +146,8 @@ def bench_prefix(model: Path, rows: list[str]) -> None:
         finally:
             server.stop()
         rows.append(f"| shared prefix 128 × (2,000 shared + 100) in, 128 out, radix cache {'on' if cache else 'off'} | "
-                    f"mean TTFT {statistics.mean(rec['ttft']) * 1000:,.0f} ms, {sum(rec['tokens']) / rec['wall']:,.0f} out tok/s, "
+                    f"mean TTFT {statistics.mean(rec['ttft']) * 1000:,.0f} ms (server-side {statistics.mean(rec['server_ttft']) * 1000:,.0f} ms, "
+                    f"in queue {statistics.mean(rec['server_queue']) * 1000:,.0f} ms), {sum(rec['tokens']) / rec['wall']:,.0f} out tok/s, "
                     f"{sum(rec['cached'])} cached prompt tokens | |")
 
 

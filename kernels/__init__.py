@@ -13,9 +13,12 @@ from typing import Callable
 
 from litelang.kernels.activation import silu_and_mul_ref
 from litelang.kernels.attention import decode_attention_ref, extend_attention_ref
+from litelang.kernels.greedy import greedy_sample_ref
 from litelang.kernels.kv_store import store_kv_ref
+from litelang.kernels.linear import linear_ref, linear_silu_mul_ref
 from litelang.kernels.rmsnorm import rms_norm_ref
 from litelang.kernels.rope import apply_rope_ref
+from litelang.kernels.rope_store import apply_rope_and_store_kv_ref
 from litelang.kernels.sampling import apply_penalties_ref, sample_ref
 
 
@@ -26,10 +29,14 @@ class KernelSet:
     apply_rope: Callable
     silu_and_mul: Callable
     store_kv: Callable
+    apply_rope_and_store_kv: Callable  # apply_rope then store_kv, one launch
     extend_attention: Callable
     decode_attention: Callable
     sample: Callable
+    greedy_sample: Callable  # (logits) -> (argmax tokens, their logprobs)
     apply_penalties: Callable
+    linear: Callable  # (x, w, bias=None): F.linear; Triton for small M
+    linear_silu_mul: Callable  # (x, w_gate_up): silu_and_mul(linear(x, w_gate_up)), fused
 
 
 REFERENCE = KernelSet(
@@ -38,10 +45,14 @@ REFERENCE = KernelSet(
     apply_rope=apply_rope_ref,
     silu_and_mul=silu_and_mul_ref,
     store_kv=store_kv_ref,
+    apply_rope_and_store_kv=apply_rope_and_store_kv_ref,
     extend_attention=extend_attention_ref,
     decode_attention=decode_attention_ref,
     sample=sample_ref,
+    greedy_sample=greedy_sample_ref,
     apply_penalties=apply_penalties_ref,
+    linear=linear_ref,
+    linear_silu_mul=linear_silu_mul_ref,
 )
 
 

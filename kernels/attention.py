@@ -216,31 +216,49 @@ def extend_attention(
 
 
 # --- decode (flash-decoding) ---
+#
+# Grid (batch, kv_heads, num_splits), num_splits from shapes only (CUDA-graph safe). Each request
+# spreads its *actual* context, read from seq_lens on the device, evenly over the num_splits
+# programs in whole BLOCK_N blocks: a 300-token context runs as 5 one-block programs rather
+# than one 5-block program (the rest exit at once), and a 32k context as num_splits programs.
+# A request that fits one split (or has none, a padding row) is normalized and written by its
+# split program, and the merge exits for it; with num_splits == 1 the merge is not launched.
+
+
+@triton.jit
+def _split_len(seq_len, num_splits, BLOCK_N: tl.constexpr):
+    """Tokens per split of a seq_len context: whole blocks, at least one (both kernels use it)."""
+    per_split = (seq_len + num_splits - 1) // num_splits
+    return tl.maximum((per_split + BLOCK_N - 1) // BLOCK_N, 1) * BLOCK_N
 
 
 @triton.jit
 def _decode_split_kernel(
-    Q, K, V, ReqToSlot, ReqRows, SeqLens, PartAcc, PartMax, PartSum, qk_scale,
-    stride_qb, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_r,
+    Q, K, V, Out, ReqToSlot, ReqRows, SeqLens, PartAcc, PartMax, PartSum, qk_scale, num_splits,
+    stride_qb, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ob, stride_oh, stride_r,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
-    SPLIT: tl.constexpr, BLOCK_N: tl.constexpr, DOT_F32: tl.constexpr,
+    BLOCK_N: tl.constexpr, DOT_F32: tl.constexpr,
 ):
     """Program (request, kv head, split): every query head of the kv head's group against one
-    SPLIT-token slice of the context; unnormalized partial results go to scratch."""
+    slice of the context. Unnormalized partial results go to scratch for the merge, unless the
+    request has a single split: then the normalized output goes straight to Out."""
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
+    # the row and q are loaded beside seq_len, not after it: one memory round trip fewer on the
+    # path of a launch-bound step (programs that turn out empty load them for nothing)
     seq_len = tl.load(SeqLens + b).to(tl.int32)
-    start = split * SPLIT
-    if start < seq_len:  # splits past the request's length do nothing
-        end = tl.minimum(start + SPLIT, seq_len)
-        slot_row = ReqToSlot + tl.load(ReqRows + b).to(tl.int64) * stride_r
-        g = tl.arange(0, GROUP_PAD)
-        d = tl.arange(0, HEAD_DIM)
-        heads = kvh * GROUP + g
-        g_mask = (g < GROUP)[:, None]
-        q = tl.load(Q + b.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + d[None, :], mask=g_mask, other=0.0)
-
+    slot_row = ReqToSlot + tl.load(ReqRows + b).to(tl.int64) * stride_r
+    g = tl.arange(0, GROUP_PAD)
+    d = tl.arange(0, HEAD_DIM)
+    heads = kvh * GROUP + g
+    g_mask = g < GROUP
+    q = tl.load(Q + b.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + d[None, :], mask=g_mask[:, None], other=0.0)
+    split_len = _split_len(seq_len, num_splits, BLOCK_N)
+    n_splits = (seq_len + split_len - 1) // split_len  # 0 for an empty context
+    if split < tl.maximum(n_splits, 1):  # splits past the context do nothing
+        start = split * split_len
+        end = tl.minimum(start + split_len, seq_len)
         m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
         l_i = tl.zeros([GROUP_PAD], tl.float32)
         acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
@@ -254,36 +272,43 @@ def _decode_split_kernel(
             s = tl.where(n_mask[None, :], s, float("-inf"))
             m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc, DOT_F32)
 
-        # scratch layout: [batch, q_heads, max_splits] (+ [head_dim] for acc)
-        part = (b.to(tl.int64) * tl.num_programs(1) * GROUP + heads) * tl.num_programs(2) + split
-        tl.store(PartAcc + part[:, None] * HEAD_DIM + d[None, :], acc, mask=g_mask)
-        tl.store(PartMax + part, m_i, mask=g < GROUP)
-        tl.store(PartSum + part, l_i, mask=g < GROUP)
+        if n_splits <= 1:
+            out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # an empty context gives zeros
+            out_ptr = Out + b.to(tl.int64) * stride_ob + heads[:, None] * stride_oh + d[None, :]
+            tl.store(out_ptr, out.to(Out.dtype.element_ty), mask=g_mask[:, None])
+        else:
+            # scratch layout: [batch, q_heads, num_splits] (+ [head_dim] for acc)
+            part = (b.to(tl.int64) * tl.num_programs(1) * GROUP + heads) * num_splits + split
+            tl.store(PartAcc + part[:, None] * HEAD_DIM + d[None, :], acc, mask=g_mask[:, None])
+            tl.store(PartMax + part, m_i, mask=g_mask)
+            tl.store(PartSum + part, l_i, mask=g_mask)
 
 
 @triton.jit
 def _decode_merge_kernel(
-    PartAcc, PartMax, PartSum, Out, SeqLens, stride_ob, stride_oh, max_splits,
-    HEAD_DIM: tl.constexpr, SPLIT: tl.constexpr, SPLITS_PAD: tl.constexpr,
+    PartAcc, PartMax, PartSum, Out, SeqLens, stride_ob, stride_oh, num_splits,
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS_PAD: tl.constexpr,
 ):
-    """Program (request, q head): log-sum-exp merge of the request's non-empty splits, all
-    loaded at once (max_splits <= SPLITS_PAD)."""
+    """Program (request, q head): log-sum-exp merge of the request's splits, all loaded at once
+    (num_splits <= SPLITS_PAD). Requests with one split were written by the split kernel."""
     b = tl.program_id(0)
     h = tl.program_id(1)
     seq_len = tl.load(SeqLens + b).to(tl.int32)
-    s = tl.arange(0, SPLITS_PAD)
-    valid = s < (seq_len + SPLIT - 1) // SPLIT
-    part = (b.to(tl.int64) * tl.num_programs(1) + h) * max_splits + s
-    m_s = tl.load(PartMax + part, mask=valid, other=float("-inf"))
-    l_s = tl.load(PartSum + part, mask=valid, other=0.0)
-    acc_s = tl.load(PartAcc + part[:, None] * HEAD_DIM + tl.arange(0, HEAD_DIM)[None, :], mask=valid[:, None], other=0.0)
-    m = tl.max(m_s, axis=0)
-    m = tl.where(m > float("-inf"), m, 0.0)  # no valid split: avoid -inf - -inf
-    w = tl.where(valid, tl.exp2(m_s - m), 0.0)
-    l = tl.sum(l_s * w, axis=0)
-    acc = tl.sum(acc_s * w[:, None], axis=0)
-    out = acc / tl.where(l > 0, l, 1.0)  # an empty context (a padding row) gives zeros
-    tl.store(Out + b.to(tl.int64) * stride_ob + h * stride_oh + tl.arange(0, HEAD_DIM), out.to(Out.dtype.element_ty))
+    split_len = _split_len(seq_len, num_splits, BLOCK_N)
+    n_splits = (seq_len + split_len - 1) // split_len
+    if n_splits > 1:
+        s = tl.arange(0, SPLITS_PAD)
+        valid = s < n_splits
+        part = (b.to(tl.int64) * tl.num_programs(1) + h) * num_splits + s
+        d = tl.arange(0, HEAD_DIM)
+        m_s = tl.load(PartMax + part, mask=valid, other=float("-inf"))
+        l_s = tl.load(PartSum + part, mask=valid, other=0.0)
+        acc_s = tl.load(PartAcc + part[:, None] * HEAD_DIM + d[None, :], mask=valid[:, None], other=0.0)
+        m = tl.max(m_s, axis=0)  # finite: every valid split holds at least one key
+        w = tl.where(valid, tl.exp2(m_s - m), 0.0)
+        l = tl.sum(l_s * w, axis=0)
+        acc = tl.sum(acc_s * w[:, None], axis=0)
+        tl.store(Out + b.to(tl.int64) * stride_ob + h * stride_oh + d, (acc / l).to(Out.dtype.element_ty))
 
 
 def _decode_config(dtype: torch.dtype) -> dict:
@@ -294,19 +319,22 @@ def _decode_config(dtype: torch.dtype) -> dict:
     return dict(BLOCK_N=64, num_warps=4, num_stages=2)
 
 
-# Split policy knobs (tune with bench/bench_kernels.py): programs of the split kernel to aim
-# for, active or not, and a cap on splits per request (bounds the merge and the scratch).
-DECODE_TARGET_PROGRAMS = 4096
+# Split policy knobs (tune with bench/bench_kernels.py): split programs to aim for, active or
+# not, and a cap on splits per request (bounds the merge tile and the scratch). On an H100 at
+# batch 8-256, 512 beat 256 and 1024-4096 (fewer, longer programs; 256-2k contexts: 178 vs
+# 188-205 us); batch 1 gets the cap either way. A cap of 128 gains 2 us at batch 1 x 32k but
+# costs 1 us at shorter contexts (the merge's wider tile).
+DECODE_TARGET_PROGRAMS = 512
 DECODE_MAX_SPLITS = 64
 
 
-def decode_split_size(batch: int, kv_heads: int, max_context: int, block_n: int) -> int:
-    """Tokens per split, from shapes only (CUDA-graph safe). Every request gets
-    max_context / split programs however short its context, those past its length exiting at
-    once: enough splits fill the GPU at small batch, few enough keep empty programs cheap."""
+def decode_num_splits(batch: int, kv_heads: int, max_context: int, block_n: int) -> int:
+    """Split programs per (request, kv head), from shapes only (CUDA-graph safe): enough to
+    fill the GPU with a long context at small batch, no more than a max_context-long context
+    has blocks. Shorter contexts use fewer of them (the others exit at once)."""
     target = 8 if INTERPRET else DECODE_TARGET_PROGRAMS
-    splits = min(DECODE_MAX_SPLITS, max(1, target // max(1, batch * kv_heads)))
-    return max(block_n, triton.next_power_of_2(triton.cdiv(max(max_context, 1), splits)))
+    blocks = triton.cdiv(max(max_context, 1), block_n)
+    return max(1, min(DECODE_MAX_SPLITS, target // max(1, batch * kv_heads), blocks))
 
 
 def decode_attention(
@@ -321,9 +349,9 @@ def decode_attention(
 ) -> torch.Tensor:
     """Triton version of decode_attention_ref: flash-decoding, no host sync, graph-capturable.
 
-    Grid (batch, kv_heads, max_splits) with max_splits = cdiv(req_to_slot.shape[1], split_size),
-    so seq_lens must not exceed req_to_slot.shape[1]. A request with seq_len 0 (a padding row)
-    gets zeros. split_size (a power of two) overrides decode_split_size, for tests and tuning.
+    seq_lens must not exceed req_to_slot.shape[1]; a request with seq_len 0 (a padding row)
+    gets zeros. split_size (a power of two >= 16), for tests and tuning, overrides the policy:
+    num_splits = cdiv(req_to_slot.shape[1], split_size), so no split is longer than it.
     """
     batch, q_heads, head_dim = q.shape
     kv_heads = k_pool.shape[1]
@@ -335,24 +363,33 @@ def decode_attention(
     if batch == 0:
         return out
     cfg = _decode_config(q.dtype)
-    split = split_size or decode_split_size(batch, kv_heads, req_to_slot.shape[1], cfg["BLOCK_N"])
-    assert split >= 16 and split & (split - 1) == 0, "split_size: a power of two >= 16"
-    max_splits = triton.cdiv(max(req_to_slot.shape[1], 1), split)
-    assert max_splits <= 256, "split_size too small for this req_to_slot width (merge tile)"
-    part_acc = torch.empty((batch, q_heads, max_splits, head_dim), dtype=torch.float32, device=q.device)
-    part_max = torch.empty((batch, q_heads, max_splits), dtype=torch.float32, device=q.device)
+    width = max(req_to_slot.shape[1], 1)
+    block_n = cfg["BLOCK_N"]
+    if split_size:
+        assert split_size >= 16 and split_size & (split_size - 1) == 0, "split_size: a power of two >= 16"
+        block_n = min(block_n, split_size)
+        num_splits = triton.cdiv(width, split_size)
+    else:
+        num_splits = decode_num_splits(batch, kv_heads, width, block_n)
+    assert num_splits <= 256, "split_size too small for this req_to_slot width (merge tile)"
+    # scratch for the partial results (unused when num_splits == 1)
+    part_acc = torch.empty((batch, q_heads, num_splits, head_dim), dtype=torch.float32, device=q.device)
+    part_max = torch.empty((batch, q_heads, num_splits), dtype=torch.float32, device=q.device)
     part_sum = torch.empty_like(part_max)
-    dot_f32 = INTERPRET or q.dtype == torch.float32
-    _decode_split_kernel[(batch, kv_heads, max_splits)](
-        q, k_pool, v_pool, req_to_slot, req_rows, seq_lens, part_acc, part_max, part_sum, scale * _LOG2E,
+    _decode_split_kernel[(batch, kv_heads, num_splits)](
+        q, k_pool, v_pool, out, req_to_slot, req_rows, seq_lens, part_acc, part_max, part_sum, scale * _LOG2E,
+        num_splits,
         q.stride(0), q.stride(1), k_pool.stride(0), k_pool.stride(1), v_pool.stride(0), v_pool.stride(1),
-        req_to_slot.stride(0),
+        out.stride(0), out.stride(1), req_to_slot.stride(0),
+        # tl.dot needs at least 16 rows: a group of 6 or 7 pads to 16 (free: decode waits on memory)
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
-        SPLIT=split, BLOCK_N=min(cfg["BLOCK_N"], split), DOT_F32=dot_f32,
+        BLOCK_N=block_n, DOT_F32=INTERPRET or q.dtype == torch.float32,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
-    _decode_merge_kernel[(batch, q_heads)](
-        part_acc, part_max, part_sum, out, seq_lens, out.stride(0), out.stride(1), max_splits,
-        HEAD_DIM=head_dim, SPLIT=split, SPLITS_PAD=triton.next_power_of_2(max_splits), num_warps=4,
-    )
+    if num_splits > 1:  # every request fits one split otherwise: already written
+        splits_pad = triton.next_power_of_2(num_splits)
+        _decode_merge_kernel[(batch, q_heads)](
+            part_acc, part_max, part_sum, out, seq_lens, out.stride(0), out.stride(1), num_splits,
+            HEAD_DIM=head_dim, BLOCK_N=block_n, SPLITS_PAD=splits_pad, num_warps=4 if splits_pad <= 64 else 8,
+        )
     return out

@@ -1,6 +1,7 @@
 """Triton extend (prefill with cached prefixes) and decode (flash-decoding) attention vs the
 references, at small shapes: ragged batches, prefix offsets, GQA 7:1 / 6:1 / 1:1, shuffled pool
-slots, contexts crossing several blocks and splits, float32 / float16 / bfloat16."""
+slots, contexts crossing several blocks and splits, every length up to the req->slot table's
+width in one launch, float32 / float16 / bfloat16."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 
 pytest.importorskip("triton")
 
+from litelang.kernels import attention  # noqa: E402
 from litelang.kernels.attention import (  # noqa: E402
     decode_attention,
     decode_attention_ref,
@@ -70,6 +72,53 @@ def test_decode_empty_context_gives_zeros(device):
     assert torch.equal(out[0], torch.zeros_like(out[0]))
     ref = decode_attention_ref(q[1:], k_pool, v_pool, r2s, rows[1:], seq_lens[1:], 0.25)
     torch.testing.assert_close(out[1:], ref, atol=2e-5, rtol=2e-5)
+
+
+# every boundary: empty (padding row), one token, block edges, the full req_to_slot width (256)
+ANY_LENGTHS = [0, 1, 15, 16, 17, 63, 64, 65, 128, 200, 255, 256]
+
+
+@pytest.mark.parametrize("split_size", [None, 16, 64, 256])
+def test_decode_any_length_up_to_table_width(device, split_size):
+    """The grid depends on shapes only, so one launch must handle every seq_len from 0 to the
+    table width: single-split requests written directly next to merged ones."""
+    seq_lens = torch.tensor(ANY_LENGTHS, device=device, dtype=torch.int32)
+    k_pool, v_pool, r2s, rows = make_pool(device, torch.float32, 1, 16, ANY_LENGTHS, seed=11)
+    q = torch.randn(len(ANY_LENGTHS), 6, 16, generator=torch.Generator().manual_seed(12)).to(device)
+    out = decode_attention(q, k_pool, v_pool, r2s, rows, seq_lens, 0.25, split_size=split_size)
+    assert torch.equal(out[0], torch.zeros_like(out[0]))
+    ref = decode_attention_ref(q[1:], k_pool, v_pool, r2s, rows[1:], seq_lens[1:], 0.25)
+    torch.testing.assert_close(out[1:], ref, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_decode_single_split_writes_output_without_merge(device, dtype, monkeypatch):
+    """split_size >= the table width: one split per request, normalized by the split kernel;
+    the merge kernel is not launched."""
+
+    class NoLaunch:
+        def __getitem__(self, grid):
+            raise AssertionError("the merge kernel must not be launched")
+
+    monkeypatch.setattr(attention, "_decode_merge_kernel", NoLaunch())
+    seq_lens = torch.tensor([0, 1, 100, 256, 33], device=device, dtype=torch.int32)
+    k_pool, v_pool, r2s, rows = make_pool(device, dtype, 2, 32, seq_lens.tolist(), seed=13)
+    q = torch.randn(5, 12, 32, generator=torch.Generator().manual_seed(14)).to(device, dtype)
+    out = decode_attention(q, k_pool, v_pool, r2s, rows, seq_lens, 32**-0.5, split_size=256)
+    assert torch.equal(out[0], torch.zeros_like(out[0]))
+    ref = decode_attention_ref(q[1:], k_pool, v_pool, r2s, rows[1:], seq_lens[1:], 32**-0.5)
+    torch.testing.assert_close(out[1:], ref, atol=TOL[dtype], rtol=TOL[dtype])
+
+
+def test_decode_num_splits_policy(monkeypatch):
+    """The GPU policy: a batch-1 long table spreads over many programs, large batches and short
+    tables over few; never more splits than the table has blocks."""
+    monkeypatch.setattr(attention, "INTERPRET", False)
+    assert attention.decode_num_splits(1, 2, 32768, 64) == attention.DECODE_MAX_SPLITS
+    assert attention.decode_num_splits(40, 2, 32768, 64) == attention.DECODE_TARGET_PROGRAMS // 80
+    assert attention.decode_num_splits(40, 2, 256, 64) == 4  # 256 / 64 blocks
+    assert attention.decode_num_splits(1, 2, 64, 64) == 1  # one block: no merge
+    assert attention.decode_num_splits(4096, 2, 32768, 64) == 1
 
 
 def extend_inputs(device, dtype, q_heads, kv_heads, head_dim, new_lens, prefix_lens, seed=0):

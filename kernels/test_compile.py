@@ -47,7 +47,7 @@ def _compile(kernel, args: dict, num_warps: int = 4, num_stages: int = 2):
 
 def _cases():
     """(kernel, args, launch options) for the configurations the wrappers use on a GPU."""
-    from litelang.kernels import activation, attention, kv_store, rmsnorm, rope, sampling
+    from litelang.kernels import activation, attention, greedy, kv_store, linear, rmsnorm, rope, rope_store, sampling
 
     bf, f32, i32, i64 = torch.bfloat16, torch.float32, torch.int32, torch.int64
     yield rmsnorm._rms_norm_kernel, dict(X=bf, Residual=bf, Weight=bf, Out=bf, NewResidual=bf, stride_x=1536,
@@ -56,6 +56,11 @@ def _cases():
     yield rope._rope_kernel, dict(Q=bf, K=bf, Positions=i64, CosSin=f32, stride_qt=2048, stride_qh=128, stride_kt=2048,
                                   stride_kh=128, stride_cs=128, q_heads=12, k_heads=2, HALF=64, Q_HEADS_PAD=16,
                                   K_HEADS_PAD=2), {}
+    yield rope_store._rope_store_kernel, dict(Q=bf, K=bf, V=bf, Positions=i64, CosSin=f32, KPool=bf, VPool=bf,
+                                              Slots=i64, stride_qt=2048, stride_qh=128, stride_kt=2048, stride_kh=128,
+                                              stride_vt=2048, stride_vh=128, stride_cs=128, stride_pk=256,
+                                              stride_ph=128, stride_pvk=256, stride_pvh=128, q_heads=12, kv_heads=2,
+                                              HALF=64, Q_HEADS_PAD=16, KV_HEADS_PAD=2), {}
     yield activation._silu_and_mul_kernel, dict(X=bf, Out=bf, stride_x=17920, stride_o=8960, inter=8960, BLOCK=1024), {}
     yield kv_store._store_kv_kernel, dict(KPool=bf, VPool=bf, K=bf, V=bf, Slots=i64, stride_pk=256, stride_ph=128,
                                           stride_pvk=256, stride_pvh=128, stride_kt=2048, stride_kh=128,
@@ -74,18 +79,33 @@ def _cases():
             ), dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
             cfg = attention._decode_config(dtype)
             yield attention._decode_split_kernel, dict(
-                Q=dtype, K=dtype, V=dtype, ReqToSlot=i32, ReqRows=i32, SeqLens=i32, PartAcc=f32, PartMax=f32,
-                PartSum=f32, qk_scale=0.1, stride_qb=2 * group * head_dim, stride_qh=head_dim, GROUP=group,
-                GROUP_PAD=16, HEAD_DIM=head_dim, SPLIT=256, BLOCK_N=cfg["BLOCK_N"], DOT_F32=dtype == f32, **strides,
+                Q=dtype, K=dtype, V=dtype, Out=dtype, ReqToSlot=i32, ReqRows=i32, SeqLens=i32, PartAcc=f32,
+                PartMax=f32, PartSum=f32, qk_scale=0.1, num_splits=64, stride_qb=2 * group * head_dim,
+                stride_qh=head_dim, stride_ob=group * head_dim, stride_oh=head_dim, GROUP=group, GROUP_PAD=16,
+                HEAD_DIM=head_dim, BLOCK_N=cfg["BLOCK_N"], DOT_F32=dtype == f32, **strides,
             ), dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
         yield attention._decode_merge_kernel, dict(PartAcc=f32, PartMax=f32, PartSum=f32, Out=dtype, SeqLens=i32,
-                                                   stride_ob=1536, stride_oh=128, max_splits=64, HEAD_DIM=128,
-                                                   SPLIT=256, SPLITS_PAD=64), dict(num_warps=4)
+                                                   stride_ob=1536, stride_oh=128, num_splits=51, HEAD_DIM=128,
+                                                   BLOCK_N=64, SPLITS_PAD=64), dict(num_warps=4)
     for filtered in (True, False):
         yield sampling._gumbel_candidates_kernel, dict(X=f32, TokenIds=i64, Temperature=f32, Keys=i64, Cand=i32,
                                                        vocab=151936, stride_x=151936, stride_t=151936,
                                                        SCALE=not filtered, SORTED=filtered,
                                                        BLOCK=sampling._sample_block(151936)), dict(num_warps=8)
+    # linear: the M = 1 FMA stream, and tensor cores with split K and the fused SiLU
+    for m, n, k, silu, cfg in ((1, 8960, 1536, True, linear.CONFIGS[(8960, 1536, True, 1)]),
+                               (8, 1536, 8960, False, linear.CONFIGS[(1536, 8960, False, 8)]),
+                               (8, 8960, 1536, True, linear.CONFIGS[(8960, 1536, True, 8)])):
+        yield linear._linear_kernel, dict(
+            X=bf, W=bf, Bias=bf, Out=bf, Partial=f32, Counters=i32, M=m, N=n, K=k, stride_xm=k, stride_om=n,
+            up_row=n, k_per_split=k // cfg.split_k, HAS_BIAS=False, SILU_MUL=silu, SPLIT_K=cfg.split_k > 1,
+            EVEN_K=True, USE_DOT=cfg.use_dot, DOT_F32=False, BLOCK_M=16 if cfg.use_dot else m, BLOCK_N=cfg.block_n,
+            BLOCK_K=cfg.block_k, VEC=8,
+        ), dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    yield greedy._greedy_chunk_kernel, dict(Logits=bf, PartMax=f32, PartIdx=i32, PartSum=f32, vocab=151936,
+                                            stride_b=151936, chunk=4096, num_chunks=38, BLOCK=2048), dict(num_warps=8)
+    yield greedy._greedy_merge_kernel, dict(PartMax=f32, PartIdx=i32, PartSum=f32, Tokens=i64, Logprobs=f32,
+                                            num_chunks=38, CHUNKS_PAD=64), dict(num_warps=1)
     yield sampling._penalties_kernel, dict(Logits=f32, Counts=i32, PromptMask=torch.uint8, Repetition=f32,
                                            Frequency=f32, Presence=f32, Out=f32, vocab=151936, stride_l=151936,
                                            stride_c=151936, stride_m=151936, stride_o=151936, BLOCK=2048), {}

@@ -18,6 +18,7 @@ from litelang.kernels.attention import decode_attention, decode_attention_ref, e
 from litelang.kernels.kv_store import store_kv, store_kv_ref
 from litelang.kernels.rmsnorm import rms_norm, rms_norm_ref
 from litelang.kernels.rope import apply_rope, apply_rope_ref, rope_cos_sin_cache
+from litelang.kernels.rope_store import apply_rope_and_store_kv, apply_rope_and_store_kv_ref
 from litelang.kernels.sampling import apply_penalties, apply_penalties_ref, sample, sample_ref
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -120,6 +121,64 @@ def test_decode_other_dtypes(dtype):
     torch.testing.assert_close(out, ref, atol=tol, rtol=tol)
 
 
+SMALL_BATCH_DECODE = {
+    # name: (context lengths, req_to_slot width); "b40" = 40 requests of 600..1200 tokens
+    "b1-1-w32k": ([1], 32768),
+    "b1-64-w2048": ([64], 2048),
+    "b1-65-w32k": ([65], 32768),
+    "b1-300-w32k": ([300], 32768),
+    "b40-w2048": ("b40", 2048),
+    "b40-w32k": ("b40", 32768),
+    "b3-full-width": ([2048, 2047, 1], 2048),
+}
+
+
+@pytest.mark.parametrize("name", list(SMALL_BATCH_DECODE))
+@pytest.mark.parametrize("q_heads,kv_heads,head_dim", [(12, 2, 128), (14, 2, 64)])
+def test_decode_small_batch_short_context(name, q_heads, kv_heads, head_dim):
+    """The shapes the split policy targets, with the policy's splits and with one split per
+    request (the split kernel normalizes and writes; no merge launch)."""
+    lens, width = SMALL_BATCH_DECODE[name]
+    if lens == "b40":
+        lens = torch.randint(600, 1201, (40,), generator=torch.Generator().manual_seed(width)).tolist()
+    k_pool, v_pool, r2s, rows = make_pool(lens, kv_heads, head_dim, max_context=width, seed=head_dim)
+    seq_lens = torch.tensor(lens, device=DEV, dtype=torch.int32)
+    q = torch.randn(len(lens), q_heads, head_dim, device=DEV, generator=gen(3)).to(BF16)
+    scale = head_dim**-0.5
+    ref = decode_attention_ref(q, k_pool, v_pool, r2s, rows, seq_lens, scale)
+    for split_size in (None, width):
+        out = decode_attention(q, k_pool, v_pool, r2s, rows, seq_lens, scale, split_size=split_size)
+        torch.testing.assert_close(out, ref, **ATTN_TOL)
+
+
+def test_cuda_graph_decode_any_length():
+    """One captured decode (batch 4, table width 32k) replayed with contexts from 0 (a padding
+    row: zeros) to the full width: the replay equals eager and the reference."""
+    width, batch = 32768, 4
+    k_pool, v_pool, r2s, rows = make_pool([width] * batch, 2, 128, max_context=width, seed=40)
+    seq_lens = torch.zeros(batch, device=DEV, dtype=torch.int32)
+    q = torch.zeros(batch, 12, 128, device=DEV, dtype=BF16)
+    args = (q, k_pool, v_pool, r2s, rows, seq_lens, 128**-0.5)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        decode_attention(*args)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = decode_attention(*args)
+    for i, lens in enumerate([[0, 1, 64, 300], [32768, 65, 0, 1200], [5, 32767, 2048, 1]]):
+        seq_lens.copy_(torch.tensor(lens, dtype=torch.int32))
+        q.copy_(torch.randn(batch, 12, 128, device=DEV, generator=gen(41 + i)))
+        graph.replay()
+        torch.cuda.synchronize()
+        torch.testing.assert_close(out, decode_attention(*args), atol=0, rtol=0)
+        live = torch.tensor([n > 0 for n in lens], device=DEV)
+        assert torch.equal(out[~live], torch.zeros_like(out[~live]))
+        ref = decode_attention_ref(q[live], k_pool, v_pool, r2s, rows[live], seq_lens[live], 128**-0.5)
+        torch.testing.assert_close(out[live], ref, **ATTN_TOL)
+
+
 EXTEND_CASES = {
     # name: (new tokens per request, cached prefix per request)
     "prefill-8k": ([8192], [0]),
@@ -168,6 +227,27 @@ def test_rope_real_shapes(q_heads, kv_heads, head_dim):
     apply_rope(q, k, positions, cos_sin)
     torch.testing.assert_close(q, q_ref, atol=2e-2, rtol=1.6e-2)
     torch.testing.assert_close(k, k_ref, atol=2e-2, rtol=1.6e-2)
+
+
+@pytest.mark.parametrize("tokens", [1, 64, 4096])
+@pytest.mark.parametrize("q_heads,kv_heads,head_dim", [(12, 2, 128), (14, 2, 64), (28, 4, 128)])
+def test_rope_and_store_kv_real_shapes(tokens, q_heads, kv_heads, head_dim):
+    """The fused kernel equals apply_rope + store_kv: q in place, rotated k and v in the pool."""
+    cos_sin = rope_cos_sin_cache(head_dim, MAX_CONTEXT, 1e6, device=DEV)
+    qkv = torch.randn(tokens, (q_heads + 2 * kv_heads) * head_dim, device=DEV, generator=gen(16)).to(BF16)
+    q, k, v = qkv.view(tokens, q_heads + 2 * kv_heads, head_dim).split([q_heads, kv_heads, kv_heads], dim=1)
+    positions = torch.randint(0, MAX_CONTEXT, (tokens,), device=DEV, generator=gen(17))
+    k_pool = torch.zeros(1 << 18, kv_heads, head_dim, device=DEV, dtype=BF16)
+    v_pool = torch.zeros_like(k_pool)
+    slots = torch.randperm(1 << 18, device=DEV, generator=gen(18))[:tokens]
+    q_ref, k_ref, v_ref, k_pool_ref, v_pool_ref = q.clone(), k.clone(), v.clone(), k_pool.clone(), v_pool.clone()
+    apply_rope_and_store_kv_ref(q_ref, k_ref, v_ref, positions, cos_sin, k_pool_ref, v_pool_ref, slots)
+    apply_rope_and_store_kv(q, k, v, positions, cos_sin, k_pool, v_pool, slots)
+    torch.testing.assert_close(q, q_ref, atol=2e-2, rtol=1.6e-2)
+    torch.testing.assert_close(k_pool, k_pool_ref, atol=2e-2, rtol=1.6e-2)
+    assert torch.equal(v_pool, v_pool_ref)
+    # the same float32 math as the reference: bf16 results differ by the odd rounding at most
+    assert (k_pool[slots] != k_pool_ref[slots]).float().mean() < 0.01
 
 
 def test_silu_and_mul_and_store_kv_real_shapes():
@@ -268,6 +348,8 @@ def test_decode_path_has_no_host_sync():
         rms_norm(x, x[0], 1e-6, x)
         apply_rope(q, k, positions, cos_sin)
         store_kv(attn["k_pool"], attn["v_pool"], k, v, slots)
+        apply_rope_and_store_kv(q, k, v, positions, cos_sin, attn["k_pool"], attn["v_pool"], slots)
+        decode_attention(**attn, split_size=4096)  # one split: no merge
         silu_and_mul(x)
         decode_attention(**attn)
         extend_attention(attn["q"], attn["k_pool"], attn["v_pool"], attn["req_to_slot"], attn["req_rows"],

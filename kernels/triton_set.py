@@ -10,9 +10,12 @@ from __future__ import annotations
 from litelang.kernels import KernelSet
 from litelang.kernels.activation import silu_and_mul
 from litelang.kernels.attention import decode_attention, extend_attention
+from litelang.kernels.greedy import greedy_sample
 from litelang.kernels.kv_store import store_kv
+from litelang.kernels.linear import linear, linear_silu_mul
 from litelang.kernels.rmsnorm import rms_norm
 from litelang.kernels.rope import apply_rope
+from litelang.kernels.rope_store import apply_rope_and_store_kv
 from litelang.kernels.sampling import apply_penalties, sample
 
 TRITON = KernelSet(
@@ -21,8 +24,12 @@ TRITON = KernelSet(
     apply_rope=apply_rope,
     silu_and_mul=silu_and_mul,
     store_kv=store_kv,
+    apply_rope_and_store_kv=apply_rope_and_store_kv,
     extend_attention=extend_attention,
     decode_attention=decode_attention,
     sample=sample,
+    greedy_sample=greedy_sample,
     apply_penalties=apply_penalties,
+    linear=linear,
+    linear_silu_mul=linear_silu_mul,
 )

@@ -18,6 +18,7 @@ They talk over a multiprocessing Pipe with pickled tuples:
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 import multiprocessing
@@ -53,6 +54,8 @@ def engine_main(cfg: LitelangConfig, conn: Connection) -> None:
 
 async def _serve_engine(cfg: LitelangConfig, conn: Connection) -> None:
     engine = Engine(cfg, Tokenizer(cfg.model), WorkerGroup(cfg.worker_addresses()))
+    gc.collect()
+    gc.freeze()  # the tokenizer's tables live forever: keep them out of every later GC pass
     bridge = _EngineSide(engine, conn)
     if cfg.metrics_port:
         engine.metrics.serve(cfg.metrics_port, cfg.host)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import sys
@@ -39,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     server.start()  # answer health checks (NOT_SERVING) while the weights load
 
     service.runner = build_runner(cfg, args.rank)
+    gc.collect()
+    gc.freeze()  # the model's objects live forever: keep them out of every later GC pass
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     logging.info("serving on %s", address)
 

@@ -93,7 +93,7 @@ class Qwen2Model:
     # ---------------- forward ----------------
 
     def forward(self, batch: ForwardBatch, k_pools: list[torch.Tensor], v_pools: list[torch.Tensor]) -> torch.Tensor:
-        """Return float32 logits [samplers, vocab] for the rows in batch.logits_index."""
+        """Return logits [samplers, vocab] (model dtype) for the rows in batch.logits_index."""
         ks, s = self.kernels, self.spec
         hidden = self.embed[batch.input_ids]
         residual = None
@@ -101,24 +101,25 @@ class Qwen2Model:
             h, residual = ks.rms_norm(hidden, w.input_norm, s.rms_norm_eps, residual)
             h = self._attention(i, w, h, batch, k_pools[i], v_pools[i])
             h, residual = ks.rms_norm(h, w.post_norm, s.rms_norm_eps, residual)
-            h = ks.silu_and_mul(torch.nn.functional.linear(h, w.gate_up_weight))
-            hidden = self.tp.all_reduce(torch.nn.functional.linear(h, w.down_weight))
+            h = ks.linear_silu_mul(h, w.gate_up_weight)
+            hidden = self.tp.all_reduce(ks.linear(h, w.down_weight))
         hidden, _ = ks.rms_norm(hidden, self.final_norm, s.rms_norm_eps, residual)
-        return torch.nn.functional.linear(hidden[batch.logits_index], self.lm_head).float()
+        return ks.linear(hidden[batch.logits_index], self.lm_head)
 
     def _attention(
         self, i: int, w: LayerWeights, h: torch.Tensor, batch: ForwardBatch, k_pool: torch.Tensor, v_pool: torch.Tensor
     ) -> torch.Tensor:
         ks, d = self.kernels, self.spec.head_dim
         n = h.shape[0]
-        qkv = torch.nn.functional.linear(h, w.qkv_weight, w.qkv_bias)
+        qkv = ks.linear(h, w.qkv_weight, w.qkv_bias)
         q_size, kv_size = self.num_local_heads * d, self.num_local_kv_heads * d
         q = qkv[:, :q_size].reshape(n, self.num_local_heads, d)
         k = qkv[:, q_size : q_size + kv_size].reshape(n, self.num_local_kv_heads, d)
         v = qkv[:, q_size + kv_size :].reshape(n, self.num_local_kv_heads, d)
-        # q, k, v stay strided views of qkv: the kernels take strides, saving two copies a layer
-        ks.apply_rope(q, k, batch.positions, self.cos_sin)
-        ks.store_kv(k_pool, v_pool, k, v, batch.slots)
+        # q, k, v stay strided views of qkv: the kernels take strides, saving two copies a layer.
+        # One launch rotates q in place and puts rotated k and v in the pool; k itself may be left
+        # unrotated (attention reads keys from the pool).
+        ks.apply_rope_and_store_kv(q, k, v, batch.positions, self.cos_sin, k_pool, v_pool, batch.slots)
 
         e = batch.num_extend_tokens
         parts = []
@@ -132,5 +133,5 @@ class Qwen2Model:
                 q[e:], k_pool, v_pool, batch.req_to_slot, batch.decode_rows, batch.decode_seq_lens, self.scale
             ))
         out = parts[0] if len(parts) == 1 else torch.cat(parts)
-        o = torch.nn.functional.linear(out.reshape(n, q_size), w.o_weight)
+        o = ks.linear(out.reshape(n, q_size), w.o_weight)
         return self.tp.all_reduce(o)

@@ -190,7 +190,7 @@ class ModelRunner:
         batch = self._forward_batch(plan)
         if batch.num_decodes:
             self.req_to_slot[batch.decode_rows.long(), batch.decode_seq_lens.long() - 1] = batch.slots[batch.num_extend_tokens :].int()
-        return self.model.forward(batch, self.pool.k, self.pool.v)
+        return self.model.forward(batch, self.pool.k, self.pool.v).float()
 
     def row_of(self, rid: int) -> int:
         return self.requests[rid].row

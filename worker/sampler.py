@@ -138,21 +138,23 @@ def sample_and_record(
             batch.slots[batch.num_extend_tokens :].to(torch.int32)
         )
     logits = model.forward(batch, k_pools, v_pools)
-    if mode.greedy:
-        tokens = logits.argmax(dim=-1)
-    else:
-        logits = penalties.mask_suppressed(logits, sampler_rows, sampling.positions, sampling.suppress_until)
-        if mode.penalties:
-            logits = kernels.apply_penalties(
-                logits, penalties.output_counts[sampler_rows], penalties.prompt_mask[sampler_rows],
-                sampling.repetition, sampling.frequency, sampling.presence,
-            )
-        tokens = kernels.sample(
-            logits, sampling.temperature, sampling.top_k, sampling.top_p, sampling.min_p, sampling.seeds,
-            sampling.positions, needs_filter=mode.filtered,
+    if mode.greedy:  # one pass over the logits: no float32 copy, argmax and logsumexp
+        tokens, logprobs = kernels.greedy_sample(logits)
+        last_tokens[sampler_rows] = tokens  # greedy: every rank picks the same token
+        return tokens, logprobs
+    logits = logits.float()
+    logits = penalties.mask_suppressed(logits, sampler_rows, sampling.positions, sampling.suppress_until)
+    if mode.penalties:
+        logits = kernels.apply_penalties(
+            logits, penalties.output_counts[sampler_rows], penalties.prompt_mask[sampler_rows],
+            sampling.repetition, sampling.frequency, sampling.presence,
         )
+    tokens = kernels.sample(
+        logits, sampling.temperature, sampling.top_k, sampling.top_p, sampling.min_p, sampling.seeds,
+        sampling.positions, needs_filter=mode.filtered,
+    )
     tokens = model.tp.broadcast(tokens)  # every rank continues from rank 0's draw
-    logits = logits.float()  # logprob = logit - logsumexp: one reduction, no [batch, vocab] softmax
+    # logprob = logit - logsumexp: one reduction, no [batch, vocab] softmax
     logprobs = logits.gather(1, tokens[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
     last_tokens[sampler_rows] = tokens
     if mode.penalties:

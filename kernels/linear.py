@@ -1,0 +1,327 @@
+"""Linear layers at decode batch sizes: x [M, K] @ w[N, K].T for small M.
+
+At M <= 16 a linear is a matrix-vector product bound by reading the weight once from HBM, and
+cuBLAS leaves bandwidth unused there (Qwen2-1.5B decode at M = 1: 1.1-2.6 TB/s of 3.35). These
+kernels stream the weight in row blocks with enough programs to keep every SM's loads in flight,
+and fuse what follows: the bias, and for the MLP SiLU(gate) * up (no [M, 2I] intermediate).
+Configs per shape come from a table measured with bench/tune_linear.py (no autotuning at run
+time: it would benchmark during CUDA-graph capture).
+
+Split-K (for narrow weights such as o and down) is deterministic: every split writes a float32
+partial, and the last split of a row block to finish (an integer counter) sums the partials in
+split order and writes the output, so no second launch and no float atomics.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from litelang.kernels._triton import INTERPRET, tl, triton
+from litelang.kernels.activation import silu_and_mul, silu_and_mul_ref
+
+
+def linear_ref(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [M, K], w [N, K] (nn.Linear layout), bias [N] -> [M, N]."""
+    return F.linear(x, w, bias)
+
+
+def linear_silu_mul_ref(x: torch.Tensor, w_gate_up: torch.Tensor) -> torch.Tensor:
+    """x [M, K], w_gate_up [2I, K] (gate rows, then up rows) -> silu(x @ gate.T) * (x @ up.T), [M, I]."""
+    return silu_and_mul_ref(linear_ref(x, w_gate_up))
+
+
+# --- Triton ----------------------------------------------------------------------------------
+
+
+@triton.jit
+def _load_w(W, rows, cols, K, EVEN_K: tl.constexpr):
+    """Weight tile W[rows, cols] (rows and cols broadcast against each other); streamed once,
+    so evicted first from L2."""
+    ptrs = W + rows.to(tl.int64) * K + cols
+    if EVEN_K:
+        return tl.load(ptrs, eviction_policy="evict_first")
+    return tl.load(ptrs, mask=cols < K, other=0.0, eviction_policy="evict_first")
+
+
+@triton.jit
+def _mma(w, x, DOT_F32: tl.constexpr):
+    """w [BLOCK_N, BLOCK_K] @ x[BLOCK_M, BLOCK_K].T, float32 accumulate. DOT_F32: float32 inputs
+    (exact, not tf32) and the CPU interpreter (which cannot multiply bfloat16 tiles)."""
+    if DOT_F32:
+        return tl.dot(w.to(tl.float32), tl.trans(x.to(tl.float32)), input_precision="ieee")
+    return tl.dot(w, tl.trans(x))
+
+
+@triton.jit(do_not_specialize=["M"])  # one compile for every batch size
+def _linear_kernel(
+    X, W, Bias, Out, Partial, Counters,
+    M, N, K, stride_xm, stride_om, up_row, k_per_split,
+    HAS_BIAS: tl.constexpr, SILU_MUL: tl.constexpr, SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr,
+    USE_DOT: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr, VEC: tl.constexpr,
+):
+    """Program (row block, split): out[:, rows] over K columns [k_per_split * split, ...). With
+    SILU_MUL the rows are gate rows and rows + up_row their up rows.
+
+    Two inner products. USE_DOT: tensor cores, x padded to BLOCK_M >= 16 rows. Else float32
+    FMAs on [BLOCK_M, BLOCK_N, BLOCK_K // VEC, VEC] tiles, VEC columns (16 bytes) per thread:
+    each iteration sums only within a thread, into a [BLOCK_M, BLOCK_N, BLOCK_K // VEC]
+    accumulator reduced across threads once after the loop. x is loaded through pointers
+    broadcast over the rows, so x and w tiles get the same register layout (no shuffles through
+    shared memory) and a thread loads each x vector once for all its rows."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    # tail rows re-read the last row: weight loads stay unmasked, only the store is masked
+    rows = tl.minimum(offs_n, N - 1)
+    offs_m = tl.arange(0, BLOCK_M)
+    k_start = pid_k * k_per_split
+    k_end = tl.minimum(k_start + k_per_split, K)
+    if USE_DOT:
+        acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+        acc_up = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K // VEC], dtype=tl.float32)
+        acc_up = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K // VEC], dtype=tl.float32)
+        vec_cols = (tl.arange(0, BLOCK_K // VEC)[:, None] * VEC + tl.arange(0, VEC)[None, :])[None, None, :, :]
+        rows4 = rows[None, :, None, None]
+        # unmasked loads (rows past M re-read row M - 1, their sums are never stored), so the
+        # compiler sees identical addresses and loads each x vector once per thread
+        x_m = tl.minimum(offs_m, M - 1).to(tl.int64)
+        x_rows4 = X + x_m[:, None, None, None] * stride_xm + 0 * rows4
+    for k in range(k_start, k_end, BLOCK_K):
+        if USE_DOT:
+            offs_k = k + tl.arange(0, BLOCK_K)
+            x_mask = (offs_m < M)[:, None]
+            if not EVEN_K:
+                x_mask = x_mask & (offs_k < K)[None, :]
+            x = tl.load(X + offs_m.to(tl.int64)[:, None] * stride_xm + offs_k[None, :], mask=x_mask, other=0.0)
+            acc += _mma(_load_w(W, rows[:, None], offs_k[None, :], K, EVEN_K), x, DOT_F32)
+            if SILU_MUL:
+                acc_up += _mma(_load_w(W, (rows + up_row)[:, None], offs_k[None, :], K, EVEN_K), x, DOT_F32)
+        else:
+            cols = k + vec_cols
+            if EVEN_K:
+                x = tl.load(x_rows4 + cols).to(tl.float32)
+            else:
+                x = tl.load(x_rows4 + cols, mask=cols < K, other=0.0).to(tl.float32)
+            acc += tl.sum(_load_w(W, rows4, cols, K, EVEN_K).to(tl.float32) * x, axis=3)
+            if SILU_MUL:
+                acc_up += tl.sum(_load_w(W, rows4 + up_row, cols, K, EVEN_K).to(tl.float32) * x, axis=3)
+    if USE_DOT:
+        acc = tl.trans(acc)
+        acc_up = tl.trans(acc_up)
+    else:
+        acc = tl.sum(acc, axis=2)
+        acc_up = tl.sum(acc_up, axis=2)
+
+    out_mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
+    mn = offs_m[:, None] * N + offs_n[None, :]
+    if SPLIT_K:
+        # partials [splits, 2 if SILU_MUL else 1, M, N]; the last split to arrive reduces
+        splits = tl.num_programs(1)
+        parts = 2 if SILU_MUL else 1
+        tl.store(Partial + (pid_k * parts) * M * N + mn, acc, mask=out_mask)
+        if SILU_MUL:
+            tl.store(Partial + (pid_k * parts + 1) * M * N + mn, acc_up, mask=out_mask)
+        tl.debug_barrier()  # every thread's partial is written before the counter's release
+        arrived = tl.atomic_add(Counters + pid_n, 1, sem="acq_rel")
+        if arrived == splits - 1:
+            acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            for s in range(splits):  # fixed order: the sum is the same whoever arrives last
+                acc += tl.load(Partial + (s * parts) * M * N + mn, mask=out_mask, other=0.0, cache_modifier=".cg")
+                if SILU_MUL:
+                    acc_up += tl.load(Partial + (s * parts + 1) * M * N + mn, mask=out_mask, other=0.0,
+                                      cache_modifier=".cg")
+            tl.atomic_xchg(Counters + pid_n, 0)  # ready for the next launch
+            _epilogue(acc, acc_up, Bias, Out, offs_m, offs_n, out_mask, N, stride_om, HAS_BIAS, SILU_MUL)
+    else:
+        _epilogue(acc, acc_up, Bias, Out, offs_m, offs_n, out_mask, N, stride_om, HAS_BIAS, SILU_MUL)
+
+
+@triton.jit
+def _epilogue(acc, acc_up, Bias, Out, offs_m, offs_n, out_mask, N, stride_om, HAS_BIAS: tl.constexpr,
+              SILU_MUL: tl.constexpr):
+    dtype = Out.dtype.element_ty
+    if HAS_BIAS:
+        acc += tl.load(Bias + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+    if SILU_MUL:
+        # round gate, up and silu(gate) to the output dtype, as linear then silu_and_mul do
+        gate = acc.to(dtype).to(tl.float32)
+        act = (gate * tl.sigmoid(gate)).to(dtype).to(tl.float32)
+        acc = act * acc_up.to(dtype).to(tl.float32)
+    tl.store(Out + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :], acc.to(dtype), mask=out_mask)
+
+
+# Above this M, cuBLAS (F.linear): measured on an H100, these kernels are faster up to M = 16 at
+# every Qwen2 1.5B / 7B shape (on par for the 1.5B down projection at M >= 4).
+M_MAX = 16
+
+
+class LinearConfig(NamedTuple):
+    block_n: int  # weight rows per program (gate rows with SILU_MUL: it reads twice that)
+    block_k: int
+    split_k: int = 1
+    num_warps: int = 4
+    num_stages: int = 1
+    use_dot: bool = False  # tensor cores (block_n >= 16), else FMAs
+
+
+def _fma(block_n: int, block_k: int, warps: int = 4, split: int = 1) -> LinearConfig:
+    return LinearConfig(block_n, block_k, split, warps)
+
+
+def _dot(block_n: int, block_k: int, stages: int, split: int = 1) -> LinearConfig:
+    return LinearConfig(block_n, block_k, split, 4, stages, use_dot=True)
+
+
+# The fastest config per (N, K, silu_mul, M bucket) at Qwen2 shapes (TP 1), from
+# bench/tune_linear.py on an H100 (CUDA-graph replay, weights not in L2). N is the output width
+# (the intermediate size for gate_up). M = 1 streams with FMAs; M >= 4 (and M = 2 mostly) do
+# better on tensor cores with a deeper cp.async pipeline. Other shapes: _heuristic_config.
+CONFIGS: dict[tuple[int, int, bool, int], LinearConfig] = {
+    # Qwen2-1.5B qkv
+    (2048, 1536, False, 1):   _fma(1, 512, warps=2),
+    (2048, 1536, False, 2):   _dot(64, 128, stages=6),
+    (2048, 1536, False, 4):   _dot(64, 128, stages=6),
+    (2048, 1536, False, 8):   _dot(64, 128, stages=6),
+    (2048, 1536, False, 16):  _dot(64, 128, stages=6),
+    # Qwen2-1.5B o
+    (1536, 1536, False, 1):   _fma(2, 512),
+    (1536, 1536, False, 2):   _fma(2, 512, warps=2),
+    (1536, 1536, False, 4):   _dot(64, 128, stages=6),
+    (1536, 1536, False, 8):   _dot(64, 128, stages=6),
+    (1536, 1536, False, 16):  _dot(64, 128, stages=6),
+    # Qwen2-1.5B gate_up
+    (8960, 1536, True, 1):    _fma(1, 2048, warps=2),
+    (8960, 1536, True, 2):    _fma(2, 256, warps=2),
+    (8960, 1536, True, 4):    _dot(64, 128, stages=3),
+    (8960, 1536, True, 8):    _dot(64, 128, stages=3),
+    (8960, 1536, True, 16):   _dot(64, 128, stages=3),
+    # Qwen2-1.5B down
+    (1536, 8960, False, 1):   _fma(1, 2048),
+    (1536, 8960, False, 2):   _dot(64, 128, stages=4, split=6),
+    (1536, 8960, False, 4):   _dot(64, 128, stages=4, split=6),
+    (1536, 8960, False, 8):   _dot(64, 128, stages=4, split=6),
+    (1536, 8960, False, 16):  _dot(64, 128, stages=4, split=6),
+    # Qwen2-1.5B lm_head
+    (151936, 1536, False, 1): _fma(2, 512),
+    # Qwen2-7B qkv
+    (4608, 3584, False, 1):   _fma(1, 4096, warps=8),
+    (4608, 3584, False, 2):   _dot(64, 128, stages=6),
+    (4608, 3584, False, 4):   _dot(64, 128, stages=6),
+    (4608, 3584, False, 8):   _dot(64, 128, stages=6),
+    (4608, 3584, False, 16):  _dot(64, 128, stages=6),
+    # Qwen2-7B o
+    (3584, 3584, False, 1):   _fma(1, 4096, warps=8),
+    (3584, 3584, False, 2):   _dot(64, 128, stages=6),
+    (3584, 3584, False, 4):   _dot(64, 128, stages=6),
+    (3584, 3584, False, 8):   _dot(64, 128, stages=6),
+    (3584, 3584, False, 16):  _dot(64, 128, stages=6),
+    # Qwen2-7B gate_up
+    (18944, 3584, True, 1):   _fma(1, 4096),
+    (18944, 3584, True, 2):   _fma(2, 256, warps=2),
+    (18944, 3584, True, 4):   _dot(64, 128, stages=4),
+    (18944, 3584, True, 8):   _dot(64, 128, stages=4),
+    (18944, 3584, True, 16):  _dot(64, 128, stages=4),
+    # Qwen2-7B down
+    (3584, 18944, False, 1):  _fma(1, 4096, warps=8),
+    (3584, 18944, False, 2):  _dot(64, 128, stages=6, split=2),
+    (3584, 18944, False, 4):  _dot(64, 128, stages=6, split=2),
+    (3584, 18944, False, 8):  _dot(64, 128, stages=6, split=2),
+    (3584, 18944, False, 16): _dot(64, 128, stages=6, split=2),
+}
+
+
+def _m_bucket(m: int) -> int:
+    return min(16, triton.next_power_of_2(m))
+
+
+def _heuristic_config(m: int, n: int, k: int) -> LinearConfig:
+    """For shapes not in CONFIGS, the configs that were within ~10% of the best at every tuned
+    shape: M = 1, one row per program, 2048 columns per step (split K only if rows are too few
+    for 2 programs per SM); M > 1, tensor cores on 64-row blocks, split K while there are fewer
+    programs than SMs and each split keeps >= 1536 columns."""
+    if m == 1:
+        cfg, min_k = _fma(1, min(2048, triton.next_power_of_2(k))), 2 * 2048
+        target = 264
+    else:
+        cfg, min_k = _dot(64, 128, stages=4), 2 * 1536
+        target = 132
+    split = 1
+    while triton.cdiv(n, cfg.block_n) * split < target and k // (split + 1) >= min_k // 2 and split < 16:
+        split += 1
+    return cfg._replace(split_k=split)
+
+
+def pick_config(m: int, n: int, k: int, silu_mul: bool = False) -> LinearConfig:
+    if INTERPRET:  # small blocks: CPU tests at small shapes still cross several blocks and splits
+        return LinearConfig(block_n=4, block_k=16, split_k=2 if k > 32 else 1)
+    return CONFIGS.get((n, k, silu_mul, _m_bucket(m))) or _heuristic_config(m, n, k)
+
+
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+
+
+def _counters(device: torch.device, n: int) -> torch.Tensor:
+    """Per-row-block split counters, zero between launches (the last split resets its own), shared
+    by every split-K launch on the device: such launches must not run concurrently on different
+    streams. Allocated on the first eager call: a new buffer while capturing a CUDA graph would
+    live in the graph's memory pool."""
+    buf = _COUNTERS.get(device)
+    if buf is None or buf.numel() < n:
+        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("linear: run split-K shapes once eagerly before CUDA graph capture")
+        buf = _COUNTERS[device] = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
+    return buf
+
+
+def _launch(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, n: int, silu_mul: bool,
+            config: LinearConfig | None) -> torch.Tensor:
+    m, k = x.shape
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    w = w.contiguous()
+    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if m == 0:
+        return out
+    cfg = config or pick_config(m, n, k, silu_mul)
+    # float32 dots are exact (ieee), never tf32
+    block_m = max(16, triton.next_power_of_2(m)) if cfg.use_dot else triton.next_power_of_2(m)
+    k_per_split = triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
+    grid = (triton.cdiv(n, cfg.block_n), cfg.split_k)
+    if cfg.split_k > 1:
+        partial = torch.empty((cfg.split_k, 2 if silu_mul else 1, m, n), dtype=torch.float32, device=x.device)
+        counters = _counters(x.device, grid[0])
+    else:
+        partial = counters = out  # unused
+    _linear_kernel[grid](
+        x, w, bias if bias is not None else out, out, partial, counters,
+        m, n, k, x.stride(0), out.stride(0), n, k_per_split,
+        HAS_BIAS=bias is not None, SILU_MUL=silu_mul, SPLIT_K=cfg.split_k > 1, EVEN_K=k % cfg.block_k == 0,
+        USE_DOT=cfg.use_dot, DOT_F32=INTERPRET or x.dtype == torch.float32, BLOCK_M=block_m,
+        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, VEC=16 // x.element_size(),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
+           config: LinearConfig | None = None) -> torch.Tensor:
+    """Triton version of linear_ref for M <= M_MAX (cuBLAS above). x may be a row-strided view;
+    no host sync, CUDA-graph capturable. config overrides pick_config (tests, tuning)."""
+    if x.shape[0] > M_MAX:
+        return F.linear(x, w, bias)
+    return _launch(x, w, bias, w.shape[0], False, config)
+
+
+def linear_silu_mul(x: torch.Tensor, w_gate_up: torch.Tensor, config: LinearConfig | None = None) -> torch.Tensor:
+    """Triton version of linear_silu_mul_ref: gate and up rows in the same program, so the
+    [M, 2I] intermediate is never written."""
+    if x.shape[0] > M_MAX:
+        return silu_and_mul(F.linear(x, w_gate_up))
+    return _launch(x, w_gate_up, None, w_gate_up.shape[0] // 2, True, config)
