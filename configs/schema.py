@@ -45,6 +45,7 @@ class LitelangConfig:
     use_radix_cache: bool = True        # reuse KV of shared prefixes across requests
     cuda_graphs: bool = True            # capture decode steps in CUDA graphs (GPU only)
     stream_interval: int = 1            # tokens per stream message (larger: fewer messages, burstier streams)
+    pipeline_depth: int = 3             # steps in flight to the workers (see docs/ARCHITECTURE.md, overlap)
     # --- misc ---
     seed: int = 0                       # seed for requests that don't carry one
     log_level: str = "info"
@@ -62,7 +63,7 @@ class LitelangConfig:
         if self.workers and len(self.workers) != self.tp:
             p.append(f"workers lists {len(self.workers)} addresses but tp is {self.tp}")
         for name in ("max_batch_size", "max_input_length", "max_output_length", "max_prefill_tokens", "max_reqs",
-                     "stream_interval"):
+                     "stream_interval", "pipeline_depth"):
             if getattr(self, name) < 1:
                 p.append(f"{name} must be >= 1 (got {getattr(self, name)})")
         if not 0.0 < self.mem_usage <= 1.0:

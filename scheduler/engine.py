@@ -36,9 +36,6 @@ from litelang.scheduler.worker_client import WorkerError, WorkerGroup
 
 log = logging.getLogger("litelang.scheduler")
 
-# steps sent ahead of the one whose reply is being processed; a request that stops at step N
-# still runs (and wastes a slot) in the PIPELINE_DEPTH - 1 steps after it
-PIPELINE_DEPTH = int(os.environ.get("LITELANG_PIPELINE_DEPTH", "2"))
 # check every slot (not just the counts) whenever the engine goes idle; O(pool size)
 CHECK_SLOTS_WHEN_IDLE = os.environ.get("LITELANG_CHECK_SLOTS", "") == "1"
 
@@ -203,9 +200,13 @@ class Engine:
             self.allocator.free(r.slots)
         else:
             ids = (r.prompt_ids + r.output_ids)[: len(r.slots)]
-            present = self.cache.insert(ids, r.slots)
-            # between the matched prefix and `present`, our slots duplicate KV the tree already has
-            self.allocator.free(r.slots[r.tree_prefix_len : present])
+            known = len(ids)
+            present = self.cache.insert(ids, r.slots[:known])
+            # between the matched prefix and `present`, our slots duplicate KV the tree already has;
+            # past `known`, slots of steps still in flight hold KV of tokens never seen here. Both
+            # can be reused at once: any new owner writes them in a later step, so after the GPU
+            # has finished with them here.
+            self.allocator.free(r.slots[r.tree_prefix_len : present] + r.slots[known:])
             if r.tree_node is not None:
                 self.cache.unlock(r.tree_node)
         r.slots, r.tree_prefix_len, r.tree_node = [], 0, None
@@ -243,7 +244,7 @@ class Engine:
                     await self._idle_wait()
                     continue
                 # keep steps queued behind the one running: process the oldest reply now
-                if self._inflight >= PIPELINE_DEPTH or not (step.extends or step.decodes):
+                if self._inflight >= self.cfg.pipeline_depth or not (step.extends or step.decodes):
                     reply = await self.workers.receive()
                     self._inflight -= 1
                     self._process(reply)

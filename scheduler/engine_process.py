@@ -180,7 +180,7 @@ class EngineClient:
         await asyncio.get_running_loop().run_in_executor(None, self._join)
 
     def _join(self) -> None:
-        self._proc.join(2.0)
+        self._proc.join(10.0)
         if self._proc.is_alive():
             self._proc.kill()
             self._proc.join()

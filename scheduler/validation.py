@@ -83,6 +83,6 @@ def check_prompt(ids: list[int], cfg: LitelangConfig, vocab_size: int) -> None:
         raise InvalidRequest(
             f"the prompt has {len(ids)} tokens, more than the server's max_input_length {cfg.max_input_length}"
         )
-    bad = [i for i in ids if not 0 <= i < vocab_size]
-    if bad:
+    if min(ids) < 0 or max(ids) >= vocab_size:  # C loops; the list below only on failure
+        bad = [i for i in ids if not 0 <= i < vocab_size]
         raise InvalidRequest(f"token ids {bad[:5]} are outside the vocabulary [0, {vocab_size})")

@@ -308,7 +308,12 @@ def check_engine(engine: Engine, order: dict[str, int], fake: FakeWorkerGroup) -
         assert len(r.output_ids) + r.pending_samples <= r.sampling.max_new_tokens, (
             f"request {r.request_id}: sampling beyond max_new_tokens"
         )
-        assert len(r.slots) <= len(r.prompt_ids) + len(r.output_ids) + 1
+        # every slot holds a known token, or one sampled in a step still in flight (the first
+        # pending sample is the one whose slot comes with the next decode)
+        assert len(r.slots) <= len(r.prompt_ids) + len(r.output_ids) + max(r.pending_samples - 1, 0), (
+            f"request {r.request_id}: {len(r.slots)} slots for {len(r.prompt_ids)} prompt + {len(r.output_ids)} "
+            f"output tokens and {r.pending_samples} in flight"
+        )
         if engine.cache is None:
             assert r.tree_prefix_len == 0
         else:
@@ -540,11 +545,11 @@ def random_workload(rng: random.Random, n: int, capacity: int):
         yield f"req{i}", prompt, s
 
 
-async def simulate(seed: int, n_requests: int, use_radix_cache: bool) -> tuple[Sim, dict]:
+async def simulate(seed: int, n_requests: int, use_radix_cache: bool, pipeline_depth: int = 3) -> tuple[Sim, dict]:
     capacity = 160
     sim = Sim(
         seed, capacity, max_batch_size=8, max_prefill_tokens=24, max_reqs=24,
-        busy_scale=0.6, use_radix_cache=use_radix_cache,
+        busy_scale=0.6, use_radix_cache=use_radix_cache, pipeline_depth=pipeline_depth,
     )
     rng = sim.rng
     await sim.start()
@@ -570,13 +575,15 @@ def starvation_bound(t: Tracked, cfg: LitelangConfig, longest_prompt: int = 44, 
     """Steps within which a request must finish: as if it and every request ahead of it when it
     arrived ran alone, one after another (a batch only does better). A request alone needs at
     most ceil(prompt / max_prefill_tokens) prefill steps, max_new_tokens - 1 decode steps and
-    one step of overlap (plus a little slack)."""
-    return (t.ahead + 1) * (math.ceil(longest_prompt / cfg.max_prefill_tokens) + most_new + 2)
+    the steps in flight behind its last one (plus a little slack)."""
+    return (t.ahead + 1) * (math.ceil(longest_prompt / cfg.max_prefill_tokens) + most_new + cfg.pipeline_depth)
 
 
+@pytest.mark.parametrize("pipeline_depth", [2, 3], ids=["depth2", "depth3"])
 @pytest.mark.parametrize("use_radix_cache", [True, False], ids=["radix", "no-radix"])
-def test_random_traffic(use_radix_cache: bool) -> None:
-    sim, counts = run(simulate(seed=1234 + use_radix_cache, n_requests=2000, use_radix_cache=use_radix_cache))
+def test_random_traffic(use_radix_cache: bool, pipeline_depth: int) -> None:
+    sim, counts = run(simulate(seed=1234 + use_radix_cache, n_requests=2000, use_radix_cache=use_radix_cache,
+                               pipeline_depth=pipeline_depth))
     e = sim.engine
     # the workload really exercised what it is meant to
     assert len(sim.tracked) >= 1800, f"only {len(sim.tracked)} requests accepted"

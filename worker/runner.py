@@ -219,16 +219,16 @@ class ModelRunner:
         self.requests[ext.rid] = state
         return state
 
-    def _claim(self, plan: StepPlan, state: RequestState, new_slots: np.ndarray, start: int, record: bool = True) -> None:
-        """Check new slots; queue their req_to_slot writes (decode slots are written on the device
-        by sample_and_record instead, inside the CUDA graph)."""
+    def _claim(self, plan: StepPlan, state: RequestState, new_slots: np.ndarray, start: int) -> None:
+        """Check an extend's new slots; queue their req_to_slot writes (decode slots are written on
+        the device by sample_and_record instead, inside the CUDA graph)."""
         if start + len(new_slots) > self.max_context:
             raise StepError(f"context of {start + len(new_slots)} tokens exceeds max_context {self.max_context}")
         num_slots = self.pool.num_slots
         if len(new_slots) and not (0 <= new_slots.min() and new_slots.max() < num_slots):
             bad = next(int(s) for s in new_slots if not 0 <= s < num_slots)
             raise StepError(f"slot {bad} outside the pool of {num_slots}")
-        if record and len(new_slots):
+        if len(new_slots):
             plan.table_writes.append((state.row, start, new_slots))
 
     def _write_table(self, plan: StepPlan) -> None:
@@ -273,7 +273,10 @@ class ModelRunner:
             state = self.requests.get(dec.rid)
             if state is None:
                 raise StepError(f"decode for unknown request {dec.rid}")
-            self._claim(plan, state, np.array([dec.slot], np.int32), state.context_len, record=False)
+            if state.context_len >= self.max_context:
+                raise StepError(f"context of {state.context_len + 1} tokens exceeds max_context {self.max_context}")
+            if not 0 <= dec.slot < self.pool.num_slots:
+                raise StepError(f"slot {dec.slot} outside the pool of {self.pool.num_slots}")
             plan.dec_positions.append(state.context_len)
             plan.dec_slots.append(dec.slot)
             state.context_len += 1
