@@ -224,6 +224,7 @@ class Engine:
             idle = not self.running and not self.waiting and not self._inflight
             if idle:
                 self.check_invariant(full=CHECK_SLOTS_WHEN_IDLE)
+                self.metrics.gauges(0, 0, self.kv_counts())  # else they would show the last step's
                 self._wake.clear()
             else:
                 step = self._schedule()
