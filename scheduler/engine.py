@@ -401,16 +401,17 @@ class Engine:
     # ------------------------------------------------------------ results
 
     def _process(self, reply: worker_pb2.StepResponse) -> None:
-        self.metrics.generated_tokens.inc(len(reply.tokens))
         self.metrics.gauges(len(self.waiting), len(self.running), self.kv_counts())
         self.stats["steps"] += 1
         self.stats["gpu_busy_ms"] += reply.gpu_ms
         self.stats["gpu_gap_ms"] += reply.gpu_gap_ms
+        accepted = self.stats["generated_tokens"]
         for t in reply.tokens:
             r = self.by_rid.get(t.rid)
-            if r is not None and r.phase is Phase.RUNNING:
+            if r is not None and r.phase is Phase.RUNNING:  # else stale: stopped or retracted meanwhile
                 r.pending_samples -= 1
                 self._append_token(r, t.token_id, t.logprob)
+        self.metrics.generated_tokens.inc(self.stats["generated_tokens"] - accepted)
 
     def _append_token(self, r: Request, token: int, logprob: float = 0.0) -> None:
         s = r.sampling
