@@ -6,14 +6,14 @@
 - prefill attention: TFLOP/s at 8k tokens, causal, head_dim 128, vs dense bf16 peak (989), with
   torch SDPA (FlashAttention) on the same problem as a baseline.
 - sampling at batch 256 x 151936 vocabulary: with the sort-based filters and without.
-- small-M linear (kernels/linear.py) at Qwen2-1.5B decode shapes, M 1 and 8: time per call and
+- small-M linear (kernels/linear.py) at Qwen2-1.5B decode shapes, M 1, 8 and 48: time per call and
   GB/s of weight read, beside cuBLAS (F.linear) in the same run; weights rotate so none is in L2.
 - launch-bound decode-step kernels, timed per call by replaying a CUDA graph of 100 calls (as
   the worker's decode steps run them; K/V stay in L2 across the replays): fused RoPE + KV
   store vs apply_rope + store_kv at batch 1 and 64, and decode attention at batch 1 (contexts
-  64, 300, 32k) and batch 40 (600..1200), req->slot table 2048 and 32k wide. With
-  --decode-baseline PATH (a copy of an older kernels/attention.py) its decode_attention is
-  timed beside the current one.
+  64, 300, 32k), batch 40 (600..1200) and batch 128 (250..350), req->slot table 2048 and 32k
+  wide. With --decode-baseline PATH (a copy of an older kernels/attention.py) its
+  decode_attention is timed beside the current one. (bench/tune_decode.py sweeps decode configs.)
 
 Usage: python bench/bench_kernels.py [--peak-gbs 3350] [--peak-tflops 989] [--decode-baseline PATH]
 """
@@ -134,10 +134,12 @@ def decode_case_lens(lens: list[int], table_width: int, q_heads=12, kv_heads=2, 
 def bench_decode_small(baseline: Callable | None) -> list[str]:
     """Decode attention where launches and the split policy dominate, per call in a graph."""
     b40 = torch.randint(600, 1201, (40,), generator=torch.Generator().manual_seed(0)).tolist()
+    b128 = torch.randint(250, 351, (128,), generator=torch.Generator().manual_seed(0)).tolist()
     cases = [("batch 1 x 64 ctx", [64], 2048), ("batch 1 x 64 ctx", [64], 32768),
              ("batch 1 x 300 ctx", [300], 2048), ("batch 1 x 300 ctx", [300], 32768),
              ("batch 1 x 32768 ctx", [32768], 32768),
-             ("batch 40 x 600..1200 ctx", b40, 2048), ("batch 40 x 600..1200 ctx", b40, 32768)]
+             ("batch 40 x 600..1200 ctx", b40, 2048), ("batch 40 x 600..1200 ctx", b40, 32768),
+             ("batch 128 x 250..350 ctx", b128, 32768)]
     rows = []
     for name, lens, width in cases:
         args = decode_case_lens(lens, width)
@@ -162,7 +164,7 @@ def bench_linear(peak_gbs: float) -> list[str]:
     rows = []
     for name, shape in LINEAR_SHAPES["1.5b"].items():
         n, k = shape[:2]
-        for m in (1, 8):
+        for m in (1, 8, 48):
             mine, cublas = rotating_us(shape, m, "served"), rotating_us(shape, m, None)
             gbs = n * k * 2 / (mine * 1e-6) / 1e9
             rows.append(f"| linear {name} (graph replay) | M {m} x [{n}x{k}], bf16 | {mine:.2f} us "

@@ -10,6 +10,8 @@ layer); req_to_slot [rows, max_context] int32; req_rows [batch] int: each reques
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
@@ -222,7 +224,18 @@ def extend_attention(
 # programs in whole BLOCK_N blocks: a 300-token context runs as 5 one-block programs rather
 # than one 5-block program (the rest exit at once), and a 32k context as num_splits programs.
 # A request that fits one split (or has none, a padding row) is normalized and written by its
-# split program, and the merge exits for it; with num_splits == 1 the merge is not launched.
+# split program. Otherwise the splits' partial results are merged (log-sum-exp), either by the
+# last split program of the (request, kv head) to finish (an integer counter; no second launch:
+# batch 40 x 600-1200 tokens, 4 splits, 21.1 vs 22.4 us on an H100) when num_splits is small,
+# or by a merge launch (a wide merge tile would cost the split kernel registers).
+
+
+class DecodeConfig(NamedTuple):
+    block_n: int = 64
+    num_warps: int = 4
+    num_stages: int = 3
+    prefetch: bool = True  # load the next block's slot indices before this block's K and V
+    fused_merge_max: int = 8  # merge in the split kernel up to this many splits, else a merge launch
 
 
 @triton.jit
@@ -233,15 +246,43 @@ def _split_len(seq_len, num_splits, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def _merge_splits(PartAcc, PartMax, PartSum, Out, stride_oh, first_part, n_heads, n_splits, num_splits,
+                  HEADS_PAD: tl.constexpr, SPLITS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """The fused merge: log-sum-exp merge of the n_splits (>= 2) partials of n_heads heads,
+    scratch rows from first_part on, into Out[h]. All in one tile, every load in flight at once
+    (num_splits <= SPLITS_PAD). The order of the sums is fixed: the result does not depend on
+    which split program arrives last."""
+    h = tl.arange(0, HEADS_PAD)
+    s = tl.arange(0, SPLITS_PAD)
+    d = tl.arange(0, HEAD_DIM)
+    part = (first_part + h * num_splits)[:, None] + s[None, :]  # [heads, splits]
+    h_mask = h < n_heads
+    valid = h_mask[:, None] & (s < n_splits)[None, :]
+    # .cg: from L2, where the other programs' partials are (not a stale L1 line)
+    m_s = tl.load(PartMax + part, mask=valid, other=float("-inf"), cache_modifier=".cg")
+    l_s = tl.load(PartSum + part, mask=valid, other=0.0, cache_modifier=".cg")
+    acc_s = tl.load(PartAcc + part[:, :, None] * HEAD_DIM + d[None, None, :], mask=valid[:, :, None], other=0.0,
+                    cache_modifier=".cg")
+    m = tl.where(h_mask, tl.max(m_s, axis=1), 0.0)  # finite: every valid split holds a key
+    w = tl.where(valid, tl.exp2(m_s - m[:, None]), 0.0)
+    l = tl.sum(l_s * w, axis=1)
+    acc = tl.sum(acc_s * w[:, :, None], axis=1)
+    out = acc / tl.where(h_mask, l, 1.0)[:, None]
+    tl.store(Out + h[:, None] * stride_oh + d[None, :], out.to(Out.dtype.element_ty), mask=h_mask[:, None])
+
+
+@triton.jit
 def _decode_split_kernel(
-    Q, K, V, Out, ReqToSlot, ReqRows, SeqLens, PartAcc, PartMax, PartSum, qk_scale, num_splits,
+    Q, K, V, Out, ReqToSlot, ReqRows, SeqLens, PartAcc, PartMax, PartSum, Counters, qk_scale, num_splits,
     stride_qb, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ob, stride_oh, stride_r,
-    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
-    BLOCK_N: tl.constexpr, DOT_F32: tl.constexpr,
+    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_F32: tl.constexpr, PREFETCH: tl.constexpr, FUSED_MERGE: tl.constexpr, MERGE_G: tl.constexpr,
+    SPLITS_PAD: tl.constexpr,
 ):
     """Program (request, kv head, split): every query head of the kv head's group against one
     slice of the context. Unnormalized partial results go to scratch for the merge, unless the
-    request has a single split: then the normalized output goes straight to Out."""
+    request has a single split: then the normalized output goes straight to Out. FUSED_MERGE:
+    the last split to finish merges its group's partials (num_splits <= SPLITS_PAD)."""
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -262,10 +303,20 @@ def _decode_split_kernel(
         m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
         l_i = tl.zeros([GROUP_PAD], tl.float32)
         acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
+        if PREFETCH:
+            n = start + tl.arange(0, BLOCK_N)
+            next_slot = tl.load(slot_row + n, mask=n < end, other=0)
         for n0 in range(start, end, BLOCK_N):
             n = n0 + tl.arange(0, BLOCK_N)
             n_mask = n < end
-            slot = tl.load(slot_row + n, mask=n_mask, other=0).to(tl.int64)[:, None]
+            if PREFETCH:
+                # K and V wait on their slot indices: fetch the next block's now, so that each
+                # block costs one memory round trip, not two
+                slot = next_slot
+                next_slot = tl.load(slot_row + n + BLOCK_N, mask=n + BLOCK_N < end, other=0)
+            else:
+                slot = tl.load(slot_row + n, mask=n_mask, other=0)
+            slot = slot.to(tl.int64)[:, None]
             k = tl.load(K + slot * stride_kt + kvh * stride_kh + d[None, :], mask=n_mask[:, None], other=0.0)
             v = tl.load(V + slot * stride_vt + kvh * stride_vh + d[None, :], mask=n_mask[:, None], other=0.0)
             s = _mma(q, tl.trans(k), DOT_F32) * qk_scale
@@ -278,10 +329,19 @@ def _decode_split_kernel(
             tl.store(out_ptr, out.to(Out.dtype.element_ty), mask=g_mask[:, None])
         else:
             # scratch layout: [batch, q_heads, num_splits] (+ [head_dim] for acc)
-            part = (b.to(tl.int64) * tl.num_programs(1) * GROUP + heads) * num_splits + split
+            first_part = (b.to(tl.int64) * tl.num_programs(1) * GROUP + kvh * GROUP) * num_splits
+            part = first_part + g * num_splits + split
             tl.store(PartAcc + part[:, None] * HEAD_DIM + d[None, :], acc, mask=g_mask[:, None])
             tl.store(PartMax + part, m_i, mask=g_mask)
             tl.store(PartSum + part, l_i, mask=g_mask)
+            if FUSED_MERGE:
+                pair = b * tl.num_programs(1) + kvh
+                tl.debug_barrier()  # every thread's partial is written before the counter's release
+                arrived = tl.atomic_add(Counters + pair, 1, sem="acq_rel")
+                if arrived == n_splits - 1:  # the last split of the pair: all partials are out
+                    tl.atomic_xchg(Counters + pair, 0)  # ready for the next launch
+                    _merge_splits(PartAcc, PartMax, PartSum, Out + b.to(tl.int64) * stride_ob + kvh * GROUP * stride_oh,
+                                  stride_oh, first_part, GROUP, n_splits, num_splits, MERGE_G, SPLITS_PAD, HEAD_DIM)
 
 
 @triton.jit
@@ -290,7 +350,9 @@ def _decode_merge_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS_PAD: tl.constexpr,
 ):
     """Program (request, q head): log-sum-exp merge of the request's splits, all loaded at once
-    (num_splits <= SPLITS_PAD). Requests with one split were written by the split kernel."""
+    (num_splits <= SPLITS_PAD). Requests with one split were written by the split kernel.
+    (Kept 2D: with _merge_splits' [1, splits, head_dim] tile instead, batch 1 x 300 tokens, 64
+    splits, measured 0.3-0.5 us slower on an H100.)"""
     b = tl.program_id(0)
     h = tl.program_id(1)
     seq_len = tl.load(SeqLens + b).to(tl.int32)
@@ -311,30 +373,56 @@ def _decode_merge_kernel(
         tl.store(Out + b.to(tl.int64) * stride_ob + h * stride_oh + d, (acc / l).to(Out.dtype.element_ty))
 
 
-def _decode_config(dtype: torch.dtype) -> dict:
+def _decode_config(dtype: torch.dtype) -> DecodeConfig:
+    """Measured with bench/tune_decode.py on an H100 (bf16, 12q/2kv, head_dim 128), K/V from HBM:
+    3 stages with the slot prefetch (72 KB of shared memory, 3 programs per SM) beat 2 stages
+    (5 programs per SM) at every batch, e.g. batch 160 x 300-1500 tokens 60 vs 72 us, 1 x 32k
+    19 vs 25 us; 32- and 128-token blocks and 8 warps were slower."""
     if INTERPRET:
-        return dict(BLOCK_N=16, num_warps=4, num_stages=1)
+        return DecodeConfig(block_n=16, num_warps=4, num_stages=1)
     if dtype == torch.float32:
-        return dict(BLOCK_N=32, num_warps=4, num_stages=2)
-    return dict(BLOCK_N=64, num_warps=4, num_stages=2)
+        return DecodeConfig(block_n=32, num_warps=4, num_stages=2)
+    return DecodeConfig(block_n=64, num_warps=4, num_stages=3)
 
 
-# Split policy knobs (tune with bench/bench_kernels.py): split programs to aim for, active or
-# not, and a cap on splits per request (bounds the merge tile and the scratch). On an H100 at
-# batch 8-256, 512 beat 256 and 1024-4096 (fewer, longer programs; 256-2k contexts: 178 vs
-# 188-205 us); batch 1 gets the cap either way. A cap of 128 gains 2 us at batch 1 x 32k but
-# costs 1 us at shorter contexts (the merge's wider tile).
-DECODE_TARGET_PROGRAMS = 512
+# Split policy knobs (tune with bench/tune_decode.py): split programs to aim for, active or
+# not, and a cap on splits per request (bounds the merge tile and the scratch). On an H100 with
+# the 3-stage kernel, 384 (about one wave: 3 resident programs x 132 SMs) beat 512-2048 at
+# batch 40-128 (batch 128 x 300: 19 vs 23-29 us from HBM; 13 vs 18 us with K/V in L2). 256
+# matched it from HBM but was slower at batch 16-40 with K/V in L2 (batch 16: 15.3 vs 13.4 us).
+# Batch 1 gets the cap either way. A cap of 128 lost at batch 1 (300 tokens: 7.2 vs 5.9 us;
+# 32k: 20.9 vs 19.2 us), 32 lost at 32k (25 us).
+DECODE_TARGET_PROGRAMS = 384
 DECODE_MAX_SPLITS = 64
 
 
-def decode_num_splits(batch: int, kv_heads: int, max_context: int, block_n: int) -> int:
+def decode_num_splits(batch: int, kv_heads: int, max_context: int, block_n: int, target: int | None = None,
+                      max_splits: int | None = None) -> int:
     """Split programs per (request, kv head), from shapes only (CUDA-graph safe): enough to
     fill the GPU with a long context at small batch, no more than a max_context-long context
     has blocks. Shorter contexts use fewer of them (the others exit at once)."""
-    target = 8 if INTERPRET else DECODE_TARGET_PROGRAMS
+    target = target or (8 if INTERPRET else DECODE_TARGET_PROGRAMS)
     blocks = triton.cdiv(max(max_context, 1), block_n)
-    return max(1, min(DECODE_MAX_SPLITS, target // max(1, batch * kv_heads), blocks))
+    return max(1, min(max_splits or DECODE_MAX_SPLITS, target // max(1, batch * kv_heads), blocks))
+
+
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+_OUTGROWN: list[torch.Tensor] = []  # smaller counter buffers, kept alive for the graphs that use them
+
+
+def _decode_counters(device: torch.device, n: int) -> torch.Tensor:
+    """Per-(request, kv head) split counters for the fused merge, zero between launches (the
+    last split resets its own): decode launches using them must not run concurrently on two
+    streams. Allocated on the first eager call: a new buffer while capturing a CUDA graph would
+    live in the graph's memory pool."""
+    buf = _COUNTERS.get(device)
+    if buf is None or buf.numel() < n:
+        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("decode_attention: run this batch size once eagerly before CUDA graph capture")
+        if buf is not None:
+            _OUTGROWN.append(buf)
+        buf = _COUNTERS[device] = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
+    return buf
 
 
 def decode_attention(
@@ -353,43 +441,51 @@ def decode_attention(
     gets zeros. split_size (a power of two >= 16), for tests and tuning, overrides the policy:
     num_splits = cdiv(req_to_slot.shape[1], split_size), so no split is longer than it.
     """
+    cfg = _decode_config(q.dtype)
+    width = max(req_to_slot.shape[1], 1)
+    if split_size:
+        assert split_size >= 16 and split_size & (split_size - 1) == 0, "split_size: a power of two >= 16"
+        cfg = cfg._replace(block_n=min(cfg.block_n, split_size))
+        num_splits = triton.cdiv(width, split_size)
+    else:
+        num_splits = decode_num_splits(q.shape[0], k_pool.shape[1], width, cfg.block_n)
+    return _decode_launch(q, k_pool, v_pool, req_to_slot, req_rows, seq_lens, scale, cfg, num_splits)
+
+
+def _decode_launch(q, k_pool, v_pool, req_to_slot, req_rows, seq_lens, scale: float, cfg: DecodeConfig,
+                   num_splits: int) -> torch.Tensor:
+    """decode_attention with an explicit config and split count (bench/tune_decode.py sweeps them)."""
     batch, q_heads, head_dim = q.shape
     kv_heads = k_pool.shape[1]
     group = q_heads // kv_heads
     assert q_heads == group * kv_heads and head_dim & (head_dim - 1) == 0
     assert q.stride(-1) == 1 and k_pool.stride(-1) == 1 and v_pool.stride(-1) == 1
     assert req_to_slot.stride(-1) == 1
+    assert num_splits <= 256, "split_size too small for this req_to_slot width (merge tile)"
     out = torch.empty_like(q)
     if batch == 0:
         return out
-    cfg = _decode_config(q.dtype)
-    width = max(req_to_slot.shape[1], 1)
-    block_n = cfg["BLOCK_N"]
-    if split_size:
-        assert split_size >= 16 and split_size & (split_size - 1) == 0, "split_size: a power of two >= 16"
-        block_n = min(block_n, split_size)
-        num_splits = triton.cdiv(width, split_size)
-    else:
-        num_splits = decode_num_splits(batch, kv_heads, width, block_n)
-    assert num_splits <= 256, "split_size too small for this req_to_slot width (merge tile)"
+    fused = 1 < num_splits <= cfg.fused_merge_max
+    splits_pad = triton.next_power_of_2(num_splits)
     # scratch for the partial results (unused when num_splits == 1)
     part_acc = torch.empty((batch, q_heads, num_splits, head_dim), dtype=torch.float32, device=q.device)
     part_max = torch.empty((batch, q_heads, num_splits), dtype=torch.float32, device=q.device)
     part_sum = torch.empty_like(part_max)
+    counters = _decode_counters(q.device, batch * kv_heads) if fused else part_max
     _decode_split_kernel[(batch, kv_heads, num_splits)](
-        q, k_pool, v_pool, out, req_to_slot, req_rows, seq_lens, part_acc, part_max, part_sum, scale * _LOG2E,
-        num_splits,
+        q, k_pool, v_pool, out, req_to_slot, req_rows, seq_lens, part_acc, part_max, part_sum, counters,
+        scale * _LOG2E, num_splits,
         q.stride(0), q.stride(1), k_pool.stride(0), k_pool.stride(1), v_pool.stride(0), v_pool.stride(1),
         out.stride(0), out.stride(1), req_to_slot.stride(0),
         # tl.dot needs at least 16 rows: a group of 6 or 7 pads to 16 (free: decode waits on memory)
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
-        BLOCK_N=block_n, DOT_F32=INTERPRET or q.dtype == torch.float32,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        BLOCK_N=cfg.block_n, DOT_F32=INTERPRET or q.dtype == torch.float32, PREFETCH=cfg.prefetch,
+        FUSED_MERGE=fused, MERGE_G=triton.next_power_of_2(group), SPLITS_PAD=splits_pad if fused else 1,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    if num_splits > 1:  # every request fits one split otherwise: already written
-        splits_pad = triton.next_power_of_2(num_splits)
+    if num_splits > 1 and not fused:  # every request fits one split otherwise: already written
         _decode_merge_kernel[(batch, q_heads)](
             part_acc, part_max, part_sum, out, seq_lens, out.stride(0), out.stride(1), num_splits,
-            HEAD_DIM=head_dim, BLOCK_N=block_n, SPLITS_PAD=splits_pad, num_warps=4 if splits_pad <= 64 else 8,
+            HEAD_DIM=head_dim, BLOCK_N=cfg.block_n, SPLITS_PAD=splits_pad, num_warps=4 if splits_pad <= 64 else 8,
         )
     return out

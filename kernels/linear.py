@@ -1,15 +1,19 @@
 """Linear layers at decode batch sizes: x [M, K] @ w[N, K].T for small M.
 
-At M <= 16 a linear is a matrix-vector product bound by reading the weight once from HBM, and
-cuBLAS leaves bandwidth unused there (Qwen2-1.5B decode at M = 1: 1.1-2.6 TB/s of 3.35). These
-kernels stream the weight in row blocks with enough programs to keep every SM's loads in flight,
-and fuse what follows: the bias, and for the MLP SiLU(gate) * up (no [M, 2I] intermediate).
+At M <= 64 a linear is bound by reading the weight once from HBM, and cuBLAS leaves bandwidth
+unused there (Qwen2-1.5B decode at M = 1: 1.1-2.6 TB/s of 3.35; gate_up at M = 48 with the
+separate SiLU * mul: 2.0 TB/s). These kernels stream the weight in row blocks with enough
+programs to keep every SM's loads in flight, and fuse what follows: the bias, and for the MLP
+SiLU(gate) * up (no [M, 2I] intermediate). Where cuBLAS is as fast, CONFIGS routes to it.
 Configs per shape come from a table measured with bench/tune_linear.py (no autotuning at run
 time: it would benchmark during CUDA-graph capture).
 
 Split-K (for narrow weights such as o and down) is deterministic: every split writes a float32
 partial, and the last split of a row block to finish (an integer counter) sums the partials in
 split order and writes the output, so no second launch and no float atomics.
+
+rms_norm_linear can also apply the RMSNorm (and residual add) before the projection inside the
+same kernel, with rms_norm_ref's roundings; measured slower than the two launches (NORM_M_MAX).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch.nn.functional as F
 
 from litelang.kernels._triton import INTERPRET, tl, triton
 from litelang.kernels.activation import silu_and_mul, silu_and_mul_ref
+from litelang.kernels.rmsnorm import rms_norm, rms_norm_ref
 
 
 def linear_ref(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -31,6 +36,17 @@ def linear_ref(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = Non
 def linear_silu_mul_ref(x: torch.Tensor, w_gate_up: torch.Tensor) -> torch.Tensor:
     """x [M, K], w_gate_up [2I, K] (gate rows, then up rows) -> silu(x @ gate.T) * (x @ up.T), [M, I]."""
     return silu_and_mul_ref(linear_ref(x, w_gate_up))
+
+
+def rms_norm_linear_ref(
+    x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float, w: torch.Tensor,
+    bias: torch.Tensor | None = None, silu_mul: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """rms_norm_ref(x, norm_weight, eps, residual) then linear_ref (linear_silu_mul_ref with
+    silu_mul; bias unused then) -> (out, new residual stream x + residual, or x itself when
+    residual is None)."""
+    h, new_residual = rms_norm_ref(x, norm_weight, eps, residual)
+    return (linear_silu_mul_ref(h, w) if silu_mul else linear_ref(h, w, bias)), new_residual
 
 
 # --- Triton ----------------------------------------------------------------------------------
@@ -47,6 +63,14 @@ def _load_w(W, rows, cols, K, EVEN_K: tl.constexpr):
 
 
 @triton.jit
+def _load_cols(ptrs, cols, K, EVEN_K: tl.constexpr):
+    """An activation tile; columns past K read as zero."""
+    if EVEN_K:
+        return tl.load(ptrs)
+    return tl.load(ptrs, mask=cols < K, other=0.0)
+
+
+@triton.jit
 def _mma(w, x, DOT_F32: tl.constexpr):
     """w [BLOCK_N, BLOCK_K] @ x[BLOCK_M, BLOCK_K].T, float32 accumulate. DOT_F32: float32 inputs
     (exact, not tf32) and the CPU interpreter (which cannot multiply bfloat16 tiles)."""
@@ -55,16 +79,51 @@ def _mma(w, x, DOT_F32: tl.constexpr):
     return tl.dot(w, tl.trans(x))
 
 
+@triton.jit
+def _norm_prologue(X, Residual, NewResidual, M, K, stride_xm, stride_rm, eps, writer,
+                   HAS_RESIDUAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_KP: tl.constexpr):
+    """1 / rms of each row of s = x (+ residual, rounded to the model dtype) over all K columns, as
+    rms_norm_ref computes it. The program with writer == 0 also stores s, the new residual."""
+    offs_m = tl.arange(0, BLOCK_M)
+    rows = offs_m.to(tl.int64)[:, None]
+    sum_sq = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for k in range(0, K, BLOCK_KP):
+        offs_k = k + tl.arange(0, BLOCK_KP)
+        mask = (offs_m < M)[:, None] & (offs_k < K)[None, :]
+        write = ((offs_k * 0 + writer) == 0)[None, :]  # a tensor: the interpreter rejects scalar masks
+        s = tl.load(X + rows * stride_xm + offs_k[None, :], mask=mask, other=0.0)
+        if HAS_RESIDUAL:
+            r = tl.load(Residual + rows * stride_rm + offs_k[None, :], mask=mask, other=0.0)
+            s = (s.to(tl.float32) + r.to(tl.float32)).to(X.dtype.element_ty)
+            tl.store(NewResidual + rows * K + offs_k[None, :], s, mask=mask & write)
+        sf = s.to(tl.float32)
+        sum_sq += tl.sum(sf * sf, axis=1)
+    return tl.rsqrt(sum_sq / K + eps)
+
+
+@triton.jit
+def _normalize(x, r, inv_rms, norm_w, HAS_RESIDUAL: tl.constexpr):
+    """rms_norm_ref on a tile, with its roundings to the model dtype: x + r, then * 1/rms, then
+    * the norm weight (inv_rms and norm_w broadcast against x)."""
+    dtype = x.dtype
+    if HAS_RESIDUAL:
+        x = (x.to(tl.float32) + r.to(tl.float32)).to(dtype)
+    x = (x.to(tl.float32) * inv_rms).to(dtype)
+    return (norm_w.to(tl.float32) * x.to(tl.float32)).to(dtype)
+
+
 @triton.jit(do_not_specialize=["M"])  # one compile for every batch size
 def _linear_kernel(
-    X, W, Bias, Out, Partial, Counters,
-    M, N, K, stride_xm, stride_om, up_row, k_per_split,
-    HAS_BIAS: tl.constexpr, SILU_MUL: tl.constexpr, SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr,
+    X, W, Bias, Out, Partial, Counters, Residual, NormW, NewResidual,
+    M, N, K, stride_xm, stride_om, stride_rm, up_row, k_per_split, eps,
+    HAS_BIAS: tl.constexpr, SILU_MUL: tl.constexpr, SPLITS: tl.constexpr, EVEN_K: tl.constexpr,
     USE_DOT: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, VEC: tl.constexpr,
+    BLOCK_K: tl.constexpr, VEC: tl.constexpr, NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    BLOCK_KP: tl.constexpr,
 ):
     """Program (row block, split): out[:, rows] over K columns [k_per_split * split, ...). With
-    SILU_MUL the rows are gate rows and rows + up_row their up rows.
+    SILU_MUL the rows are gate rows and rows + up_row their up rows. NORM: x is first replaced
+    by rms_norm(x + residual) * NormW (rows' 1/rms from a pass over all K, _norm_prologue).
 
     Two inner products. USE_DOT: tensor cores, x padded to BLOCK_M >= 16 rows. Else float32
     FMAs on [BLOCK_M, BLOCK_N, BLOCK_K // VEC, VEC] tiles, VEC columns (16 bytes) per thread:
@@ -80,6 +139,10 @@ def _linear_kernel(
     offs_m = tl.arange(0, BLOCK_M)
     k_start = pid_k * k_per_split
     k_end = tl.minimum(k_start + k_per_split, K)
+    inv_rms = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if NORM:
+        inv_rms = _norm_prologue(X, Residual, NewResidual, M, K, stride_xm, stride_rm, eps,
+                                 pid_n + pid_k, HAS_RESIDUAL, BLOCK_M, BLOCK_KP)
     if USE_DOT:
         acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
         acc_up = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
@@ -90,24 +153,38 @@ def _linear_kernel(
         rows4 = rows[None, :, None, None]
         # unmasked loads (rows past M re-read row M - 1, their sums are never stored), so the
         # compiler sees identical addresses and loads each x vector once per thread
-        x_m = tl.minimum(offs_m, M - 1).to(tl.int64)
-        x_rows4 = X + x_m[:, None, None, None] * stride_xm + 0 * rows4
+        x_m = tl.minimum(offs_m, M - 1).to(tl.int64)[:, None, None, None]
+        x_rows4 = X + x_m * stride_xm + 0 * rows4
+        r_rows4 = Residual + x_m * stride_rm + 0 * rows4
+        w_norm4 = NormW + 0 * (x_m + rows4)
+        inv_rms4 = inv_rms[:, None, None, None]
     for k in range(k_start, k_end, BLOCK_K):
         if USE_DOT:
             offs_k = k + tl.arange(0, BLOCK_K)
             x_mask = (offs_m < M)[:, None]
             if not EVEN_K:
                 x_mask = x_mask & (offs_k < K)[None, :]
-            x = tl.load(X + offs_m.to(tl.int64)[:, None] * stride_xm + offs_k[None, :], mask=x_mask, other=0.0)
+            x_off = offs_m.to(tl.int64)[:, None] * stride_xm + offs_k[None, :]
+            x = tl.load(X + x_off, mask=x_mask, other=0.0)
+            if NORM:
+                r = x
+                if HAS_RESIDUAL:
+                    r = tl.load(Residual + offs_m.to(tl.int64)[:, None] * stride_rm + offs_k[None, :], mask=x_mask,
+                                other=0.0)
+                norm_w = _load_cols(NormW + offs_k, offs_k, K, EVEN_K)
+                x = _normalize(x, r, inv_rms[:, None], norm_w[None, :], HAS_RESIDUAL)
             acc += _mma(_load_w(W, rows[:, None], offs_k[None, :], K, EVEN_K), x, DOT_F32)
             if SILU_MUL:
                 acc_up += _mma(_load_w(W, (rows + up_row)[:, None], offs_k[None, :], K, EVEN_K), x, DOT_F32)
         else:
             cols = k + vec_cols
-            if EVEN_K:
-                x = tl.load(x_rows4 + cols).to(tl.float32)
-            else:
-                x = tl.load(x_rows4 + cols, mask=cols < K, other=0.0).to(tl.float32)
+            x = _load_cols(x_rows4 + cols, cols, K, EVEN_K)
+            if NORM:
+                r = x
+                if HAS_RESIDUAL:
+                    r = _load_cols(r_rows4 + cols, cols, K, EVEN_K)
+                x = _normalize(x, r, inv_rms4, _load_cols(w_norm4 + cols, cols, K, EVEN_K), HAS_RESIDUAL)
+            x = x.to(tl.float32)
             acc += tl.sum(_load_w(W, rows4, cols, K, EVEN_K).to(tl.float32) * x, axis=3)
             if SILU_MUL:
                 acc_up += tl.sum(_load_w(W, rows4 + up_row, cols, K, EVEN_K).to(tl.float32) * x, axis=3)
@@ -120,19 +197,20 @@ def _linear_kernel(
 
     out_mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
     mn = offs_m[:, None] * N + offs_n[None, :]
-    if SPLIT_K:
+    if SPLITS > 1:
         # partials [splits, 2 if SILU_MUL else 1, M, N]; the last split to arrive reduces
-        splits = tl.num_programs(1)
         parts = 2 if SILU_MUL else 1
         tl.store(Partial + (pid_k * parts) * M * N + mn, acc, mask=out_mask)
         if SILU_MUL:
             tl.store(Partial + (pid_k * parts + 1) * M * N + mn, acc_up, mask=out_mask)
         tl.debug_barrier()  # every thread's partial is written before the counter's release
         arrived = tl.atomic_add(Counters + pid_n, 1, sem="acq_rel")
-        if arrived == splits - 1:
+        if arrived == SPLITS - 1:
             acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
             acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-            for s in range(splits):  # fixed order: the sum is the same whoever arrives last
+            # fixed order: the sum is the same whoever arrives last. Unrolled, so every partial's
+            # load is in flight at once: this tail is serial latency after the main loop.
+            for s in tl.static_range(SPLITS):
                 acc += tl.load(Partial + (s * parts) * M * N + mn, mask=out_mask, other=0.0, cache_modifier=".cg")
                 if SILU_MUL:
                     acc_up += tl.load(Partial + (s * parts + 1) * M * N + mn, mask=out_mask, other=0.0,
@@ -157,9 +235,17 @@ def _epilogue(acc, acc_up, Bias, Out, offs_m, offs_n, out_mask, N, stride_om, HA
     tl.store(Out + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :], acc.to(dtype), mask=out_mask)
 
 
-# Above this M, cuBLAS (F.linear): measured on an H100, these kernels are faster up to M = 16 at
-# every Qwen2 1.5B / 7B shape (on par for the 1.5B down projection at M >= 4).
-M_MAX = 16
+# Above this M, cuBLAS (F.linear) always. Up to it, pick_config: the Triton config measured best
+# for the shape and M bucket, or None (cuBLAS) where cuBLAS measured faster.
+M_MAX = 64
+# Untuned shapes above M = 16 go to cuBLAS when the weight has fewer elements than this: tuned,
+# every weight under ~17M elements ran as fast or faster there, every one over ~27M slower.
+CUBLAS_BELOW = 20 * 2**20
+# Up to this M, rms_norm_linear fuses the norm into the linear. 0: never, as measured on an H100
+# (CUDA-graph replay, 1.5B / 7B qkv and gate_up): at M = 1 the fused kernel was as fast as the
+# norm + linear pair for 1.5B qkv and up to 6 us slower elsewhere (every program's pass over all
+# of x and the residual costs more than the norm's launch), at M = 4..16 twice as slow.
+NORM_M_MAX = 0
 
 
 class LinearConfig(NamedTuple):
@@ -175,77 +261,102 @@ def _fma(block_n: int, block_k: int, warps: int = 4, split: int = 1) -> LinearCo
     return LinearConfig(block_n, block_k, split, warps)
 
 
-def _dot(block_n: int, block_k: int, stages: int, split: int = 1) -> LinearConfig:
-    return LinearConfig(block_n, block_k, split, 4, stages, use_dot=True)
+def _dot(block_n: int, block_k: int, stages: int, split: int = 1, warps: int = 4) -> LinearConfig:
+    return LinearConfig(block_n, block_k, split, warps, stages, use_dot=True)
 
 
 # The fastest config per (N, K, silu_mul, M bucket) at Qwen2 shapes (TP 1), from
 # bench/tune_linear.py on an H100 (CUDA-graph replay, weights not in L2). N is the output width
-# (the intermediate size for gate_up). M = 1 streams with FMAs; M >= 4 (and M = 2 mostly) do
-# better on tensor cores with a deeper cp.async pipeline. Other shapes: _heuristic_config.
-CONFIGS: dict[tuple[int, int, bool, int], LinearConfig] = {
+# (the intermediate size for gate_up); M buckets are powers of two up to M_MAX (decode batches of
+# 24 and 48 run the 32 and 64 configs). M = 1 streams with FMAs; M >= 4 (and M = 2 mostly) do
+# better on tensor cores with a deeper cp.async pipeline. None: cuBLAS was faster. Above M = 16
+# that is every weight under ~40 MB: its ~5.5 us (1.5B qkv, o) or ~14.5 us (1.5B down) were
+# 2-20% under the best config here, while the wide weights (gate_up, lm_head, 7B down) ran 3-15%
+# faster than cuBLAS at 2.3-2.9 TB/s. Other shapes: _heuristic_config.
+CONFIGS: dict[tuple[int, int, bool, int], LinearConfig | None] = {
     # Qwen2-1.5B qkv
     (2048, 1536, False, 1):   _fma(1, 512, warps=2),
     (2048, 1536, False, 2):   _dot(64, 128, stages=6),
     (2048, 1536, False, 4):   _dot(64, 128, stages=6),
     (2048, 1536, False, 8):   _dot(64, 128, stages=6),
     (2048, 1536, False, 16):  _dot(64, 128, stages=6),
+    (2048, 1536, False, 32):  None,
+    (2048, 1536, False, 64):  None,
     # Qwen2-1.5B o
     (1536, 1536, False, 1):   _fma(2, 512),
     (1536, 1536, False, 2):   _fma(2, 512, warps=2),
     (1536, 1536, False, 4):   _dot(64, 128, stages=6),
     (1536, 1536, False, 8):   _dot(64, 128, stages=6),
     (1536, 1536, False, 16):  _dot(64, 128, stages=6),
+    (1536, 1536, False, 32):  None,
+    (1536, 1536, False, 64):  None,
     # Qwen2-1.5B gate_up
     (8960, 1536, True, 1):    _fma(1, 2048, warps=2),
     (8960, 1536, True, 2):    _fma(2, 256, warps=2),
     (8960, 1536, True, 4):    _dot(64, 128, stages=3),
     (8960, 1536, True, 8):    _dot(64, 128, stages=3),
     (8960, 1536, True, 16):   _dot(64, 128, stages=3),
+    (8960, 1536, True, 32):   _dot(64, 64, stages=4),
+    (8960, 1536, True, 64):   _dot(64, 64, stages=4),
     # Qwen2-1.5B down
     (1536, 8960, False, 1):   _fma(1, 2048),
     (1536, 8960, False, 2):   _dot(64, 128, stages=4, split=6),
     (1536, 8960, False, 4):   _dot(64, 128, stages=4, split=6),
     (1536, 8960, False, 8):   _dot(64, 128, stages=4, split=6),
     (1536, 8960, False, 16):  _dot(64, 128, stages=4, split=6),
+    (1536, 8960, False, 32):  None,
+    (1536, 8960, False, 64):  None,
     # Qwen2-1.5B lm_head
     (151936, 1536, False, 1): _fma(2, 512),
+    (151936, 1536, False, 32): _dot(128, 128, stages=4),
+    (151936, 1536, False, 64): _dot(128, 128, stages=4, warps=8),
     # Qwen2-7B qkv
     (4608, 3584, False, 1):   _fma(1, 4096, warps=8),
     (4608, 3584, False, 2):   _dot(64, 128, stages=6),
     (4608, 3584, False, 4):   _dot(64, 128, stages=6),
     (4608, 3584, False, 8):   _dot(64, 128, stages=6),
     (4608, 3584, False, 16):  _dot(64, 128, stages=6),
+    (4608, 3584, False, 32):  _dot(64, 128, stages=6),
+    (4608, 3584, False, 64):  None,
     # Qwen2-7B o
     (3584, 3584, False, 1):   _fma(1, 4096, warps=8),
     (3584, 3584, False, 2):   _dot(64, 128, stages=6),
     (3584, 3584, False, 4):   _dot(64, 128, stages=6),
     (3584, 3584, False, 8):   _dot(64, 128, stages=6),
     (3584, 3584, False, 16):  _dot(64, 128, stages=6),
+    (3584, 3584, False, 32):  None,
+    (3584, 3584, False, 64):  None,
     # Qwen2-7B gate_up
     (18944, 3584, True, 1):   _fma(1, 4096),
     (18944, 3584, True, 2):   _fma(2, 256, warps=2),
     (18944, 3584, True, 4):   _dot(64, 128, stages=4),
     (18944, 3584, True, 8):   _dot(64, 128, stages=4),
     (18944, 3584, True, 16):  _dot(64, 128, stages=4),
+    (18944, 3584, True, 32):  _dot(64, 128, stages=4),
+    (18944, 3584, True, 64):  _dot(64, 128, stages=4),
     # Qwen2-7B down
     (3584, 18944, False, 1):  _fma(1, 4096, warps=8),
     (3584, 18944, False, 2):  _dot(64, 128, stages=6, split=2),
     (3584, 18944, False, 4):  _dot(64, 128, stages=6, split=2),
     (3584, 18944, False, 8):  _dot(64, 128, stages=6, split=2),
     (3584, 18944, False, 16): _dot(64, 128, stages=6, split=2),
+    (3584, 18944, False, 32): _dot(64, 128, stages=6, split=2),
+    (3584, 18944, False, 64): _dot(64, 128, stages=6, split=2),
 }
 
 
 def _m_bucket(m: int) -> int:
-    return min(16, triton.next_power_of_2(m))
+    return min(M_MAX, triton.next_power_of_2(m))
 
 
-def _heuristic_config(m: int, n: int, k: int) -> LinearConfig:
+def _heuristic_config(m: int, n: int, k: int, silu_mul: bool) -> LinearConfig | None:
     """For shapes not in CONFIGS, the configs that were within ~10% of the best at every tuned
     shape: M = 1, one row per program, 2048 columns per step (split K only if rows are too few
     for 2 programs per SM); M > 1, tensor cores on 64-row blocks, split K while there are fewer
-    programs than SMs and each split keeps >= 1536 columns."""
+    programs than SMs and each split keeps >= 1536 columns. M > 16: cuBLAS for weights under
+    CUBLAS_BELOW elements, where it was as fast or faster."""
+    if m > 16 and n * k * (2 if silu_mul else 1) < CUBLAS_BELOW:
+        return None
     if m == 1:
         cfg, min_k = _fma(1, min(2048, triton.next_power_of_2(k))), 2 * 2048
         target = 264
@@ -258,10 +369,14 @@ def _heuristic_config(m: int, n: int, k: int) -> LinearConfig:
     return cfg._replace(split_k=split)
 
 
-def pick_config(m: int, n: int, k: int, silu_mul: bool = False) -> LinearConfig:
+def pick_config(m: int, n: int, k: int, silu_mul: bool = False) -> LinearConfig | None:
+    """The config for x [m, k] @ w[n, k].T (n gate rows with silu_mul); None: use cuBLAS."""
+    if m > M_MAX:
+        return None
     if INTERPRET:  # small blocks: CPU tests at small shapes still cross several blocks and splits
         return LinearConfig(block_n=4, block_k=16, split_k=2 if k > 32 else 1)
-    return CONFIGS.get((n, k, silu_mul, _m_bucket(m))) or _heuristic_config(m, n, k)
+    key = (n, k, silu_mul, _m_bucket(m))
+    return CONFIGS[key] if key in CONFIGS else _heuristic_config(m, n, k, silu_mul)
 
 
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
@@ -280,8 +395,16 @@ def _counters(device: torch.device, n: int) -> torch.Tensor:
     return buf
 
 
+class _Norm(NamedTuple):
+    """rms_norm applied to x inside the linear kernel (rms_norm_linear)."""
+    residual: torch.Tensor | None
+    weight: torch.Tensor
+    eps: float
+    new_residual: torch.Tensor | None  # written by the kernel when residual is given
+
+
 def _launch(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, n: int, silu_mul: bool,
-            config: LinearConfig | None) -> torch.Tensor:
+            cfg: LinearConfig, norm: _Norm | None = None) -> torch.Tensor:
     m, k = x.shape
     if x.stride(-1) != 1:
         x = x.contiguous()
@@ -289,7 +412,6 @@ def _launch(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, n: int,
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0:
         return out
-    cfg = config or pick_config(m, n, k, silu_mul)
     # float32 dots are exact (ieee), never tf32
     block_m = max(16, triton.next_power_of_2(m)) if cfg.use_dot else triton.next_power_of_2(m)
     k_per_split = triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
@@ -299,12 +421,18 @@ def _launch(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, n: int,
         counters = _counters(x.device, grid[0])
     else:
         partial = counters = out  # unused
+    residual = norm.residual if norm is not None else None
     _linear_kernel[grid](
         x, w, bias if bias is not None else out, out, partial, counters,
-        m, n, k, x.stride(0), out.stride(0), n, k_per_split,
-        HAS_BIAS=bias is not None, SILU_MUL=silu_mul, SPLIT_K=cfg.split_k > 1, EVEN_K=k % cfg.block_k == 0,
+        residual if residual is not None else out, norm.weight if norm is not None else out,
+        norm.new_residual if residual is not None else out,
+        m, n, k, x.stride(0), out.stride(0), residual.stride(0) if residual is not None else 0, n, k_per_split,
+        norm.eps if norm is not None else 0.0,
+        HAS_BIAS=bias is not None, SILU_MUL=silu_mul, SPLITS=cfg.split_k, EVEN_K=k % cfg.block_k == 0,
         USE_DOT=cfg.use_dot, DOT_F32=INTERPRET or x.dtype == torch.float32, BLOCK_M=block_m,
         BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, VEC=16 // x.element_size(),
+        NORM=norm is not None, HAS_RESIDUAL=residual is not None,
+        BLOCK_KP=min(triton.next_power_of_2(k), max(4096 // block_m, 64)),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out
@@ -312,16 +440,66 @@ def _launch(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, n: int,
 
 def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
            config: LinearConfig | None = None) -> torch.Tensor:
-    """Triton version of linear_ref for M <= M_MAX (cuBLAS above). x may be a row-strided view;
-    no host sync, CUDA-graph capturable. config overrides pick_config (tests, tuning)."""
-    if x.shape[0] > M_MAX:
+    """Triton version of linear_ref where pick_config has a config (M <= M_MAX), else cuBLAS.
+    x may be a row-strided view; no host sync, CUDA-graph capturable. config overrides
+    pick_config (tests, tuning)."""
+    cfg = config or pick_config(x.shape[0], w.shape[0], w.shape[1])
+    if cfg is None:
         return F.linear(x, w, bias)
-    return _launch(x, w, bias, w.shape[0], False, config)
+    return _launch(x, w, bias, w.shape[0], False, cfg)
 
 
 def linear_silu_mul(x: torch.Tensor, w_gate_up: torch.Tensor, config: LinearConfig | None = None) -> torch.Tensor:
     """Triton version of linear_silu_mul_ref: gate and up rows in the same program, so the
     [M, 2I] intermediate is never written."""
-    if x.shape[0] > M_MAX:
+    n = w_gate_up.shape[0] // 2
+    cfg = config or pick_config(x.shape[0], n, w_gate_up.shape[1], True)
+    if cfg is None:
         return silu_and_mul(F.linear(x, w_gate_up))
-    return _launch(x, w_gate_up, None, w_gate_up.shape[0] // 2, True, config)
+    return _launch(x, w_gate_up, None, n, True, cfg)
+
+
+def rms_norm_linear(
+    x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float, w: torch.Tensor,
+    bias: torch.Tensor | None = None, silu_mul: bool = False, config: LinearConfig | None = None,
+    fuse: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton version of rms_norm_linear_ref. Fused (fuse, by default M <= NORM_M_MAX): one launch,
+    every program normalizes the x rows it reads from a pass over all of x (+ residual), and
+    program (0, 0) writes the new residual. Else rms_norm then linear (linear_silu_mul)."""
+    m, k = x.shape
+    n = w.shape[0] // 2 if silu_mul else w.shape[0]
+    cfg = config or pick_config(m, n, k, silu_mul)
+    if fuse is None:
+        fuse = m <= NORM_M_MAX
+    if (not fuse or cfg is None or m == 0 or norm_weight.dtype != x.dtype
+            or (residual is not None and residual.shape != x.shape)):
+        h, new_residual = rms_norm(x, norm_weight, eps, residual)
+        out = linear_silu_mul(h, w, config) if silu_mul else linear(h, w, bias, config)
+        return out, new_residual
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    if residual is not None and residual.stride(-1) != 1:
+        residual = residual.contiguous()
+    new_residual = torch.empty_like(x, memory_format=torch.contiguous_format) if residual is not None else x
+    norm = _Norm(residual, norm_weight.contiguous(), eps, new_residual)
+    cfg = _fit_norm_stages(cfg, m, silu_mul, residual is not None)
+    return _launch(x, w, None if silu_mul else bias, n, silu_mul, cfg, norm), new_residual
+
+
+def _fit_norm_stages(cfg: LinearConfig, m: int, silu_mul: bool, has_residual: bool) -> LinearConfig:
+    """With the fused norm the tensor-core pipeline also buffers the residual tile ((stages - 1)
+    more x-sized tiles, as compiled for sm_90): drop stages where that would pass the 227 KB of
+    shared memory per block (7B gate_up at M = 64: 240 KB with 4 stages)."""
+    if not cfg.use_dot:
+        return cfg
+    block_m = max(16, triton.next_power_of_2(m))
+    rows = cfg.block_n * (2 if silu_mul else 1)
+
+    def shared_bytes(stages: int) -> int:
+        return 2 * cfg.block_k * (stages * (rows + block_m) + (stages - 1) * block_m * has_residual)
+
+    stages = cfg.num_stages
+    while stages > 2 and shared_bytes(stages) > 224 * 1024:
+        stages -= 1
+    return cfg._replace(num_stages=stages)

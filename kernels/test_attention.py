@@ -116,9 +116,35 @@ def test_decode_num_splits_policy(monkeypatch):
     monkeypatch.setattr(attention, "INTERPRET", False)
     assert attention.decode_num_splits(1, 2, 32768, 64) == attention.DECODE_MAX_SPLITS
     assert attention.decode_num_splits(40, 2, 32768, 64) == attention.DECODE_TARGET_PROGRAMS // 80
-    assert attention.decode_num_splits(40, 2, 256, 64) == 4  # 256 / 64 blocks
+    assert attention.decode_num_splits(40, 2, 128, 64) == 2  # 128 / 64 blocks
     assert attention.decode_num_splits(1, 2, 64, 64) == 1  # one block: no merge
     assert attention.decode_num_splits(4096, 2, 32768, 64) == 1
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_decode_fused_merge_equals_merge_launch(device, monkeypatch, prefetch):
+    """Up to fused_merge_max splits, the last split program of each (request, kv head) merges:
+    no merge launch, the same result as the merge launch, and its counters are back at zero
+    for the next launch (run twice). Both with and without the slot prefetch."""
+    lens = [0, 1, 16, 17, 100, 255, 256, 64]
+    k_pool, v_pool, r2s, rows = make_pool(device, torch.float32, 2, 16, lens, seed=21)
+    seq_lens = torch.tensor(lens, device=device, dtype=torch.int32)
+    q = torch.randn(len(lens), 12, 16, generator=torch.Generator().manual_seed(22)).to(device)
+    args = (q, k_pool, v_pool, r2s, rows, seq_lens, 0.25)
+    cfg = attention._decode_config(torch.float32)._replace(prefetch=prefetch)
+    launched = attention._decode_launch(*args, cfg._replace(fused_merge_max=0), 8)  # a merge launch
+
+    class NoLaunch:
+        def __getitem__(self, grid):
+            raise AssertionError("the merge kernel must not be launched")
+
+    monkeypatch.setattr(attention, "_decode_merge_kernel", NoLaunch())
+    for _ in range(2):
+        fused = attention._decode_launch(*args, cfg._replace(fused_merge_max=8), 8)
+        torch.testing.assert_close(fused, launched, atol=1e-5, rtol=1e-5)  # the sums' order may differ
+        assert not attention._COUNTERS[q.device].any()
+    ref = decode_attention_ref(q, k_pool, v_pool, r2s, rows, seq_lens, 0.25)
+    torch.testing.assert_close(fused, ref, atol=2e-5, rtol=2e-5)
 
 
 def extend_inputs(device, dtype, q_heads, kv_heads, head_dim, new_lens, prefix_lens, seed=0):

@@ -48,6 +48,7 @@ def _compile(kernel, args: dict, num_warps: int = 4, num_stages: int = 2):
 def _cases():
     """(kernel, args, launch options) for the configurations the wrappers use on a GPU."""
     from litelang.kernels import activation, attention, greedy, kv_store, linear, rmsnorm, rope, rope_store, sampling
+    from litelang.kernels._triton import triton
 
     bf, f32, i32, i64 = torch.bfloat16, torch.float32, torch.int32, torch.int64
     yield rmsnorm._rms_norm_kernel, dict(X=bf, Residual=bf, Weight=bf, Out=bf, NewResidual=bf, stride_x=1536,
@@ -78,12 +79,16 @@ def _cases():
                 stride_oh=head_dim, GROUP=group, HEAD_DIM=head_dim, DOT_F32=dtype == f32, **strides, **blocks,
             ), dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
             cfg = attention._decode_config(dtype)
-            yield attention._decode_split_kernel, dict(
-                Q=dtype, K=dtype, V=dtype, Out=dtype, ReqToSlot=i32, ReqRows=i32, SeqLens=i32, PartAcc=f32,
-                PartMax=f32, PartSum=f32, qk_scale=0.1, num_splits=64, stride_qb=2 * group * head_dim,
-                stride_qh=head_dim, stride_ob=group * head_dim, stride_oh=head_dim, GROUP=group, GROUP_PAD=16,
-                HEAD_DIM=head_dim, BLOCK_N=cfg["BLOCK_N"], DOT_F32=dtype == f32, **strides,
-            ), dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+            for num_splits in (64, 6):  # a merge launch; the merge fused in the split kernel
+                fused = 1 < num_splits <= cfg.fused_merge_max
+                yield attention._decode_split_kernel, dict(
+                    Q=dtype, K=dtype, V=dtype, Out=dtype, ReqToSlot=i32, ReqRows=i32, SeqLens=i32, PartAcc=f32,
+                    PartMax=f32, PartSum=f32, Counters=i32, qk_scale=0.1, num_splits=num_splits,
+                    stride_qb=2 * group * head_dim, stride_qh=head_dim, stride_ob=group * head_dim, stride_oh=head_dim,
+                    GROUP=group, GROUP_PAD=16, HEAD_DIM=head_dim, BLOCK_N=cfg.block_n, DOT_F32=dtype == f32,
+                    PREFETCH=cfg.prefetch, FUSED_MERGE=fused, MERGE_G=triton.next_power_of_2(group),
+                    SPLITS_PAD=triton.next_power_of_2(num_splits) if fused else 1, **strides,
+                ), dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         yield attention._decode_merge_kernel, dict(PartAcc=f32, PartMax=f32, PartSum=f32, Out=dtype, SeqLens=i32,
                                                    stride_ob=1536, stride_oh=128, num_splits=51, HEAD_DIM=128,
                                                    BLOCK_N=64, SPLITS_PAD=64), dict(num_warps=4)
@@ -92,15 +97,23 @@ def _cases():
                                                        vocab=151936, stride_x=151936, stride_t=151936,
                                                        SCALE=not filtered, SORTED=filtered,
                                                        BLOCK=sampling._sample_block(151936)), dict(num_warps=8)
-    # linear: the M = 1 FMA stream, and tensor cores with split K and the fused SiLU
-    for m, n, k, silu, cfg in ((1, 8960, 1536, True, linear.CONFIGS[(8960, 1536, True, 1)]),
-                               (8, 1536, 8960, False, linear.CONFIGS[(1536, 8960, False, 8)]),
-                               (8, 8960, 1536, True, linear.CONFIGS[(8960, 1536, True, 8)])):
+    # linear: the M = 1 FMA stream, tensor cores with split K and the fused SiLU, a 64-row x tile,
+    # and the fused RMSNorm on both inner products
+    for m, n, k, silu, norm, cfg in ((1, 8960, 1536, True, False, linear.pick_config(1, 8960, 1536, True)),
+                                     (8, 1536, 8960, False, False, linear.pick_config(8, 1536, 8960)),
+                                     (8, 8960, 1536, True, False, linear.pick_config(8, 8960, 1536, True)),
+                                     (64, 1536, 8960, False, False, linear.LinearConfig(32, 128, 8, 4, 3, use_dot=True)),
+                                     (64, 8960, 1536, True, False, linear.pick_config(64, 8960, 1536, True)),
+                                     (1, 2048, 1536, False, True, linear.pick_config(1, 2048, 1536)),
+                                     (16, 8960, 1536, True, True, linear.pick_config(16, 8960, 1536, True))):
+        block_m = max(16, m) if cfg.use_dot else m
         yield linear._linear_kernel, dict(
-            X=bf, W=bf, Bias=bf, Out=bf, Partial=f32, Counters=i32, M=m, N=n, K=k, stride_xm=k, stride_om=n,
-            up_row=n, k_per_split=k // cfg.split_k, HAS_BIAS=False, SILU_MUL=silu, SPLIT_K=cfg.split_k > 1,
-            EVEN_K=True, USE_DOT=cfg.use_dot, DOT_F32=False, BLOCK_M=16 if cfg.use_dot else m, BLOCK_N=cfg.block_n,
-            BLOCK_K=cfg.block_k, VEC=8,
+            X=bf, W=bf, Bias=bf, Out=bf, Partial=f32, Counters=i32, Residual=bf, NormW=bf, NewResidual=bf, M=m, N=n,
+            K=k, stride_xm=k, stride_om=n, stride_rm=k, up_row=n, eps=1e-6,
+            k_per_split=triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k,  # as _launch rounds it
+            HAS_BIAS=not silu, SILU_MUL=silu, SPLITS=cfg.split_k, EVEN_K=True, USE_DOT=cfg.use_dot,
+            DOT_F32=False, BLOCK_M=block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, VEC=8, NORM=norm,
+            HAS_RESIDUAL=norm, BLOCK_KP=min(triton.next_power_of_2(k), max(4096 // block_m, 64)),
         ), dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     yield greedy._greedy_chunk_kernel, dict(Logits=bf, PartMax=f32, PartIdx=i32, PartSum=f32, vocab=151936,
                                             stride_b=151936, chunk=4096, num_chunks=38, BLOCK=2048), dict(num_warps=8)

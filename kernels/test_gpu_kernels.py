@@ -179,6 +179,42 @@ def test_cuda_graph_decode_any_length():
         torch.testing.assert_close(out[live], ref, **ATTN_TOL)
 
 
+def test_cuda_graph_decode_fused_merge():
+    """Batch 40 on a 2048-wide table: a few splits, merged by the last split program to finish
+    (counters, no merge launch). Replays with new lengths (0 to the full width) equal eager, the
+    reference, and leave the counters at zero."""
+    from litelang.kernels import attention
+
+    width, batch = 2048, 40
+    assert 1 < attention.decode_num_splits(batch, 2, width, 64) <= attention._decode_config(BF16).fused_merge_max
+    k_pool, v_pool, r2s, rows = make_pool([width] * batch, 2, 128, max_context=width, seed=50)
+    seq_lens = torch.zeros(batch, device=DEV, dtype=torch.int32)
+    q = torch.zeros(batch, 12, 128, device=DEV, dtype=BF16)
+    args = (q, k_pool, v_pool, r2s, rows, seq_lens, 128**-0.5)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        decode_attention(*args)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = decode_attention(*args)
+    for i in range(3):
+        lens = torch.randint(600, 1201, (batch,), generator=torch.Generator().manual_seed(51 + i))
+        lens[:4] = torch.tensor([0, 1, width, width - 1])
+        seq_lens.copy_(lens.to(torch.int32))
+        q.copy_(torch.randn(batch, 12, 128, device=DEV, generator=gen(51 + i)))
+        for _ in range(2):
+            graph.replay()
+        torch.cuda.synchronize()
+        assert not attention._COUNTERS[q.device].any()
+        torch.testing.assert_close(out, decode_attention(*args), atol=0, rtol=0)
+        assert torch.equal(out[0], torch.zeros_like(out[0]))
+        idx = torch.tensor([1, 2, 3, 4, 17, 39], device=DEV)
+        ref = decode_attention_ref(q[idx], k_pool, v_pool, r2s, rows[idx], seq_lens[idx], 128**-0.5)
+        torch.testing.assert_close(out[idx], ref, **ATTN_TOL)
+
+
 EXTEND_CASES = {
     # name: (new tokens per request, cached prefix per request)
     "prefill-8k": ([8192], [0]),

@@ -98,20 +98,20 @@ class Qwen2Model:
         hidden = self.embed[batch.input_ids]
         residual = None
         for i, w in enumerate(self.layers):
-            h, residual = ks.rms_norm(hidden, w.input_norm, s.rms_norm_eps, residual)
-            h = self._attention(i, w, h, batch, k_pools[i], v_pools[i])
-            h, residual = ks.rms_norm(h, w.post_norm, s.rms_norm_eps, residual)
-            h = ks.linear_silu_mul(h, w.gate_up_weight)
+            # each norm runs inside the projection after it (one launch at decode batch sizes)
+            qkv, residual = ks.rms_norm_linear(hidden, residual, w.input_norm, s.rms_norm_eps, w.qkv_weight, w.qkv_bias)
+            h = self._attention(i, w, qkv, batch, k_pools[i], v_pools[i])
+            h, residual = ks.rms_norm_linear(h, residual, w.post_norm, s.rms_norm_eps, w.gate_up_weight, silu_mul=True)
             hidden = self.tp.all_reduce(ks.linear(h, w.down_weight))
         hidden, _ = ks.rms_norm(hidden, self.final_norm, s.rms_norm_eps, residual)
         return ks.linear(hidden[batch.logits_index], self.lm_head)
 
     def _attention(
-        self, i: int, w: LayerWeights, h: torch.Tensor, batch: ForwardBatch, k_pool: torch.Tensor, v_pool: torch.Tensor
+        self, i: int, w: LayerWeights, qkv: torch.Tensor, batch: ForwardBatch, k_pool: torch.Tensor, v_pool: torch.Tensor
     ) -> torch.Tensor:
+        """Attention from the q‖k‖v projection of a layer's normed input, through o (all-reduced)."""
         ks, d = self.kernels, self.spec.head_dim
-        n = h.shape[0]
-        qkv = ks.linear(h, w.qkv_weight, w.qkv_bias)
+        n = qkv.shape[0]
         q_size, kv_size = self.num_local_heads * d, self.num_local_kv_heads * d
         q = qkv[:, :q_size].reshape(n, self.num_local_heads, d)
         k = qkv[:, q_size : q_size + kv_size].reshape(n, self.num_local_kv_heads, d)
