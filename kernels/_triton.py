@@ -45,4 +45,43 @@ except ImportError:  # pragma: no cover - exercised only where triton is absent
 # (the interpreter multiplies bfloat16 tiles as raw uint16 bits).
 INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-__all__ = ["INTERPRET", "tl", "triton"]
+
+# Programmatic dependent launch (Hopper and later): a decode step is a chain of a few hundred
+# microsecond kernels, and each launch waits for the previous kernel to drain. With PDL the next
+# kernel is launched while the previous one runs and waits on the GPU instead (`pdl_start`).
+# Every kernel launched with `pdl_launch()` must call pdl_start before touching memory.
+# LITELANG_PDL=0 turns it off.
+_pdl: bool | None = None
+
+
+def pdl_enabled() -> bool:
+    """Asked at launch time, not import time: asking for the GPU at import could initialize
+    CUDA before a fork."""
+    global _pdl
+    if _pdl is None:
+        _pdl = (not INTERPRET and os.environ.get("LITELANG_PDL", "1") == "1" and torch.cuda.is_available()
+                and torch.cuda.get_device_capability()[0] >= 9)
+    return _pdl
+
+
+def pdl_launch() -> dict:
+    """Launch options (and the kernel's PDL constexpr) for a PDL-aware kernel."""
+    return dict(PDL=True, launch_pdl=True) if pdl_enabled() else dict(PDL=False)
+
+
+try:
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # pragma: no cover - no triton, or one without grid dependency control
+    gdc_launch_dependents = gdc_wait = None
+
+
+@triton.jit
+def pdl_start(PDL: tl.constexpr):
+    """Wait until the previous kernel's writes are visible, then let the next kernel launch (it
+    too waits here before it reads anything). A no-op without PDL."""
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
+
+
+__all__ = ["INTERPRET", "pdl_enabled", "pdl_launch", "pdl_start", "tl", "triton"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from litelang.kernels._triton import INTERPRET, tl, triton
+from litelang.kernels._triton import INTERPRET, pdl_launch, pdl_start, tl, triton
 
 
 def greedy_sample_ref(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,9 +26,10 @@ def greedy_sample_ref(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 @triton.jit
 def _greedy_chunk_kernel(
     Logits, PartMax, PartIdx, PartSum, vocab, stride_b, chunk, num_chunks,
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):
     """Program (row, chunk): max, first argmax and sum of exp(x - max) over one chunk."""
+    pdl_start(PDL)  # before any memory access: see kernels/_triton.py
     b = tl.program_id(0)
     c = tl.program_id(1)
     start = c * chunk
@@ -54,7 +55,9 @@ def _greedy_chunk_kernel(
 
 
 @triton.jit
-def _greedy_merge_kernel(PartMax, PartIdx, PartSum, Tokens, Logprobs, num_chunks, CHUNKS_PAD: tl.constexpr):
+def _greedy_merge_kernel(PartMax, PartIdx, PartSum, Tokens, Logprobs, num_chunks, CHUNKS_PAD: tl.constexpr,
+                         PDL: tl.constexpr):
+    pdl_start(PDL)
     b = tl.program_id(0)
     c = tl.arange(0, CHUNKS_PAD)
     valid = c < num_chunks
@@ -86,9 +89,10 @@ def greedy_sample(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     part_sum = torch.empty_like(part_max)
     _greedy_chunk_kernel[(batch, chunks)](
         logits, part_max, part_idx, part_sum, vocab, logits.stride(0), chunk, chunks, BLOCK=block, num_warps=8,
+        **pdl_launch(),
     )
     _greedy_merge_kernel[(batch,)](
         part_max, part_idx, part_sum, tokens, logprobs, chunks, CHUNKS_PAD=max(16, triton.next_power_of_2(chunks)),
-        num_warps=1,
+        num_warps=1, **pdl_launch(),
     )
     return tokens, logprobs

@@ -23,7 +23,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from litelang.kernels._triton import INTERPRET, tl, triton
+from litelang.kernels._triton import INTERPRET, pdl_launch, pdl_start, tl, triton
 from litelang.kernels.activation import silu_and_mul, silu_and_mul_ref
 from litelang.kernels.rmsnorm import rms_norm, rms_norm_ref
 
@@ -119,7 +119,7 @@ def _linear_kernel(
     HAS_BIAS: tl.constexpr, SILU_MUL: tl.constexpr, SPLITS: tl.constexpr, EVEN_K: tl.constexpr,
     USE_DOT: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, VEC: tl.constexpr, NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-    BLOCK_KP: tl.constexpr,
+    BLOCK_KP: tl.constexpr, PDL: tl.constexpr,
 ):
     """Program (row block, split): out[:, rows] over K columns [k_per_split * split, ...). With
     SILU_MUL the rows are gate rows and rows + up_row their up rows. NORM: x is first replaced
@@ -131,6 +131,7 @@ def _linear_kernel(
     accumulator reduced across threads once after the loop. x is loaded through pointers
     broadcast over the rows, so x and w tiles get the same register layout (no shuffles through
     shared memory) and a thread loads each x vector once for all its rows."""
+    pdl_start(PDL)  # before any memory access: see kernels/_triton.py
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -433,7 +434,7 @@ def _launch(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, n: int,
         BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, VEC=16 // x.element_size(),
         NORM=norm is not None, HAS_RESIDUAL=residual is not None,
         BLOCK_KP=min(triton.next_power_of_2(k), max(4096 // block_m, 64)),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_launch(),
     )
     return out
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from litelang.kernels._triton import tl, triton
+from litelang.kernels._triton import pdl_launch, pdl_start, tl, triton
 
 
 def rms_norm_ref(
@@ -34,8 +34,10 @@ def _rms_norm_kernel(
     stride_x, stride_r, stride_o, stride_nr,
     hidden, eps,
     HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """One program per token row; the whole row sits in registers (hidden <= BLOCK)."""
+    pdl_start(PDL)  # before any memory access: see kernels/_triton.py
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < hidden
@@ -77,6 +79,7 @@ def rms_norm(
             x2.stride(0), res_in.stride(0), out.stride(0), res_out.stride(0),
             hidden, eps,
             HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=min(max(block // 512, 1), 8),
+            **pdl_launch(),
         )
     new_residual = x if residual is None else res_out.reshape(x.shape)
     return out.reshape(x.shape), new_residual

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from litelang.kernels._triton import tl, triton
+from litelang.kernels._triton import pdl_launch, pdl_start, tl, triton
 from litelang.kernels.kv_store import store_kv_ref
 from litelang.kernels.rope import apply_rope_ref
 
@@ -66,9 +66,11 @@ def _rope_store_kernel(
     stride_pk, stride_ph, stride_pvk, stride_pvh,
     q_heads, kv_heads,
     HALF: tl.constexpr, Q_HEADS_PAD: tl.constexpr, KV_HEADS_PAD: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """One program per token: rotate its q heads in place, its k heads into the pool slot, and
     copy its v heads there (the cos/sin row and the slot are loaded once)."""
+    pdl_start(PDL)  # before any memory access: see kernels/_triton.py
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(Positions + t).to(tl.int64)
     slot = tl.load(Slots + t).to(tl.int64)
@@ -118,5 +120,5 @@ def apply_rope_and_store_kv(
         q_heads, kv_heads,
         HALF=head_dim // 2,
         Q_HEADS_PAD=triton.next_power_of_2(q_heads), KV_HEADS_PAD=triton.next_power_of_2(kv_heads),
-        num_warps=4,
+        num_warps=4, **pdl_launch(),
     )

@@ -51,13 +51,13 @@ def _cases():
     from litelang.kernels._triton import triton
 
     bf, f32, i32, i64 = torch.bfloat16, torch.float32, torch.int32, torch.int64
-    yield rmsnorm._rms_norm_kernel, dict(X=bf, Residual=bf, Weight=bf, Out=bf, NewResidual=bf, stride_x=1536,
+    yield rmsnorm._rms_norm_kernel, dict(PDL=True, X=bf, Residual=bf, Weight=bf, Out=bf, NewResidual=bf, stride_x=1536,
                                          stride_r=1536, stride_o=1536, stride_nr=1536, hidden=1536, eps=1e-6,
                                          HAS_RESIDUAL=True, BLOCK=2048), dict(num_warps=4)
     yield rope._rope_kernel, dict(Q=bf, K=bf, Positions=i64, CosSin=f32, stride_qt=2048, stride_qh=128, stride_kt=2048,
                                   stride_kh=128, stride_cs=128, q_heads=12, k_heads=2, HALF=64, Q_HEADS_PAD=16,
                                   K_HEADS_PAD=2), {}
-    yield rope_store._rope_store_kernel, dict(Q=bf, K=bf, V=bf, Positions=i64, CosSin=f32, KPool=bf, VPool=bf,
+    yield rope_store._rope_store_kernel, dict(PDL=True, Q=bf, K=bf, V=bf, Positions=i64, CosSin=f32, KPool=bf, VPool=bf,
                                               Slots=i64, stride_qt=2048, stride_qh=128, stride_kt=2048, stride_kh=128,
                                               stride_vt=2048, stride_vh=128, stride_cs=128, stride_pk=256,
                                               stride_ph=128, stride_pvk=256, stride_pvh=128, q_heads=12, kv_heads=2,
@@ -81,7 +81,7 @@ def _cases():
             cfg = attention._decode_config(dtype)
             for num_splits in (64, 6):  # a merge launch; the merge fused in the split kernel
                 fused = 1 < num_splits <= cfg.fused_merge_max
-                yield attention._decode_split_kernel, dict(
+                yield attention._decode_split_kernel, dict(PDL=True, 
                     Q=dtype, K=dtype, V=dtype, Out=dtype, ReqToSlot=i32, ReqRows=i32, SeqLens=i32, PartAcc=f32,
                     PartMax=f32, PartSum=f32, Counters=i32, qk_scale=0.1, num_splits=num_splits,
                     stride_qb=2 * group * head_dim, stride_qh=head_dim, stride_ob=group * head_dim, stride_oh=head_dim,
@@ -89,7 +89,7 @@ def _cases():
                     PREFETCH=cfg.prefetch, FUSED_MERGE=fused, MERGE_G=triton.next_power_of_2(group),
                     SPLITS_PAD=triton.next_power_of_2(num_splits) if fused else 1, **strides,
                 ), dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-        yield attention._decode_merge_kernel, dict(PartAcc=f32, PartMax=f32, PartSum=f32, Out=dtype, SeqLens=i32,
+        yield attention._decode_merge_kernel, dict(PDL=True, PartAcc=f32, PartMax=f32, PartSum=f32, Out=dtype, SeqLens=i32,
                                                    stride_ob=1536, stride_oh=128, num_splits=51, HEAD_DIM=128,
                                                    BLOCK_N=64, SPLITS_PAD=64), dict(num_warps=4)
     for filtered in (True, False):
@@ -107,7 +107,7 @@ def _cases():
                                      (1, 2048, 1536, False, True, linear.pick_config(1, 2048, 1536)),
                                      (16, 8960, 1536, True, True, linear.pick_config(16, 8960, 1536, True))):
         block_m = max(16, m) if cfg.use_dot else m
-        yield linear._linear_kernel, dict(
+        yield linear._linear_kernel, dict(PDL=True, 
             X=bf, W=bf, Bias=bf, Out=bf, Partial=f32, Counters=i32, Residual=bf, NormW=bf, NewResidual=bf, M=m, N=n,
             K=k, stride_xm=k, stride_om=n, stride_rm=k, up_row=n, eps=1e-6,
             k_per_split=triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k,  # as _launch rounds it
@@ -115,9 +115,9 @@ def _cases():
             DOT_F32=False, BLOCK_M=block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, VEC=8, NORM=norm,
             HAS_RESIDUAL=norm, BLOCK_KP=min(triton.next_power_of_2(k), max(4096 // block_m, 64)),
         ), dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    yield greedy._greedy_chunk_kernel, dict(Logits=bf, PartMax=f32, PartIdx=i32, PartSum=f32, vocab=151936,
+    yield greedy._greedy_chunk_kernel, dict(PDL=True, Logits=bf, PartMax=f32, PartIdx=i32, PartSum=f32, vocab=151936,
                                             stride_b=151936, chunk=4096, num_chunks=38, BLOCK=2048), dict(num_warps=8)
-    yield greedy._greedy_merge_kernel, dict(PartMax=f32, PartIdx=i32, PartSum=f32, Tokens=i64, Logprobs=f32,
+    yield greedy._greedy_merge_kernel, dict(PDL=True, PartMax=f32, PartIdx=i32, PartSum=f32, Tokens=i64, Logprobs=f32,
                                             num_chunks=38, CHUNKS_PAD=64), dict(num_warps=1)
     yield sampling._penalties_kernel, dict(Logits=f32, Counts=i32, PromptMask=torch.uint8, Repetition=f32,
                                            Frequency=f32, Presence=f32, Out=f32, vocab=151936, stride_l=151936,
