@@ -61,6 +61,9 @@ async def _serve_engine(cfg: LitelangConfig, conn: Connection) -> None:
         engine.metrics.serve(cfg.metrics_port, cfg.host)
     loop = asyncio.get_running_loop()
     loop.add_reader(conn.fileno(), bridge.on_readable)
+    # SIGTERM to the whole process group (launchers, tests) stops us the same orderly way as the
+    # frontend's "stop": fail what is left with UNAVAILABLE, flush, exit
+    loop.add_signal_handler(signal.SIGTERM, bridge.stop_requested.set)
     engine.start()
     await bridge.stop_requested.wait()
     loop.remove_reader(conn.fileno())
