@@ -84,4 +84,31 @@ def pdl_start(PDL: tl.constexpr):
         gdc_launch_dependents()
 
 
-__all__ = ["INTERPRET", "pdl_enabled", "pdl_launch", "pdl_start", "tl", "triton"]
+class LaunchCounters:
+    """Per-device int32 counters for kernels whose last program to finish does the final step (the
+    split-K reduction in linear, the split merge in decode attention). They are zero between
+    launches (that program resets its own), so launches sharing them must not run concurrently
+    on two streams. Allocated on an eager call: a buffer made while capturing a CUDA graph would
+    live in the graph's pool. An outgrown buffer stays alive for the graphs captured on it."""
+
+    def __init__(self, kernel: str):
+        self.kernel = kernel
+        self._buffers: dict[torch.device, torch.Tensor] = {}
+        self._outgrown: list[torch.Tensor] = []
+
+    def __getitem__(self, device: torch.device) -> torch.Tensor:
+        return self._buffers[device]
+
+    def get(self, device: torch.device, n: int) -> torch.Tensor:
+        """A zeroed buffer of at least n counters on device."""
+        buf = self._buffers.get(device)
+        if buf is None or buf.numel() < n:
+            if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+                raise RuntimeError(f"{self.kernel}: run this shape once eagerly before CUDA graph capture")
+            if buf is not None:
+                self._outgrown.append(buf)
+            buf = self._buffers[device] = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
+        return buf
+
+
+__all__ = ["INTERPRET", "LaunchCounters", "pdl_enabled", "pdl_launch", "pdl_start", "tl", "triton"]

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from litelang.kernels._triton import INTERPRET, pdl_launch, pdl_start, tl, triton
+from litelang.kernels._triton import INTERPRET, LaunchCounters, pdl_launch, pdl_start, tl, triton
 
 
 def _context(pool: torch.Tensor, req_to_slot: torch.Tensor, row: int, length: int) -> torch.Tensor:
@@ -410,23 +410,8 @@ def decode_num_splits(batch: int, kv_heads: int, max_context: int, block_n: int,
     return max(1, min(max_splits or DECODE_MAX_SPLITS, target // max(1, batch * kv_heads), blocks))
 
 
-_COUNTERS: dict[torch.device, torch.Tensor] = {}
-_OUTGROWN: list[torch.Tensor] = []  # smaller counter buffers, kept alive for the graphs that use them
-
-
-def _decode_counters(device: torch.device, n: int) -> torch.Tensor:
-    """Per-(request, kv head) split counters for the fused merge, zero between launches (the
-    last split resets its own): decode launches using them must not run concurrently on two
-    streams. Allocated on the first eager call: a new buffer while capturing a CUDA graph would
-    live in the graph's memory pool."""
-    buf = _COUNTERS.get(device)
-    if buf is None or buf.numel() < n:
-        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError("decode_attention: run this batch size once eagerly before CUDA graph capture")
-        if buf is not None:
-            _OUTGROWN.append(buf)
-        buf = _COUNTERS[device] = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
-    return buf
+# per-(request, kv head) split counters of the fused merge
+_COUNTERS = LaunchCounters("decode_attention")
 
 
 def decode_attention(
@@ -475,7 +460,7 @@ def _decode_launch(q, k_pool, v_pool, req_to_slot, req_rows, seq_lens, scale: fl
     part_acc = torch.empty((batch, q_heads, num_splits, head_dim), dtype=torch.float32, device=q.device)
     part_max = torch.empty((batch, q_heads, num_splits), dtype=torch.float32, device=q.device)
     part_sum = torch.empty_like(part_max)
-    counters = _decode_counters(q.device, batch * kv_heads) if fused else part_max
+    counters = _COUNTERS.get(q.device, batch * kv_heads) if fused else part_max
     _decode_split_kernel[(batch, kv_heads, num_splits)](
         q, k_pool, v_pool, out, req_to_slot, req_rows, seq_lens, part_acc, part_max, part_sum, counters,
         scale * _LOG2E, num_splits,

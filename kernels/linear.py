@@ -23,7 +23,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from litelang.kernels._triton import INTERPRET, pdl_launch, pdl_start, tl, triton
+from litelang.kernels._triton import INTERPRET, LaunchCounters, pdl_launch, pdl_start, tl, triton
 from litelang.kernels.activation import silu_and_mul, silu_and_mul_ref
 from litelang.kernels.rmsnorm import rms_norm, rms_norm_ref
 
@@ -380,20 +380,8 @@ def pick_config(m: int, n: int, k: int, silu_mul: bool = False) -> LinearConfig 
     return CONFIGS[key] if key in CONFIGS else _heuristic_config(m, n, k, silu_mul)
 
 
-_COUNTERS: dict[torch.device, torch.Tensor] = {}
-
-
-def _counters(device: torch.device, n: int) -> torch.Tensor:
-    """Per-row-block split counters, zero between launches (the last split resets its own), shared
-    by every split-K launch on the device: such launches must not run concurrently on different
-    streams. Allocated on the first eager call: a new buffer while capturing a CUDA graph would
-    live in the graph's memory pool."""
-    buf = _COUNTERS.get(device)
-    if buf is None or buf.numel() < n:
-        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError("linear: run split-K shapes once eagerly before CUDA graph capture")
-        buf = _COUNTERS[device] = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
-    return buf
+# per-row-block split-K counters
+_COUNTERS = LaunchCounters("linear")
 
 
 class _Norm(NamedTuple):
@@ -419,7 +407,7 @@ def _launch(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, n: int,
     grid = (triton.cdiv(n, cfg.block_n), cfg.split_k)
     if cfg.split_k > 1:
         partial = torch.empty((cfg.split_k, 2 if silu_mul else 1, m, n), dtype=torch.float32, device=x.device)
-        counters = _counters(x.device, grid[0])
+        counters = _COUNTERS.get(x.device, grid[0])
     else:
         partial = counters = out  # unused
     residual = norm.residual if norm is not None else None

@@ -53,7 +53,9 @@ def engine_main(cfg: LitelangConfig, conn: Connection) -> None:
 
 
 async def _serve_engine(cfg: LitelangConfig, conn: Connection) -> None:
-    engine = Engine(cfg, Tokenizer(cfg.model), WorkerGroup(cfg.worker_addresses()))
+    tokenizer = Tokenizer(cfg.model)
+    tokenizer.detokenizer()  # build its table now, not on the first request
+    engine = Engine(cfg, tokenizer, WorkerGroup(cfg.worker_addresses()))
     gc.collect()
     gc.freeze()  # the tokenizer's tables live forever: keep them out of every later GC pass
     bridge = _EngineSide(engine, conn)
@@ -90,11 +92,13 @@ class _EngineSide:
         if self._events:
             self._send(("events", self._events))
             self._events = []
-        info = self.engine.workers.info
-        state = (self.engine.healthy, info.SerializeToString() if info is not None else b"", self.engine.capacity)
+        # every step passes here: compare cheaply, serialize only on a change (a new InitResponse
+        # comes with a reconnect)
+        info, healthy, capacity = self.engine.workers.info, self.engine.healthy, self.engine.capacity
+        state = (healthy, id(info), capacity)
         if state != self._state:
             self._state = state
-            self._send(("state", *state))
+            self._send(("state", healthy, info.SerializeToString() if info is not None else b"", capacity))
 
     def on_readable(self) -> None:
         try:

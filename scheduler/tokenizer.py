@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -16,7 +17,11 @@ class Tokenizer:
         self.hf = AutoTokenizer.from_pretrained(str(model_dir))
         self.eos_token_ids = self._eos_ids(model_dir)
         self.has_chat_template = bool(getattr(self.hf, "chat_template", None))
-        self._byte_table = byte_level_table(self.hf)
+
+    @functools.cached_property
+    def _byte_table(self):
+        """Built on first use (about 0.5 s): the engine process needs it, the frontend does not."""
+        return byte_level_table(self.hf)
 
     def detokenizer(self, skip_special_tokens: bool = False):
         """A fresh incremental detokenizer: the table-driven one for byte-level BPE tokenizers."""
