@@ -275,15 +275,12 @@ def sweep(args, models: list[str], ms: list[int]) -> None:
 
 
 def verify(models: list[str], ms: list[int], names: str | None) -> None:
-    """The served path (linear / linear_silu_mul as the model calls them) beside cuBLAS at each M;
-    for the projections after a norm (qkv, gate_up) also rms_norm + linear vs the fused
-    rms_norm_linear (forced, whatever NORM_M_MAX says)."""
-    from litelang.kernels.linear import M_MAX, rms_norm_linear
-    from litelang.kernels.rmsnorm import rms_norm
+    """The served path (linear / linear_silu_mul as the model calls them) beside cuBLAS at each M."""
+    from litelang.kernels.linear import M_MAX
 
     print(f"M_MAX = {M_MAX}")
-    print("| model | shape | M | cuBLAS us | served us | served GB/s | norm + linear us | fused us |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
+    print("| model | shape | M | cuBLAS us | served us | served GB/s |")
+    print("| --- | --- | --- | --- | --- | --- |", flush=True)
     for model in models:
         for name, shape in SHAPES[model].items():
             if names and name not in names.split(","):
@@ -291,26 +288,12 @@ def verify(models: list[str], ms: list[int], names: str | None) -> None:
             n, k, _, silu = shape
             copies, calls = rotation(shape)
             ws, bias, _ = make(shape, 1, copies)
-            nw = (1 + 0.1 * torch.randn(k, device="cuda")).to(BF16)
             for m in ms:
                 x = torch.randn(m, k, device="cuda").to(BF16)
-                res = torch.randn(m, k, device="cuda").to(BF16)
                 cublas = graph_time_us(lambda i: call(shape, x, ws[i % copies], bias, None), calls)
                 served = graph_time_us(lambda i: call(shape, x, ws[i % copies], bias, "served"), calls)
-                norm = fused = ""
-                if name in ("qkv", "gate_up"):
-                    def two(i):
-                        h, _ = rms_norm(x, nw, 1e-6, res)
-                        return call(shape, h, ws[i % copies], bias, "served")
-
-                    def one(i):
-                        return rms_norm_linear(x, res, nw, 1e-6, ws[i % copies], bias, silu_mul=silu, fuse=True)[0]
-
-                    norm = f"{graph_time_us(two, calls):.2f}"
-                    fused = f"{graph_time_us(one, calls):.2f}"
                 gbs = n * k * 2 / (served * 1e-6) / 1e9
-                print(f"| {model} | {name} [{n}x{k}] | {m} | {cublas:.2f} | {served:.2f} | {gbs:.0f} | {norm} "
-                      f"| {fused} |", flush=True)
+                print(f"| {model} | {name} [{n}x{k}] | {m} | {cublas:.2f} | {served:.2f} | {gbs:.0f} |", flush=True)
             del ws
             torch.cuda.empty_cache()
 
@@ -325,7 +308,7 @@ def main() -> None:
     p.add_argument("--top", type=int, default=4)
     p.add_argument("--csv", help="write every timing here")
     p.add_argument("--names", help="only these shapes, e.g. qkv,o")
-    p.add_argument("--verify", action="store_true", help="served path vs cuBLAS (and fused norm) only, no sweep")
+    p.add_argument("--verify", action="store_true", help="served path vs cuBLAS only, no sweep")
     args = p.parse_args()
     ms = [int(v) for v in args.ms.split(",")]
     models = ["1.5b", "7b"] if args.shapes == "all" else [args.shapes]

@@ -15,7 +15,7 @@ from litelang.kernels.activation import silu_and_mul_ref
 from litelang.kernels.attention import decode_attention_ref, extend_attention_ref
 from litelang.kernels.greedy import greedy_sample_ref
 from litelang.kernels.kv_store import store_kv_ref
-from litelang.kernels.linear import linear_ref, linear_silu_mul_ref, rms_norm_linear_ref
+from litelang.kernels.linear import linear_ref, linear_silu_mul_ref
 from litelang.kernels.rmsnorm import rms_norm_ref
 from litelang.kernels.rope import apply_rope_ref
 from litelang.kernels.rope_store import apply_rope_and_store_kv_ref
@@ -37,9 +37,6 @@ class KernelSet:
     apply_penalties: Callable
     linear: Callable  # (x, w, bias=None): F.linear; Triton for small M
     linear_silu_mul: Callable  # (x, w_gate_up): silu_and_mul(linear(x, w_gate_up)), fused
-    # (x, residual, norm_weight, eps, w, bias=None, silu_mul=False) -> (out, new residual):
-    # rms_norm then linear (linear_silu_mul), one launch at small M
-    rms_norm_linear: Callable
 
 
 REFERENCE = KernelSet(
@@ -56,7 +53,6 @@ REFERENCE = KernelSet(
     apply_penalties=apply_penalties_ref,
     linear=linear_ref,
     linear_silu_mul=linear_silu_mul_ref,
-    rms_norm_linear=rms_norm_linear_ref,
 )
 
 

@@ -12,12 +12,14 @@ Split-K (for narrow weights such as o and down) is deterministic: every split wr
 partial, and the last split of a row block to finish (an integer counter) sums the partials in
 split order and writes the output, so no second launch and no float atomics.
 
-rms_norm_linear can also apply the RMSNorm (and residual add) before the projection inside the
-same kernel, with rms_norm_ref's roundings; measured slower than the two launches (NORM_M_MAX).
+A fused RMSNorm prologue was tried and measured slower than the two launches on an H100 (every
+program re-reads all of x: at M = 1 as fast at best, at M = 4..16 twice as slow), so the norm
+stays its own kernel.
 """
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import torch
@@ -25,7 +27,6 @@ import torch.nn.functional as F
 
 from litelang.kernels._triton import INTERPRET, LaunchCounters, pdl_launch, pdl_start, tl, triton
 from litelang.kernels.activation import silu_and_mul, silu_and_mul_ref
-from litelang.kernels.rmsnorm import rms_norm, rms_norm_ref
 
 
 def linear_ref(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -36,17 +37,6 @@ def linear_ref(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = Non
 def linear_silu_mul_ref(x: torch.Tensor, w_gate_up: torch.Tensor) -> torch.Tensor:
     """x [M, K], w_gate_up [2I, K] (gate rows, then up rows) -> silu(x @ gate.T) * (x @ up.T), [M, I]."""
     return silu_and_mul_ref(linear_ref(x, w_gate_up))
-
-
-def rms_norm_linear_ref(
-    x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float, w: torch.Tensor,
-    bias: torch.Tensor | None = None, silu_mul: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """rms_norm_ref(x, norm_weight, eps, residual) then linear_ref (linear_silu_mul_ref with
-    silu_mul; bias unused then) -> (out, new residual stream x + residual, or x itself when
-    residual is None)."""
-    h, new_residual = rms_norm_ref(x, norm_weight, eps, residual)
-    return (linear_silu_mul_ref(h, w) if silu_mul else linear_ref(h, w, bias)), new_residual
 
 
 # --- Triton ----------------------------------------------------------------------------------
@@ -60,6 +50,12 @@ def _load_w(W, rows, cols, K, EVEN_K: tl.constexpr):
     if EVEN_K:
         return tl.load(ptrs, eviction_policy="evict_first")
     return tl.load(ptrs, mask=cols < K, other=0.0, eviction_policy="evict_first")
+
+
+@triton.jit
+def _load_w_until(W, rows, cols, K, k_end):
+    """_load_w of the columns before k_end (a split's end; zeros past it)."""
+    return tl.load(W + rows.to(tl.int64) * K + cols, mask=cols < k_end, other=0.0, eviction_policy="evict_first")
 
 
 @triton.jit
@@ -79,59 +75,28 @@ def _mma(w, x, DOT_F32: tl.constexpr):
     return tl.dot(w, tl.trans(x))
 
 
-@triton.jit
-def _norm_prologue(X, Residual, NewResidual, M, K, stride_xm, stride_rm, eps, writer,
-                   HAS_RESIDUAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_KP: tl.constexpr):
-    """1 / rms of each row of s = x (+ residual, rounded to the model dtype) over all K columns, as
-    rms_norm_ref computes it. The program with writer == 0 also stores s, the new residual."""
-    offs_m = tl.arange(0, BLOCK_M)
-    rows = offs_m.to(tl.int64)[:, None]
-    sum_sq = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for k in range(0, K, BLOCK_KP):
-        offs_k = k + tl.arange(0, BLOCK_KP)
-        mask = (offs_m < M)[:, None] & (offs_k < K)[None, :]
-        write = ((offs_k * 0 + writer) == 0)[None, :]  # a tensor: the interpreter rejects scalar masks
-        s = tl.load(X + rows * stride_xm + offs_k[None, :], mask=mask, other=0.0)
-        if HAS_RESIDUAL:
-            r = tl.load(Residual + rows * stride_rm + offs_k[None, :], mask=mask, other=0.0)
-            s = (s.to(tl.float32) + r.to(tl.float32)).to(X.dtype.element_ty)
-            tl.store(NewResidual + rows * K + offs_k[None, :], s, mask=mask & write)
-        sf = s.to(tl.float32)
-        sum_sq += tl.sum(sf * sf, axis=1)
-    return tl.rsqrt(sum_sq / K + eps)
-
-
-@triton.jit
-def _normalize(x, r, inv_rms, norm_w, HAS_RESIDUAL: tl.constexpr):
-    """rms_norm_ref on a tile, with its roundings to the model dtype: x + r, then * 1/rms, then
-    * the norm weight (inv_rms and norm_w broadcast against x)."""
-    dtype = x.dtype
-    if HAS_RESIDUAL:
-        x = (x.to(tl.float32) + r.to(tl.float32)).to(dtype)
-    x = (x.to(tl.float32) * inv_rms).to(dtype)
-    return (norm_w.to(tl.float32) * x.to(tl.float32)).to(dtype)
-
-
 @triton.jit(do_not_specialize=["M"])  # one compile for every batch size
 def _linear_kernel(
-    X, W, Bias, Out, Partial, Counters, Residual, NormW, NewResidual,
-    M, N, K, stride_xm, stride_om, stride_rm, up_row, k_per_split, eps,
+    X, W, Bias, Out, Partial, Counters,
+    M, N, K, stride_xm, stride_om, up_row, k_per_split,
     HAS_BIAS: tl.constexpr, SILU_MUL: tl.constexpr, SPLITS: tl.constexpr, EVEN_K: tl.constexpr,
     USE_DOT: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, VEC: tl.constexpr, NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-    BLOCK_KP: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_K: tl.constexpr, VEC: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr,
 ):
     """Program (row block, split): out[:, rows] over K columns [k_per_split * split, ...). With
-    SILU_MUL the rows are gate rows and rows + up_row their up rows. NORM: x is first replaced
-    by rms_norm(x + residual) * NormW (rows' 1/rms from a pass over all K, _norm_prologue).
+    SILU_MUL the rows are gate rows and rows + up_row their up rows.
 
     Two inner products. USE_DOT: tensor cores, x padded to BLOCK_M >= 16 rows. Else float32
     FMAs on [BLOCK_M, BLOCK_N, BLOCK_K // VEC, VEC] tiles, VEC columns (16 bytes) per thread:
     each iteration sums only within a thread, into a [BLOCK_M, BLOCK_N, BLOCK_K // VEC]
     accumulator reduced across threads once after the loop. x is loaded through pointers
     broadcast over the rows, so x and w tiles get the same register layout (no shuffles through
-    shared memory) and a thread loads each x vector once for all its rows."""
-    pdl_start(PDL)  # before any memory access: see kernels/_triton.py
+    shared memory) and a thread loads each x vector once for all its rows.
+
+    PREFETCH (FMA path): each iteration loads the next weight tile while it multiplies this one,
+    and the first tile is loaded before the PDL wait. Weights are never written by an earlier
+    kernel, so that read is safe, and a launch-latency-bound projection (1.5B qkv, o at M = 1)
+    streams its first tile while the kernel before it finishes."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -140,10 +105,6 @@ def _linear_kernel(
     offs_m = tl.arange(0, BLOCK_M)
     k_start = pid_k * k_per_split
     k_end = tl.minimum(k_start + k_per_split, K)
-    inv_rms = tl.zeros([BLOCK_M], dtype=tl.float32)
-    if NORM:
-        inv_rms = _norm_prologue(X, Residual, NewResidual, M, K, stride_xm, stride_rm, eps,
-                                 pid_n + pid_k, HAS_RESIDUAL, BLOCK_M, BLOCK_KP)
     if USE_DOT:
         acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
         acc_up = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
@@ -156,9 +117,11 @@ def _linear_kernel(
         # compiler sees identical addresses and loads each x vector once per thread
         x_m = tl.minimum(offs_m, M - 1).to(tl.int64)[:, None, None, None]
         x_rows4 = X + x_m * stride_xm + 0 * rows4
-        r_rows4 = Residual + x_m * stride_rm + 0 * rows4
-        w_norm4 = NormW + 0 * (x_m + rows4)
-        inv_rms4 = inv_rms[:, None, None, None]
+        if PREFETCH:
+            w_next = _load_w_until(W, rows4, k_start + vec_cols, K, k_end)
+            if SILU_MUL:
+                u_next = _load_w_until(W, rows4 + up_row, k_start + vec_cols, K, k_end)
+    pdl_start(PDL)  # before reading anything an earlier kernel writes: see kernels/_triton.py
     for k in range(k_start, k_end, BLOCK_K):
         if USE_DOT:
             offs_k = k + tl.arange(0, BLOCK_K)
@@ -167,28 +130,25 @@ def _linear_kernel(
                 x_mask = x_mask & (offs_k < K)[None, :]
             x_off = offs_m.to(tl.int64)[:, None] * stride_xm + offs_k[None, :]
             x = tl.load(X + x_off, mask=x_mask, other=0.0)
-            if NORM:
-                r = x
-                if HAS_RESIDUAL:
-                    r = tl.load(Residual + offs_m.to(tl.int64)[:, None] * stride_rm + offs_k[None, :], mask=x_mask,
-                                other=0.0)
-                norm_w = _load_cols(NormW + offs_k, offs_k, K, EVEN_K)
-                x = _normalize(x, r, inv_rms[:, None], norm_w[None, :], HAS_RESIDUAL)
             acc += _mma(_load_w(W, rows[:, None], offs_k[None, :], K, EVEN_K), x, DOT_F32)
             if SILU_MUL:
                 acc_up += _mma(_load_w(W, (rows + up_row)[:, None], offs_k[None, :], K, EVEN_K), x, DOT_F32)
         else:
             cols = k + vec_cols
-            x = _load_cols(x_rows4 + cols, cols, K, EVEN_K)
-            if NORM:
-                r = x
-                if HAS_RESIDUAL:
-                    r = _load_cols(r_rows4 + cols, cols, K, EVEN_K)
-                x = _normalize(x, r, inv_rms4, _load_cols(w_norm4 + cols, cols, K, EVEN_K), HAS_RESIDUAL)
-            x = x.to(tl.float32)
-            acc += tl.sum(_load_w(W, rows4, cols, K, EVEN_K).to(tl.float32) * x, axis=3)
+            if PREFETCH:
+                w = w_next
+                w_next = _load_w_until(W, rows4, cols + BLOCK_K, K, k_end)
+                if SILU_MUL:
+                    u = u_next
+                    u_next = _load_w_until(W, rows4 + up_row, cols + BLOCK_K, K, k_end)
+            else:
+                w = _load_w(W, rows4, cols, K, EVEN_K)
+                if SILU_MUL:
+                    u = _load_w(W, rows4 + up_row, cols, K, EVEN_K)
+            x = _load_cols(x_rows4 + cols, cols, K, EVEN_K).to(tl.float32)
+            acc += tl.sum(w.to(tl.float32) * x, axis=3)
             if SILU_MUL:
-                acc_up += tl.sum(_load_w(W, rows4 + up_row, cols, K, EVEN_K).to(tl.float32) * x, axis=3)
+                acc_up += tl.sum(u.to(tl.float32) * x, axis=3)
     if USE_DOT:
         acc = tl.trans(acc)
         acc_up = tl.trans(acc_up)
@@ -242,13 +202,6 @@ M_MAX = 64
 # Untuned shapes above M = 16 go to cuBLAS when the weight has fewer elements than this: tuned,
 # every weight under ~17M elements ran as fast or faster there, every one over ~27M slower.
 CUBLAS_BELOW = 20 * 2**20
-# Up to this M, rms_norm_linear fuses the norm into the linear. 0: never, as measured on an H100
-# (CUDA-graph replay, 1.5B / 7B qkv and gate_up): at M = 1 the fused kernel was as fast as the
-# norm + linear pair for 1.5B qkv and up to 6 us slower elsewhere (every program's pass over all
-# of x and the residual costs more than the norm's launch), at M = 4..16 twice as slow.
-NORM_M_MAX = 0
-
-
 class LinearConfig(NamedTuple):
     block_n: int  # weight rows per program (gate rows with SILU_MUL: it reads twice that)
     block_k: int
@@ -380,20 +333,15 @@ def pick_config(m: int, n: int, k: int, silu_mul: bool = False) -> LinearConfig 
     return CONFIGS[key] if key in CONFIGS else _heuristic_config(m, n, k, silu_mul)
 
 
+# the FMA path's weight prefetch (LITELANG_LINEAR_PREFETCH=0: off, for comparisons)
+PREFETCH = os.environ.get("LITELANG_LINEAR_PREFETCH", "1") == "1"
+
 # per-row-block split-K counters
 _COUNTERS = LaunchCounters("linear")
 
 
-class _Norm(NamedTuple):
-    """rms_norm applied to x inside the linear kernel (rms_norm_linear)."""
-    residual: torch.Tensor | None
-    weight: torch.Tensor
-    eps: float
-    new_residual: torch.Tensor | None  # written by the kernel when residual is given
-
-
 def _launch(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, n: int, silu_mul: bool,
-            cfg: LinearConfig, norm: _Norm | None = None) -> torch.Tensor:
+            cfg: LinearConfig) -> torch.Tensor:
     m, k = x.shape
     if x.stride(-1) != 1:
         x = x.contiguous()
@@ -410,18 +358,12 @@ def _launch(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, n: int,
         counters = _COUNTERS.get(x.device, grid[0])
     else:
         partial = counters = out  # unused
-    residual = norm.residual if norm is not None else None
     _linear_kernel[grid](
         x, w, bias if bias is not None else out, out, partial, counters,
-        residual if residual is not None else out, norm.weight if norm is not None else out,
-        norm.new_residual if residual is not None else out,
-        m, n, k, x.stride(0), out.stride(0), residual.stride(0) if residual is not None else 0, n, k_per_split,
-        norm.eps if norm is not None else 0.0,
+        m, n, k, x.stride(0), out.stride(0), n, k_per_split,
         HAS_BIAS=bias is not None, SILU_MUL=silu_mul, SPLITS=cfg.split_k, EVEN_K=k % cfg.block_k == 0,
         USE_DOT=cfg.use_dot, DOT_F32=INTERPRET or x.dtype == torch.float32, BLOCK_M=block_m,
-        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, VEC=16 // x.element_size(),
-        NORM=norm is not None, HAS_RESIDUAL=residual is not None,
-        BLOCK_KP=min(triton.next_power_of_2(k), max(4096 // block_m, 64)),
+        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, VEC=16 // x.element_size(), PREFETCH=PREFETCH,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_launch(),
     )
     return out
@@ -446,49 +388,3 @@ def linear_silu_mul(x: torch.Tensor, w_gate_up: torch.Tensor, config: LinearConf
     if cfg is None:
         return silu_and_mul(F.linear(x, w_gate_up))
     return _launch(x, w_gate_up, None, n, True, cfg)
-
-
-def rms_norm_linear(
-    x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float, w: torch.Tensor,
-    bias: torch.Tensor | None = None, silu_mul: bool = False, config: LinearConfig | None = None,
-    fuse: bool | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton version of rms_norm_linear_ref. Fused (fuse, by default M <= NORM_M_MAX): one launch,
-    every program normalizes the x rows it reads from a pass over all of x (+ residual), and
-    program (0, 0) writes the new residual. Else rms_norm then linear (linear_silu_mul)."""
-    m, k = x.shape
-    n = w.shape[0] // 2 if silu_mul else w.shape[0]
-    cfg = config or pick_config(m, n, k, silu_mul)
-    if fuse is None:
-        fuse = m <= NORM_M_MAX
-    if (not fuse or cfg is None or m == 0 or norm_weight.dtype != x.dtype
-            or (residual is not None and residual.shape != x.shape)):
-        h, new_residual = rms_norm(x, norm_weight, eps, residual)
-        out = linear_silu_mul(h, w, config) if silu_mul else linear(h, w, bias, config)
-        return out, new_residual
-    if x.stride(-1) != 1:
-        x = x.contiguous()
-    if residual is not None and residual.stride(-1) != 1:
-        residual = residual.contiguous()
-    new_residual = torch.empty_like(x, memory_format=torch.contiguous_format) if residual is not None else x
-    norm = _Norm(residual, norm_weight.contiguous(), eps, new_residual)
-    cfg = _fit_norm_stages(cfg, m, silu_mul, residual is not None)
-    return _launch(x, w, None if silu_mul else bias, n, silu_mul, cfg, norm), new_residual
-
-
-def _fit_norm_stages(cfg: LinearConfig, m: int, silu_mul: bool, has_residual: bool) -> LinearConfig:
-    """With the fused norm the tensor-core pipeline also buffers the residual tile ((stages - 1)
-    more x-sized tiles, as compiled for sm_90): drop stages where that would pass the 227 KB of
-    shared memory per block (7B gate_up at M = 64: 240 KB with 4 stages)."""
-    if not cfg.use_dot:
-        return cfg
-    block_m = max(16, triton.next_power_of_2(m))
-    rows = cfg.block_n * (2 if silu_mul else 1)
-
-    def shared_bytes(stages: int) -> int:
-        return 2 * cfg.block_k * (stages * (rows + block_m) + (stages - 1) * block_m * has_residual)
-
-    stages = cfg.num_stages
-    while stages > 2 and shared_bytes(stages) > 224 * 1024:
-        stages -= 1
-    return cfg._replace(num_stages=stages)

@@ -97,23 +97,21 @@ def _cases():
                                                        vocab=151936, stride_x=151936, stride_t=151936,
                                                        SCALE=not filtered, SORTED=filtered,
                                                        BLOCK=sampling._sample_block(151936)), dict(num_warps=8)
-    # linear: the M = 1 FMA stream, tensor cores with split K and the fused SiLU, a 64-row x tile,
-    # and the fused RMSNorm on both inner products
-    for m, n, k, silu, norm, cfg in ((1, 8960, 1536, True, False, linear.pick_config(1, 8960, 1536, True)),
-                                     (8, 1536, 8960, False, False, linear.pick_config(8, 1536, 8960)),
-                                     (8, 8960, 1536, True, False, linear.pick_config(8, 8960, 1536, True)),
-                                     (64, 1536, 8960, False, False, linear.LinearConfig(32, 128, 8, 4, 3, use_dot=True)),
-                                     (64, 8960, 1536, True, False, linear.pick_config(64, 8960, 1536, True)),
-                                     (1, 2048, 1536, False, True, linear.pick_config(1, 2048, 1536)),
-                                     (16, 8960, 1536, True, True, linear.pick_config(16, 8960, 1536, True))):
+    # linear: the M = 1 FMA stream (with and without the weight prefetch; 1.5B down and o), tensor
+    # cores with split K and the fused SiLU, a 64-row x tile
+    for m, n, k, silu, prefetch, cfg in ((1, 8960, 1536, True, True, linear.pick_config(1, 8960, 1536, True)),
+                                         (1, 1536, 8960, False, True, linear.pick_config(1, 1536, 8960)),
+                                         (1, 1536, 1536, False, False, linear.pick_config(1, 1536, 1536)),
+                                         (8, 1536, 8960, False, True, linear.pick_config(8, 1536, 8960)),
+                                         (8, 8960, 1536, True, True, linear.pick_config(8, 8960, 1536, True)),
+                                         (64, 1536, 8960, False, True, linear.LinearConfig(32, 128, 8, 4, 3, use_dot=True)),
+                                         (64, 8960, 1536, True, True, linear.pick_config(64, 8960, 1536, True))):
         block_m = max(16, m) if cfg.use_dot else m
-        yield linear._linear_kernel, dict(PDL=True, 
-            X=bf, W=bf, Bias=bf, Out=bf, Partial=f32, Counters=i32, Residual=bf, NormW=bf, NewResidual=bf, M=m, N=n,
-            K=k, stride_xm=k, stride_om=n, stride_rm=k, up_row=n, eps=1e-6,
-            k_per_split=triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k,  # as _launch rounds it
-            HAS_BIAS=not silu, SILU_MUL=silu, SPLITS=cfg.split_k, EVEN_K=True, USE_DOT=cfg.use_dot,
-            DOT_F32=False, BLOCK_M=block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, VEC=8, NORM=norm,
-            HAS_RESIDUAL=norm, BLOCK_KP=min(triton.next_power_of_2(k), max(4096 // block_m, 64)),
+        yield linear._linear_kernel, dict(
+            PDL=True, X=bf, W=bf, Bias=bf, Out=bf, Partial=f32, Counters=i32, M=m, N=n, K=k, stride_xm=k,
+            stride_om=n, up_row=n, k_per_split=triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k,
+            HAS_BIAS=not silu, SILU_MUL=silu, SPLITS=cfg.split_k, EVEN_K=k % cfg.block_k == 0, USE_DOT=cfg.use_dot,
+            DOT_F32=False, BLOCK_M=block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, VEC=8, PREFETCH=prefetch,
         ), dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     yield greedy._greedy_chunk_kernel, dict(PDL=True, Logits=bf, PartMax=f32, PartIdx=i32, PartSum=f32, vocab=151936,
                                             stride_b=151936, chunk=4096, num_chunks=38, BLOCK=2048), dict(num_warps=8)

@@ -12,7 +12,7 @@ from litelang.kernels.activation import silu_and_mul
 from litelang.kernels.attention import decode_attention, extend_attention
 from litelang.kernels.greedy import greedy_sample
 from litelang.kernels.kv_store import store_kv
-from litelang.kernels.linear import linear, linear_silu_mul, rms_norm_linear
+from litelang.kernels.linear import linear, linear_silu_mul
 from litelang.kernels.rmsnorm import rms_norm
 from litelang.kernels.rope import apply_rope
 from litelang.kernels.rope_store import apply_rope_and_store_kv
@@ -32,5 +32,4 @@ TRITON = KernelSet(
     apply_penalties=apply_penalties,
     linear=linear,
     linear_silu_mul=linear_silu_mul,
-    rms_norm_linear=rms_norm_linear,
 )

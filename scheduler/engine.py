@@ -38,6 +38,10 @@ log = logging.getLogger("litelang.scheduler")
 
 # check every slot (not just the counts) whenever the engine goes idle; O(pool size)
 CHECK_SLOTS_WHEN_IDLE = os.environ.get("LITELANG_CHECK_SLOTS", "") == "1"
+# A step reading this many prompt tokens runs long (~4 ms and up at 1.5B on an H100) beside the
+# engine's time per step, so no step is queued behind it: a request arriving meanwhile then
+# waits for that step only, not for the ones queued after it too.
+LONG_STEP_TOKENS = int(os.environ.get("LITELANG_LONG_STEP_TOKENS", "512"))
 
 
 class RejectedError(Exception):
@@ -61,7 +65,8 @@ class Engine:
         self.stats = collections.Counter()
         self.metrics = Metrics()
         self._to_release: list[int] = []
-        self._inflight = 0  # steps sent whose replies are not processed yet
+        # per step sent whose reply is not processed yet: the prompt tokens it reads
+        self._inflight: collections.deque[int] = collections.deque()
         self._next_rid = 1
         self._step_id = 0
         self._wake = asyncio.Event()
@@ -239,21 +244,31 @@ class Engine:
             try:
                 if step.extends or step.decodes:
                     await self.workers.send(step)
-                    self._inflight += 1
+                    self._inflight.append(sum(len(e.token_ids) for e in step.extends))
                 elif not self._inflight:  # nothing runnable until something arrives
                     self._flush()
                     await self._idle_wait()
                     continue
-                # keep steps queued behind the one running: process the oldest reply now
-                if self._inflight >= self.cfg.pipeline_depth or not (step.extends or step.decodes):
-                    reply = await self.workers.receive()
-                    self._inflight -= 1
-                    self._process(reply)
+                if not (step.extends or step.decodes):  # nothing new to run: wait for the oldest step
+                    await self._receive()
+                while self._pipeline_full():
+                    await self._receive()
             except WorkerError as e:
                 log.error("%s; failing %d running requests", e, len(self.running))
                 self.healthy = False
-                self._inflight = 0
+                self._inflight.clear()
                 self._fail_all(grpc.StatusCode.UNAVAILABLE, f"a worker failed ({e}); retry the request")
+
+    def _pipeline_full(self) -> bool:
+        """Whether to process a reply before scheduling again: up to `pipeline_depth` steps stay in
+        flight, but nothing is queued behind a long one (docs/ARCHITECTURE.md, overlap)."""
+        return bool(self._inflight) and (len(self._inflight) >= self.cfg.pipeline_depth
+                                         or max(self._inflight) >= LONG_STEP_TOKENS)
+
+    async def _receive(self) -> None:
+        reply = await self.workers.receive()
+        self._inflight.popleft()
+        self._process(reply)
 
     async def _idle_wait(self) -> None:
         """Sleep until a request arrives or a worker's stream breaks (a worker can die while idle).
@@ -283,7 +298,7 @@ class Engine:
             return
         self._reset_kv(int(info.kv_slots))
         self._to_release.clear()
-        self._inflight = 0
+        self._inflight.clear()
         self.healthy = True
 
     # ------------------------------------------------------------ scheduling

@@ -34,6 +34,7 @@ from litelang.configs.schema import LitelangConfig
 from litelang.proto import litelang_pb2 as pb
 from litelang.proto import worker_pb2
 from litelang.scheduler.detokenizer import IncrementalDetokenizer
+from litelang.scheduler import engine as engine_module
 from litelang.scheduler.engine import Engine, RejectedError
 from litelang.scheduler.request import Phase, Request, SamplingConfig
 from litelang.scheduler.worker_client import WorkerError
@@ -130,6 +131,10 @@ class FakeWorkerGroup:
         # the test's oracle for a rid's prompt (the protocol sends it only when penalties need it)
         self.prompt_of: callable = lambda rid: None
         self.fail_at: list[int] = []         # step counts at which the worker "dies" (WorkerError)
+        # the engine's pipeline rule, checked at every send: steps in flight (by prompt tokens read)
+        self.pipeline_depth, self.long_step_tokens = 1 << 30, 1 << 30
+        self.in_flight: collections.deque[int] = collections.deque()
+        self.long_steps = 0                  # steps sent that read >= long_step_tokens
 
     @property
     def connected(self) -> bool:
@@ -138,6 +143,7 @@ class FakeWorkerGroup:
     async def connect(self) -> worker_pb2.InitResponse:
         self.rows.clear()
         self.replies.clear()
+        self.in_flight.clear()
         self.refs = [0] * self.kv_slots
         self.info = worker_pb2.InitResponse(
             kv_slots=self.kv_slots, vocab_size=VOCAB, max_context=self.max_context,
@@ -152,6 +158,11 @@ class FakeWorkerGroup:
             self.fail_at.pop(0)
             self._connected = False  # like WorkerGroup: a broken stream closes the group
             raise WorkerError("fake worker died")
+        assert len(self.in_flight) < self.pipeline_depth, "more than pipeline_depth steps in flight"
+        assert not any(t >= self.long_step_tokens for t in self.in_flight), "a step was queued behind a long one"
+        tokens = sum(len(e.token_ids) for e in step.extends)
+        self.in_flight.append(tokens)
+        self.long_steps += tokens >= self.long_step_tokens
         self.replies.append(self._run(step))  # "launch": the work is queued in order
         self.on_await()
         await self._yield()
@@ -160,6 +171,7 @@ class FakeWorkerGroup:
         self.on_await()
         assert self.replies, "receive without a step in flight"
         await self._yield()
+        self.in_flight.popleft()
         return self.replies.popleft()
 
     async def step(self, step: worker_pb2.StepRequest) -> worker_pb2.StepResponse:
@@ -360,6 +372,7 @@ class Sim:
         self.cfg = LitelangConfig(**cfg)
         self.fake = FakeWorkerGroup(capacity, self.cfg.max_batch_size, random.Random(seed + 1), self.cfg.max_context)
         self.engine = Engine(self.cfg, FakeTokenizer(), self.fake)
+        self.fake.pipeline_depth = self.cfg.pipeline_depth
         self.order: dict[str, int] = {}
         self.tracked: dict[str, Tracked] = {}
         self.rejected_full = 0
@@ -494,7 +507,7 @@ class Sim:
                 assert r.cached_tokens == 0
         # the pool is idle: nothing running, every slot free or cached (unlocked)
         kv = e.kv_counts()
-        assert not e.running and not e.waiting and not e.by_id and not e.by_rid and e._inflight == 0
+        assert not e.running and not e.waiting and not e.by_id and not e.by_rid and not e._inflight
         assert kv["free"] + kv["cached"] == kv["capacity"] and kv["in_use"] == 0, kv
         if e.cache is not None:
             assert e.cache.locked_size == 0 and e.cache.evictable == e.cache.size
@@ -545,13 +558,16 @@ def random_workload(rng: random.Random, n: int, capacity: int):
         yield f"req{i}", prompt, s
 
 
-async def simulate(seed: int, n_requests: int, use_radix_cache: bool, pipeline_depth: int = 3) -> tuple[Sim, dict]:
+async def simulate(seed: int, n_requests: int, use_radix_cache: bool, pipeline_depth: int = 3,
+                   long_step_tokens: int | None = None) -> tuple[Sim, dict]:
     capacity = 160
     sim = Sim(
         seed, capacity, max_batch_size=8, max_prefill_tokens=24, max_reqs=24,
         busy_scale=0.6, use_radix_cache=use_radix_cache, pipeline_depth=pipeline_depth,
     )
     rng = sim.rng
+    if long_step_tokens:
+        sim.fake.long_step_tokens = long_step_tokens
     await sim.start()
     submitted: list[str] = []
     for rid, prompt, sampling in random_workload(rng, n_requests, capacity):
@@ -579,12 +595,19 @@ def starvation_bound(t: Tracked, cfg: LitelangConfig, longest_prompt: int = 44, 
     return (t.ahead + 1) * (math.ceil(longest_prompt / cfg.max_prefill_tokens) + most_new + cfg.pipeline_depth)
 
 
-@pytest.mark.parametrize("pipeline_depth", [2, 3], ids=["depth2", "depth3"])
+@pytest.mark.parametrize("pipeline_depth,long_step", [(2, None), (3, None), (3, 16)],
+                         ids=["depth2", "depth3", "depth3-long-steps"])
 @pytest.mark.parametrize("use_radix_cache", [True, False], ids=["radix", "no-radix"])
-def test_random_traffic(use_radix_cache: bool, pipeline_depth: int) -> None:
+def test_random_traffic(use_radix_cache: bool, pipeline_depth: int, long_step: int | None, monkeypatch) -> None:
+    """long_step: steps reading >= 16 prompt tokens count as long (production: 512, which these
+    short prompts never reach), so nothing may be queued behind them."""
+    if long_step:
+        monkeypatch.setattr(engine_module, "LONG_STEP_TOKENS", long_step)
     sim, counts = run(simulate(seed=1234 + use_radix_cache, n_requests=2000, use_radix_cache=use_radix_cache,
-                               pipeline_depth=pipeline_depth))
+                               pipeline_depth=pipeline_depth, long_step_tokens=long_step))
     e = sim.engine
+    if long_step:
+        assert sim.fake.long_steps > 100, sim.fake.long_steps
     # the workload really exercised what it is meant to
     assert len(sim.tracked) >= 1800, f"only {len(sim.tracked)} requests accepted"
     assert counts["aborted"] >= 20 and counts["eos"] >= 200 and counts["length"] >= 200, counts

@@ -98,10 +98,10 @@ class Qwen2Model:
         hidden = self.embed[batch.input_ids]
         residual = None
         for i, w in enumerate(self.layers):
-            # each norm runs inside the projection after it (one launch at decode batch sizes)
-            qkv, residual = ks.rms_norm_linear(hidden, residual, w.input_norm, s.rms_norm_eps, w.qkv_weight, w.qkv_bias)
-            h = self._attention(i, w, qkv, batch, k_pools[i], v_pools[i])
-            h, residual = ks.rms_norm_linear(h, residual, w.post_norm, s.rms_norm_eps, w.gate_up_weight, silu_mul=True)
+            h, residual = ks.rms_norm(hidden, w.input_norm, s.rms_norm_eps, residual)
+            h = self._attention(i, w, ks.linear(h, w.qkv_weight, w.qkv_bias), batch, k_pools[i], v_pools[i])
+            h, residual = ks.rms_norm(h, w.post_norm, s.rms_norm_eps, residual)
+            h = ks.linear_silu_mul(h, w.gate_up_weight)
             hidden = self.tp.all_reduce(ks.linear(h, w.down_weight))
         hidden, _ = ks.rms_norm(hidden, self.final_norm, s.rms_norm_eps, residual)
         return ks.linear(hidden[batch.logits_index], self.lm_head)
