@@ -134,11 +134,11 @@ def bench_batch(server: Server, rows: list[str], batch: int) -> None:
                 f"p50 ITL {pct(rec['itl'], 0.5) * 1000:.1f} ms | GPU {gpu_idle_share(before, after)} |")
 
 
-def bench_prefix(model: Path, rows: list[str]) -> None:
+def bench_prefix(model: Path, rows: list[str], modes: tuple[bool, ...] = (True, False)) -> None:
     rng = random.Random(2)
     system = rand_ids(rng, 2000)
     prompts = [system + rand_ids(rng, 100) for _ in range(128)]
-    for cache in (True, False):
+    for cache in modes:
         server = Server(model, use_radix_cache=cache)
         try:
             asyncio.run(run_concurrent(server.address, [rand_ids(rng, 2100)], 4))  # warm up (other prefix)
@@ -175,6 +175,7 @@ def main() -> None:
     ap.add_argument("--poisson-requests", type=int, default=64)
     ap.add_argument("--model", help="use this checkpoint instead of a random one at --shape")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--prefix-cache", default="on,off", help="radix cache settings for the prefix workload")
     ap.add_argument("--stream-interval", type=int, default=1, help="server's tokens per stream message")
     args = ap.parse_args()
     Server.device = args.device
@@ -198,7 +199,7 @@ def main() -> None:
         finally:
             server.stop()
     if "prefix" in only:
-        bench_prefix(model, rows)
+        bench_prefix(model, rows, tuple(m == "on" for m in args.prefix_cache.split(",")))
     print("\n".join(rows), flush=True)
 
 
