@@ -142,13 +142,16 @@ def bench_prefix(model: Path, rows: list[str], modes: tuple[bool, ...] = (True, 
         server = Server(model, use_radix_cache=cache)
         try:
             asyncio.run(run_concurrent(server.address, [rand_ids(rng, 2100)], 4))  # warm up (other prefix)
-            rec = asyncio.run(run_concurrent(server.address, prompts, 128))
+            with LitelangClient(server.address) as c:
+                before = c.stats()
+                rec = asyncio.run(run_concurrent(server.address, prompts, 128))
+                after = c.stats()
         finally:
             server.stop()
         rows.append(f"| shared prefix 128 × (2,000 shared + 100) in, 128 out, radix cache {'on' if cache else 'off'} | "
                     f"mean TTFT {statistics.mean(rec['ttft']) * 1000:,.0f} ms (server-side {statistics.mean(rec['server_ttft']) * 1000:,.0f} ms, "
                     f"in queue {statistics.mean(rec['server_queue']) * 1000:,.0f} ms), {sum(rec['tokens']) / rec['wall']:,.0f} out tok/s, "
-                    f"{sum(rec['cached'])} cached prompt tokens | |")
+                    f"{sum(rec['cached'])} cached prompt tokens | GPU {gpu_idle_share(before, after)} |")
 
 
 def bench_poisson(server: Server, rows: list[str], rates: list[float], n: int) -> None:

@@ -17,9 +17,11 @@ OPTIMISTIC_OUTPUT_SHARE = 0.5
 
 def expected_remaining(remaining: int, used: int, capacity: int, busy_scale: float) -> int:
     """Remaining output to reserve: shrunk while used < busy_scale * capacity, in full when busy."""
-    if used < busy_scale * capacity:
-        return math.ceil(remaining * OPTIMISTIC_OUTPUT_SHARE)
-    return remaining
+    return _expected(remaining, busy=used >= busy_scale * capacity)
+
+
+def _expected(remaining: int, busy: bool) -> int:
+    return remaining if busy else math.ceil(remaining * OPTIMISTIC_OUTPUT_SHARE)
 
 
 def future_peak(held_and_remaining: list[tuple[int, int]]) -> int:
@@ -30,3 +32,29 @@ def future_peak(held_and_remaining: list[tuple[int, int]]) -> int:
         held += a
         peak = max(peak, held + b * i)
     return peak
+
+
+class PeakCheck:
+    """future_peak of the running requests plus one candidate, for one scheduling pass. The
+    running requests' estimates are made once per load level (busy or not), not once per
+    candidate: a burst of 128 arrivals against 128 running requests would otherwise cost
+    milliseconds of Python while the GPU waits for the step."""
+
+    def __init__(self, capacity: int, busy_scale: float, held_and_remaining: list[tuple[int, int]]):
+        self.capacity, self.busy_scale = capacity, busy_scale
+        self._requests = list(held_and_remaining)
+        self._estimated: dict[bool, list[tuple[int, int]]] = {}
+
+    def fits(self, held: int, remaining: int, used: int) -> bool:
+        """Whether admitting a request holding `held` slots with `remaining` output to come
+        keeps the peak within capacity, with `used` slots in use now."""
+        busy = used >= self.busy_scale * self.capacity
+        if busy not in self._estimated:
+            self._estimated[busy] = [(a, _expected(b, busy)) for a, b in self._requests]
+        return future_peak(self._estimated[busy] + [(held, _expected(remaining, busy))]) <= self.capacity
+
+    def add(self, held: int, remaining: int) -> None:
+        """An admitted candidate joins the running requests."""
+        self._requests.append((held, remaining))
+        for busy, estimated in self._estimated.items():
+            estimated.append((held, _expected(remaining, busy)))

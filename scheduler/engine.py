@@ -26,7 +26,7 @@ import grpc
 from litelang.configs.schema import LitelangConfig
 from litelang.proto import litelang_pb2 as pb
 from litelang.proto import worker_pb2
-from litelang.scheduler.admission import expected_remaining, future_peak
+from litelang.scheduler.admission import PeakCheck
 from litelang.scheduler.kv_allocator import SlotAllocator
 from litelang.scheduler.metrics import Metrics
 from litelang.scheduler.radix_cache import RadixCache
@@ -183,21 +183,20 @@ class Engine:
 
     def _cache_scheduled(self, r: Request) -> None:
         """Put r's scheduled context into the radix cache now, not at finish, so requests
-        admitted in later steps share it at once (GPU order makes its KV ready before they read
-        it). Skipped when another request already cached part of it: the duplicate slots stay
-        r's own until it finishes."""
-        if self.cache is None:
+        admitted later (in this step too) share it at once: GPU order makes its KV ready before
+        they read it. It hangs below r's own locked path; skipped when another request already
+        cached a continuation of that path: the duplicate slots stay r's own until it finishes."""
+        if self.cache is None or r.tree_node is None:
             return
-        ids = (r.prompt_ids + r.output_ids)[: len(r.slots)]
-        cached, _ = self.cache.match(ids)
-        if len(cached) != r.tree_prefix_len:
+        start, end = r.tree_prefix_len, len(r.slots)
+        n = len(r.prompt_ids)
+        ids = r.prompt_ids[start:end] if end <= n else (r.prompt_ids + r.output_ids)[start:end]
+        leaf = self.cache.extend(r.tree_node, ids, r.slots[start:end])
+        if leaf is None:
             return
-        self.cache.insert(ids, r.slots)
-        _, node = self.cache.match(ids)
-        self.cache.lock(node)
-        if r.tree_node is not None:
-            self.cache.unlock(r.tree_node)
-        r.tree_node, r.tree_prefix_len = node, len(ids)
+        self.cache.lock(leaf)
+        self.cache.unlock(r.tree_node)
+        r.tree_node, r.tree_prefix_len = leaf, end
 
     def _release_kv(self, r: Request) -> None:
         """Hand r's KV to the radix cache (or the free list), keeping no slot twice."""
@@ -326,9 +325,11 @@ class Engine:
                 budget -= self._add_extend(step, r, budget, is_new=False)
 
         # 3. admit new requests FCFS
+        peak = PeakCheck(self.capacity, self.cfg.busy_scale, [(r.prefill_target + len(r.output_ids), r.remaining_output)
+                                                              for r in self.running])
         while self.waiting and len(self.running) < self.cfg.max_batch_size and budget > 0:
             r = self.waiting[0]
-            if not self._fits(r, budget):
+            if not self._fits(r, budget, peak):
                 break
             self.waiting.popleft()
             r.rid = self._next_rid  # fresh per admission: replies for an earlier admission are stale
@@ -344,6 +345,7 @@ class Engine:
                 self._unadmit(r)
                 break
             budget -= taken
+            peak.add(r.prefill_target + len(r.output_ids), r.remaining_output)
 
         step.release.extend(self._to_release)
         self._to_release.clear()
@@ -361,18 +363,13 @@ class Engine:
         produced = len(r.output_ids) + r.pending_samples
         return produced < r.sampling.max_new_tokens and len(r.prompt_ids) + produced < self.cfg.max_context
 
-    def _fits(self, cand: Request, budget: int) -> bool:
+    def _fits(self, cand: Request, budget: int, peak: PeakCheck) -> bool:
         target = len(cand.prompt_ids) + len(cand.output_ids)
         if min(budget, target) > self._available:
             return False
-        used = self.capacity - self._available
-        est = lambda remaining: expected_remaining(remaining, used, self.capacity, self.cfg.busy_scale)  # noqa: E731
-        entries = [(r.prefill_target + len(r.output_ids), est(r.remaining_output)) for r in self.running]
-        entries.append((target, est(cand.remaining_output)))
-        return future_peak(entries) <= self.capacity
+        return peak.fits(target, cand.remaining_output, used=self.capacity - self._available)
 
     def _add_extend(self, step: worker_pb2.StepRequest, r: Request, budget: int, is_new: bool) -> int:
-        ids = r.prompt_ids + r.output_ids
         start, target = r.num_computed, r.prefill_target
         take = min(budget, target - start, self._available)
         if take <= 0:
@@ -381,6 +378,7 @@ class Engine:
         r.slots.extend(slots)
         self._cache_scheduled(r)
         r.pending_samples += start + take == target
+        ids = r.prompt_ids if start + take <= len(r.prompt_ids) else r.prompt_ids + r.output_ids
         ext = step.extends.add(
             rid=r.rid, token_ids=ids[start : start + take], slots=slots, prefix_len=start,
             sample=start + take == target, is_new=is_new, prefix_slots=r.slots[:start] if is_new else [],

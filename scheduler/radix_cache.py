@@ -91,6 +91,18 @@ class RadixCache:
             node, i = child, i + n
         return i
 
+    def extend(self, node: Node, ids: list[int], slots: list[int]) -> Node | None:
+        """Hang ids -> slots below node as a new leaf: node's path then ids. A running request
+        grows its own cached path this way in O(len(ids)), with no walk from the root. None
+        (and nothing changed) if ids is empty or the tree already continues node with ids[0]."""
+        assert len(ids) == len(slots)
+        if not ids or ids[0] in node.children:
+            return None
+        leaf = Node(key=list(ids), slots=list(slots), parent=node, last_used=next(self._clock))
+        node.children[ids[0]] = leaf
+        self.size += len(leaf.key)
+        return leaf
+
     def _split(self, node: Node, n: int) -> Node:
         """Cut node's edge after n tokens; return the new upper part."""
         upper = Node(key=node.key[:n], slots=node.slots[:n], parent=node.parent, lock=node.lock, last_used=node.last_used)

@@ -76,7 +76,7 @@ class Request:
     slots: list[int] = field(default_factory=list)  # slot of each context token with KV
     cached_tokens: int = 0                # prompt tokens served from the prefix cache
     tree_prefix_len: int = 0              # leading slots owned by the radix cache (matched prefix)
-    tree_node: object = None              # radix node locked while running (end of the matched prefix)
+    tree_node: object = None              # radix node locked while running (end of its cached path)
     prefill_target: int = 0               # context tokens to compute before sampling (set at admission)
     pending_samples: int = 0              # steps in flight that will sample a token for it
     # output state

@@ -3,7 +3,7 @@
 The model keeps, for every cached token prefix (a tuple of token ids), its KV slot, how many
 active locks cover it, and when a match or insert last touched it. Tokens come from a tiny
 alphabet (0..3) so prefixes collide and edges split all the time. Hypothesis drives random
-sequences of match / match+lock / insert / unlock / evict and compares every answer with the
+sequences of match / match+lock / insert / extend / unlock / evict and compares every answer with the
 model; after every step the tree's structure (walked read-only) must hold exactly the model's
 prefixes, slots and locks, with consistent sizes.
 
@@ -103,6 +103,31 @@ class RadixModel(RuleBasedStateMachine):
             self.handles.append((node, path))
             for k in range(1, n + 1):
                 self.locks[path[:k]] += 1
+
+    @precondition(lambda self: self.handles)
+    @rule(which=st.integers(0, 1 << 16), ids=TOKENS)
+    def extend(self, which: int, ids: list[int]) -> None:
+        """A running request growing its locked path: hang ids below it, then move its lock to
+        the new leaf (as the engine does)."""
+        i = which % len(self.handles)
+        node, path = self.handles[i]
+        slots = [self.new_slot() for _ in ids]
+        leaf = self.cache.extend(node, list(ids), list(slots))
+        if not ids or path + (ids[0],) in self.slot_of:
+            assert leaf is None, f"extend({path} + {ids}) hung a leaf where the tree already continues"
+            self.free_slots.extend(slots)
+            return
+        assert leaf is not None, f"extend({path} + {ids}) refused with nothing cached past the path"
+        self.clock += 1
+        for k in range(len(ids)):
+            full = path + tuple(ids[: k + 1])
+            self.slot_of[full], self.touched[full] = slots[k], self.clock
+        self.cache.lock(leaf)
+        self.cache.unlock(node)
+        new_path = path + tuple(ids)
+        self.handles[i] = (leaf, new_path)
+        for k in range(len(path) + 1, len(new_path) + 1):
+            self.locks[new_path[:k]] += 1
 
     @precondition(lambda self: self.handles)
     @rule(which=st.integers(0, 1 << 16))
