@@ -15,10 +15,9 @@ from litelang.kernels.activation import silu_and_mul_ref
 from litelang.kernels.attention import decode_attention_ref, extend_attention_ref
 from litelang.kernels.greedy import greedy_sample_ref
 from litelang.kernels.kv_store import store_kv_ref
-from litelang.kernels.linear import linear_ref, linear_silu_mul_ref
+from litelang.kernels.linear import linear_ref, linear_rope_store_ref, linear_silu_mul_ref
 from litelang.kernels.rmsnorm import rms_norm_ref
 from litelang.kernels.rope import apply_rope_ref
-from litelang.kernels.rope_store import apply_rope_and_store_kv_ref
 from litelang.kernels.sampling import apply_penalties_ref, sample_ref
 
 
@@ -29,7 +28,6 @@ class KernelSet:
     apply_rope: Callable
     silu_and_mul: Callable
     store_kv: Callable
-    apply_rope_and_store_kv: Callable  # apply_rope then store_kv, one launch
     extend_attention: Callable
     decode_attention: Callable
     sample: Callable
@@ -37,6 +35,9 @@ class KernelSet:
     apply_penalties: Callable
     linear: Callable  # (x, w, bias=None): F.linear; Triton for small M
     linear_silu_mul: Callable  # (x, w_gate_up): silu_and_mul(linear(x, w_gate_up)), fused
+    # (x, w_qkv, bias, positions, cos_sin, k_pool, v_pool, slots, q_heads, kv_heads) -> qkv: the
+    # projection, then RoPE on q and k and the KV store (in its epilogue at small M)
+    linear_rope_store: Callable
 
 
 REFERENCE = KernelSet(
@@ -45,7 +46,6 @@ REFERENCE = KernelSet(
     apply_rope=apply_rope_ref,
     silu_and_mul=silu_and_mul_ref,
     store_kv=store_kv_ref,
-    apply_rope_and_store_kv=apply_rope_and_store_kv_ref,
     extend_attention=extend_attention_ref,
     decode_attention=decode_attention_ref,
     sample=sample_ref,
@@ -53,6 +53,7 @@ REFERENCE = KernelSet(
     apply_penalties=apply_penalties_ref,
     linear=linear_ref,
     linear_silu_mul=linear_silu_mul_ref,
+    linear_rope_store=linear_rope_store_ref,
 )
 
 

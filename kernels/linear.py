@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from litelang.kernels._triton import INTERPRET, LaunchCounters, pdl_launch, pdl_start, tl, triton
 from litelang.kernels.activation import silu_and_mul, silu_and_mul_ref
+from litelang.kernels.rope_store import apply_rope_and_store_kv, apply_rope_and_store_kv_ref
 
 
 def linear_ref(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -37,6 +38,25 @@ def linear_ref(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = Non
 def linear_silu_mul_ref(x: torch.Tensor, w_gate_up: torch.Tensor) -> torch.Tensor:
     """x [M, K], w_gate_up [2I, K] (gate rows, then up rows) -> silu(x @ gate.T) * (x @ up.T), [M, I]."""
     return silu_and_mul_ref(linear_ref(x, w_gate_up))
+
+
+def linear_rope_store_ref(
+    x: torch.Tensor, w_qkv: torch.Tensor, bias: torch.Tensor | None, positions: torch.Tensor, cos_sin: torch.Tensor,
+    k_pool: torch.Tensor, v_pool: torch.Tensor, slots: torch.Tensor, q_heads: int, kv_heads: int,
+) -> torch.Tensor:
+    """The q||k||v projection, then apply_rope_and_store_kv_ref on its q, k, v views -> qkv
+    [M, (q_heads + 2 kv_heads) * head_dim], q rotated (k, v: see linear_rope_store)."""
+    qkv = linear_ref(x, w_qkv, bias)
+    q, k, v = split_qkv(qkv, q_heads, kv_heads, k_pool.shape[-1])
+    apply_rope_and_store_kv_ref(q, k, v, positions, cos_sin, k_pool, v_pool, slots)
+    return qkv
+
+
+def split_qkv(qkv: torch.Tensor, q_heads: int, kv_heads: int, head_dim: int):
+    """q [M, q_heads, head_dim], k and v [M, kv_heads, head_dim]: strided views of qkv."""
+    n, q_size, kv_size = qkv.shape[0], q_heads * head_dim, kv_heads * head_dim
+    return (qkv[:, :q_size].view(n, q_heads, head_dim), qkv[:, q_size : q_size + kv_size].view(n, kv_heads, head_dim),
+            qkv[:, q_size + kv_size :].view(n, kv_heads, head_dim))
 
 
 # --- Triton ----------------------------------------------------------------------------------
@@ -77,14 +97,18 @@ def _mma(w, x, DOT_F32: tl.constexpr):
 
 @triton.jit(do_not_specialize=["M"])  # one compile for every batch size
 def _linear_kernel(
-    X, W, Bias, Out, Partial, Counters,
+    X, W, Bias, Out, Partial, Counters, Positions, CosSin, KPool, VPool, Slots,
     M, N, K, stride_xm, stride_om, up_row, k_per_split,
+    stride_cs, stride_pk, stride_ph, stride_pvk, stride_pvh, q_size, kv_size,
     HAS_BIAS: tl.constexpr, SILU_MUL: tl.constexpr, SPLITS: tl.constexpr, EVEN_K: tl.constexpr,
     USE_DOT: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, VEC: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_K: tl.constexpr, VEC: tl.constexpr, PREFETCH: tl.constexpr, ROPE: tl.constexpr, HALF: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """Program (row block, split): out[:, rows] over K columns [k_per_split * split, ...). With
-    SILU_MUL the rows are gate rows and rows + up_row their up rows.
+    SILU_MUL the rows are gate rows and rows + up_row their up rows. ROPE: the q||k||v
+    projection; a program's rows are pairs (d, d + HALF) of heads, interleaved, so its epilogue
+    can rotate them (_rope_epilogue).
 
     Two inner products. USE_DOT: tensor cores, x padded to BLOCK_M >= 16 rows. Else float32
     FMAs on [BLOCK_M, BLOCK_N, BLOCK_K // VEC, VEC] tiles, VEC columns (16 bytes) per thread:
@@ -99,9 +123,15 @@ def _linear_kernel(
     streams its first tile while the kernel before it finishes."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if ROPE:
+        pair = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N) // 2
+        offs_n = (pair // HALF) * (2 * HALF) + pair % HALF + (tl.arange(0, BLOCK_N) % 2) * HALF
+        n_valid = pair < N // 2
+    else:
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_valid = offs_n < N
     # tail rows re-read the last row: weight loads stay unmasked, only the store is masked
-    rows = tl.minimum(offs_n, N - 1)
+    rows = tl.where(n_valid, offs_n, N - 1)
     offs_m = tl.arange(0, BLOCK_M)
     k_start = pid_k * k_per_split
     k_end = tl.minimum(k_start + k_per_split, K)
@@ -156,7 +186,7 @@ def _linear_kernel(
         acc = tl.sum(acc, axis=2)
         acc_up = tl.sum(acc_up, axis=2)
 
-    out_mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
+    out_mask = (offs_m < M)[:, None] & n_valid[None, :]
     mn = offs_m[:, None] * N + offs_n[None, :]
     if SPLITS > 1:
         # partials [splits, 2 if SILU_MUL else 1, M, N]; the last split to arrive reduces
@@ -177,14 +207,23 @@ def _linear_kernel(
                     acc_up += tl.load(Partial + (s * parts + 1) * M * N + mn, mask=out_mask, other=0.0,
                                       cache_modifier=".cg")
             tl.atomic_xchg(Counters + pid_n, 0)  # ready for the next launch
-            _epilogue(acc, acc_up, Bias, Out, offs_m, offs_n, out_mask, N, stride_om, HAS_BIAS, SILU_MUL)
+            acc = _epilogue(acc, acc_up, Bias, Out, offs_m, offs_n, out_mask, N, stride_om, HAS_BIAS, SILU_MUL, ROPE)
+            if ROPE:
+                _rope_epilogue(acc, Out, Positions, CosSin, KPool, VPool, Slots, offs_m, pid_n, M, N, stride_om,
+                               stride_cs, stride_pk, stride_ph, stride_pvk, stride_pvh, q_size, kv_size,
+                               BLOCK_M, BLOCK_N, HALF)
     else:
-        _epilogue(acc, acc_up, Bias, Out, offs_m, offs_n, out_mask, N, stride_om, HAS_BIAS, SILU_MUL)
+        acc = _epilogue(acc, acc_up, Bias, Out, offs_m, offs_n, out_mask, N, stride_om, HAS_BIAS, SILU_MUL, ROPE)
+        if ROPE:
+            _rope_epilogue(acc, Out, Positions, CosSin, KPool, VPool, Slots, offs_m, pid_n, M, N, stride_om,
+                           stride_cs, stride_pk, stride_ph, stride_pvk, stride_pvh, q_size, kv_size,
+                           BLOCK_M, BLOCK_N, HALF)
 
 
 @triton.jit
 def _epilogue(acc, acc_up, Bias, Out, offs_m, offs_n, out_mask, N, stride_om, HAS_BIAS: tl.constexpr,
-              SILU_MUL: tl.constexpr):
+              SILU_MUL: tl.constexpr, ROPE: tl.constexpr):
+    """Bias, SiLU * up, store; with ROPE return the biased float32 result unstored instead."""
     dtype = Out.dtype.element_ty
     if HAS_BIAS:
         acc += tl.load(Bias + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
@@ -193,7 +232,45 @@ def _epilogue(acc, acc_up, Bias, Out, offs_m, offs_n, out_mask, N, stride_om, HA
         gate = acc.to(dtype).to(tl.float32)
         act = (gate * tl.sigmoid(gate)).to(dtype).to(tl.float32)
         acc = act * acc_up.to(dtype).to(tl.float32)
-    tl.store(Out + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :], acc.to(dtype), mask=out_mask)
+    if not ROPE:
+        tl.store(Out + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :], acc.to(dtype), mask=out_mask)
+    return acc
+
+
+@triton.jit
+def _rope_epilogue(acc, Out, Positions, CosSin, KPool, VPool, Slots, offs_m, pid_n, M, N, stride_om, stride_cs,
+                   stride_pk, stride_ph, stride_pvk, stride_pvh, q_size, kv_size,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HALF: tl.constexpr):
+    """apply_rope_and_store_kv on this program's columns of q||k||v, with the reference's
+    roundings (the projection to the model dtype, then rotate in float32): rotated q into Out,
+    rotated k and plain v into their pool slots. acc's columns are (d, d + HALF) pairs."""
+    dtype = Out.dtype.element_ty
+    lo, hi = tl.split(tl.reshape(acc.to(dtype).to(tl.float32), [BLOCK_M, BLOCK_N // 2, 2]))
+    pair = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+    d = pair % HALF
+    n_lo = (pair // HALF) * (2 * HALF) + d  # column of the pair's first element
+    m_ok = offs_m < M
+    pos = tl.load(Positions + offs_m, mask=m_ok, other=0).to(tl.int64)[:, None]
+    slot = tl.load(Slots + offs_m, mask=m_ok, other=0).to(tl.int64)[:, None]
+    cos = tl.load(CosSin + pos * stride_cs + d[None, :])
+    sin = tl.load(CosSin + pos * stride_cs + HALF + d[None, :])
+    is_v = (n_lo >= q_size + kv_size)[None, :]
+    out_lo = tl.where(is_v, lo, lo * cos - hi * sin).to(dtype)
+    out_hi = tl.where(is_v, hi, hi * cos + lo * sin).to(dtype)
+    valid = m_ok[:, None] & (pair < N // 2)[None, :]
+    is_q = (n_lo < q_size)[None, :]
+    q_ptr = Out + offs_m.to(tl.int64)[:, None] * stride_om + n_lo[None, :]
+    tl.store(q_ptr, out_lo, mask=valid & is_q)
+    tl.store(q_ptr + HALF, out_hi, mask=valid & is_q)
+    k_head = ((n_lo - q_size) // (2 * HALF))[None, :]
+    is_k = ~is_q & ~is_v
+    k_ptr = KPool + slot * stride_pk + k_head * stride_ph + d[None, :]
+    tl.store(k_ptr, out_lo, mask=valid & is_k)
+    tl.store(k_ptr + HALF, out_hi, mask=valid & is_k)
+    v_head = ((n_lo - q_size - kv_size) // (2 * HALF))[None, :]
+    v_ptr = VPool + slot * stride_pvk + v_head * stride_pvh + d[None, :]
+    tl.store(v_ptr, out_lo, mask=valid & is_v)
+    tl.store(v_ptr + HALF, out_hi, mask=valid & is_v)
 
 
 # Above this M, cuBLAS (F.linear) always. Up to it, pick_config: the Triton config measured best
@@ -340,8 +417,19 @@ PREFETCH = os.environ.get("LITELANG_LINEAR_PREFETCH", "1") == "1"
 _COUNTERS = LaunchCounters("linear")
 
 
+class _Rope(NamedTuple):
+    """linear_rope_store's arguments beyond the projection's."""
+    positions: torch.Tensor
+    cos_sin: torch.Tensor
+    k_pool: torch.Tensor
+    v_pool: torch.Tensor
+    slots: torch.Tensor
+    q_size: int
+    kv_size: int
+
+
 def _launch(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, n: int, silu_mul: bool,
-            cfg: LinearConfig) -> torch.Tensor:
+            cfg: LinearConfig, rope: _Rope | None = None) -> torch.Tensor:
     m, k = x.shape
     if x.stride(-1) != 1:
         x = x.contiguous()
@@ -352,18 +440,24 @@ def _launch(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, n: int,
     # float32 dots are exact (ieee), never tf32
     block_m = max(16, triton.next_power_of_2(m)) if cfg.use_dot else triton.next_power_of_2(m)
     k_per_split = triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
-    grid = (triton.cdiv(n, cfg.block_n), cfg.split_k)
+    grid = (triton.cdiv(n, cfg.block_n), cfg.split_k)  # with rope: block_n even, so n / 2 pairs as well
     if cfg.split_k > 1:
         partial = torch.empty((cfg.split_k, 2 if silu_mul else 1, m, n), dtype=torch.float32, device=x.device)
         counters = _COUNTERS.get(x.device, grid[0])
     else:
         partial = counters = out  # unused
+    r = rope or _Rope(out, out, out, out, out, 0, 0)  # unused without rope
+    pools = (r.k_pool, r.v_pool) if rope else (out.view(1, 1, -1), out.view(1, 1, -1))
     _linear_kernel[grid](
         x, w, bias if bias is not None else out, out, partial, counters,
+        r.positions, r.cos_sin, r.k_pool, r.v_pool, r.slots,
         m, n, k, x.stride(0), out.stride(0), n, k_per_split,
+        r.cos_sin.stride(0), pools[0].stride(0), pools[0].stride(1), pools[1].stride(0), pools[1].stride(1),
+        r.q_size, r.kv_size,
         HAS_BIAS=bias is not None, SILU_MUL=silu_mul, SPLITS=cfg.split_k, EVEN_K=k % cfg.block_k == 0,
         USE_DOT=cfg.use_dot, DOT_F32=INTERPRET or x.dtype == torch.float32, BLOCK_M=block_m,
         BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, VEC=16 // x.element_size(), PREFETCH=PREFETCH,
+        ROPE=rope is not None, HALF=rope.k_pool.shape[-1] // 2 if rope else 1,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_launch(),
     )
     return out
@@ -388,3 +482,26 @@ def linear_silu_mul(x: torch.Tensor, w_gate_up: torch.Tensor, config: LinearConf
     if cfg is None:
         return silu_and_mul(F.linear(x, w_gate_up))
     return _launch(x, w_gate_up, None, n, True, cfg)
+
+
+def linear_rope_store(
+    x: torch.Tensor, w_qkv: torch.Tensor, bias: torch.Tensor | None, positions: torch.Tensor, cos_sin: torch.Tensor,
+    k_pool: torch.Tensor, v_pool: torch.Tensor, slots: torch.Tensor, q_heads: int, kv_heads: int,
+    config: LinearConfig | None = None,
+) -> torch.Tensor:
+    """Triton version of linear_rope_store_ref: where the projection runs here (small M), RoPE
+    and the KV store run in its epilogue, one launch instead of two. Only qkv's q columns are
+    written then (k and v go to the pool only: attention reads them there). Elsewhere the
+    projection, then apply_rope_and_store_kv (k left unrotated in qkv). config: as in linear."""
+    head_dim = k_pool.shape[-1]
+    n = w_qkv.shape[0]
+    cfg = config or pick_config(x.shape[0], n, w_qkv.shape[1])
+    if cfg is None or x.shape[0] == 0 or head_dim & (head_dim - 1):
+        qkv = linear(x, w_qkv, bias, cfg)
+        apply_rope_and_store_kv(*split_qkv(qkv, q_heads, kv_heads, head_dim), positions, cos_sin, k_pool, v_pool, slots)
+        return qkv
+    for t in (cos_sin, k_pool, v_pool):
+        assert t.stride(-1) == 1, "head_dim (and the cos/sin row) must be contiguous"
+    cfg = cfg._replace(block_n=max(2, cfg.block_n))  # whole (d, d + head_dim / 2) pairs per program
+    rope = _Rope(positions, cos_sin, k_pool, v_pool, slots, q_heads * head_dim, kv_heads * head_dim)
+    return _launch(x, w_qkv, bias, n, False, cfg, rope)

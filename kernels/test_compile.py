@@ -99,7 +99,8 @@ def _cases():
                                                        BLOCK=sampling._sample_block(151936)), dict(num_warps=8)
     # linear: the M = 1 FMA stream (with and without the weight prefetch; 1.5B down and o), tensor
     # cores with split K and the fused SiLU, a 64-row x tile
-    for m, n, k, silu, prefetch, cfg in ((1, 8960, 1536, True, True, linear.pick_config(1, 8960, 1536, True)),
+    for m, n, k, silu, prefetch, cfg in ((1, 2048, 1536, False, True, linear.pick_config(1, 2048, 1536)._replace(block_n=2)),
+                                         (1, 8960, 1536, True, True, linear.pick_config(1, 8960, 1536, True)),
                                          (1, 1536, 8960, False, True, linear.pick_config(1, 1536, 8960)),
                                          (1, 1536, 1536, False, False, linear.pick_config(1, 1536, 1536)),
                                          (8, 1536, 8960, False, True, linear.pick_config(8, 1536, 8960)),
@@ -107,11 +108,15 @@ def _cases():
                                          (64, 1536, 8960, False, True, linear.LinearConfig(32, 128, 8, 4, 3, use_dot=True)),
                                          (64, 8960, 1536, True, True, linear.pick_config(64, 8960, 1536, True))):
         block_m = max(16, m) if cfg.use_dot else m
+        rope = n == 2048 or (m == 8 and not silu)  # 1.5B qkv with RoPE + store; and on split-K tensor cores
         yield linear._linear_kernel, dict(
-            PDL=True, X=bf, W=bf, Bias=bf, Out=bf, Partial=f32, Counters=i32, M=m, N=n, K=k, stride_xm=k,
-            stride_om=n, up_row=n, k_per_split=triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k,
+            PDL=True, X=bf, W=bf, Bias=bf, Out=bf, Partial=f32, Counters=i32, Positions=i64, CosSin=f32, KPool=bf,
+            VPool=bf, Slots=i64, M=m, N=n, K=k, stride_xm=k, stride_om=n, up_row=n,
+            k_per_split=triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k,
+            stride_cs=128, stride_pk=256, stride_ph=128, stride_pvk=256, stride_pvh=128, q_size=1536, kv_size=256,
             HAS_BIAS=not silu, SILU_MUL=silu, SPLITS=cfg.split_k, EVEN_K=k % cfg.block_k == 0, USE_DOT=cfg.use_dot,
             DOT_F32=False, BLOCK_M=block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, VEC=8, PREFETCH=prefetch,
+            ROPE=rope, HALF=64 if rope else 1,
         ), dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     yield greedy._greedy_chunk_kernel, dict(PDL=True, Logits=bf, PartMax=f32, PartIdx=i32, PartSum=f32, vocab=151936,
                                             stride_b=151936, chunk=4096, num_chunks=38, BLOCK=2048), dict(num_warps=8)

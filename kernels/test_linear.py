@@ -14,8 +14,10 @@ import torch.nn.functional as F
 pytest.importorskip("triton")
 
 from litelang.kernels.linear import (  # noqa: E402
-    M_MAX, LinearConfig, linear, linear_ref, linear_silu_mul, linear_silu_mul_ref,
+    M_MAX, LinearConfig, linear, linear_ref, linear_rope_store, linear_rope_store_ref, linear_silu_mul,
+    linear_silu_mul_ref, split_qkv,
 )
+from litelang.kernels.rope import rope_cos_sin_cache  # noqa: E402
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 
@@ -93,6 +95,58 @@ def test_empty_batch(device):
     assert linear(torch.empty(0, 40, device=device), w).shape == (0, 24)
 
 
+# --- linear_rope_store ---------------------------------------------------------------------------
+
+
+def rope_case(m: int, q_heads: int, kv_heads: int, head_dim: int, k: int, dtype, device, bias: bool, seed: int = 0):
+    n = (q_heads + 2 * kv_heads) * head_dim
+    x = rand(m, k, seed=seed, device=device, dtype=dtype)
+    w = rand(n, k, seed=seed + 1, device=device, dtype=dtype, scale=k**-0.5)
+    b = rand(n, seed=seed + 2, device=device, dtype=dtype) if bias else None
+    g = torch.Generator().manual_seed(seed + 3)
+    positions = torch.randint(0, 50, (m,), generator=g).to(device)
+    slots = torch.randperm(3 * m + 2, generator=g)[:m].to(device)  # distinct, scattered
+    cos_sin = rope_cos_sin_cache(head_dim, 64, 10000.0, device)
+    pools = [rand(3 * m + 2, kv_heads, head_dim, seed=seed + 4 + i, device=device, dtype=dtype) for i in range(2)]
+    return x, w, b, positions, cos_sin, pools, slots
+
+
+def check_rope_store(args, q_heads: int, kv_heads: int, config: LinearConfig | None = None) -> None:
+    x, w, b, positions, cos_sin, pools, slots = args
+    head_dim = pools[0].shape[-1]
+    ref_pools = [p.clone() for p in pools]
+    want = linear_rope_store_ref(x, w, b, positions, cos_sin, *ref_pools, slots, q_heads, kv_heads)
+    got = linear_rope_store(x, w, b, positions, cos_sin, *pools, slots, q_heads, kv_heads, config=config)
+    check(split_qkv(got, q_heads, kv_heads, head_dim)[0], split_qkv(want, q_heads, kv_heads, head_dim)[0])
+    for p, ref in zip(pools, ref_pools):  # slots written, and no other
+        check(p, ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("m", [1, 3, 5])
+@pytest.mark.parametrize("heads", [(3, 1), (4, 2)], ids=["gqa3", "gqa2-2kv"])
+def test_linear_rope_store_matches_reference(device, dtype, m, heads):
+    """RoPE and the KV store in the projection's epilogue (split K in the interpreter's config,
+    so the last split to arrive runs it) against the projection then apply_rope_and_store_kv."""
+    check_rope_store(rope_case(m, *heads, 8, 40, dtype, device, bias=True, seed=m), *heads)
+
+
+@pytest.mark.parametrize("config", [
+    LinearConfig(block_n=16, block_k=16, split_k=1, use_dot=True),   # tensor cores, pairs of 2 heads
+    LinearConfig(block_n=2, block_k=32),                             # one pair per program, no split
+    LinearConfig(block_n=8, block_k=16, split_k=3),                  # 4 pairs of head_dim 4: two heads a program
+], ids=["dot", "one-pair", "heads-per-program"])
+@pytest.mark.parametrize("m", [1, 4])
+def test_linear_rope_store_explicit_configs(device, config, m):
+    head_dim = 4 if config.block_n == 8 else 8
+    check_rope_store(rope_case(m, 3, 1, head_dim, 48, torch.float32, device, bias=m == 1, seed=10 + m), 3, 1, config)
+
+
+def test_linear_rope_store_large_m_falls_back(device):
+    """Past M_MAX: cuBLAS, then the separate RoPE + store kernel; qkv's q equal all the same."""
+    check_rope_store(rope_case(M_MAX + 3, 3, 1, 8, 24, torch.float32, device, bias=True, seed=30), 3, 1)
+
+
 # --- GPU: real shapes --------------------------------------------------------------------------
 
 # (name, N, K, bias, silu_mul); for silu_mul N is the gate||up row count
@@ -137,6 +191,29 @@ def test_gpu_real_shapes(name, n, k, has_bias, silu_mul, m):
     torch.testing.assert_close(out, float_ref(x, w, bias, silu_mul), atol=2e-2, rtol=2e-2)
     # fixed-order split-K reduction: bitwise the same every run
     assert torch.equal(out, run(x, w, bias, silu_mul))
+
+
+@pytest.mark.parametrize("m", [1, 2, 4, 8, 16, 32])
+@pytest.mark.parametrize("name,k,q_heads,kv_heads", [("1.5b", 1536, 12, 2), ("7b", 3584, 28, 4)])
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_linear_rope_store(name, k, q_heads, kv_heads, m):
+    """The served qkv projection with RoPE + KV store (fused at small M) against the bf16
+    reference ops at real shapes: q, and the pool slots written."""
+    n = (q_heads + 2 * kv_heads) * 128
+    x, w, bias = gpu_case(n, k, m, True, seed=m)
+    g = torch.Generator(device="cuda").manual_seed(m)
+    positions = torch.randint(0, 4000, (m,), device="cuda", generator=g)
+    slots = torch.randperm(4 * m, device="cuda", generator=g)[:m]
+    cos_sin = rope_cos_sin_cache(128, 4096, 1e6, "cuda")
+    pools = [torch.randn(4 * m, kv_heads, 128, device="cuda", generator=g).bfloat16() for _ in range(2)]
+    ref_pools = [p.clone() for p in pools]
+    want = linear_rope_store_ref(x, w, bias, positions, cos_sin, *ref_pools, slots, q_heads, kv_heads)
+    got = linear_rope_store(x, w, bias, positions, cos_sin, *pools, slots, q_heads, kv_heads)
+    q_size = q_heads * 128
+    torch.testing.assert_close(got[:, :q_size], want[:, :q_size], atol=3e-2, rtol=3e-2)
+    for p, ref in zip(pools, ref_pools):
+        torch.testing.assert_close(p, ref, atol=3e-2, rtol=3e-2)
 
 
 @pytest.mark.gpu

@@ -12,10 +12,9 @@ from litelang.kernels.activation import silu_and_mul
 from litelang.kernels.attention import decode_attention, extend_attention
 from litelang.kernels.greedy import greedy_sample
 from litelang.kernels.kv_store import store_kv
-from litelang.kernels.linear import linear, linear_silu_mul
+from litelang.kernels.linear import linear, linear_rope_store, linear_silu_mul
 from litelang.kernels.rmsnorm import rms_norm
 from litelang.kernels.rope import apply_rope
-from litelang.kernels.rope_store import apply_rope_and_store_kv
 from litelang.kernels.sampling import apply_penalties, sample
 
 TRITON = KernelSet(
@@ -24,7 +23,6 @@ TRITON = KernelSet(
     apply_rope=apply_rope,
     silu_and_mul=silu_and_mul,
     store_kv=store_kv,
-    apply_rope_and_store_kv=apply_rope_and_store_kv,
     extend_attention=extend_attention,
     decode_attention=decode_attention,
     sample=sample,
@@ -32,4 +30,5 @@ TRITON = KernelSet(
     apply_penalties=apply_penalties,
     linear=linear,
     linear_silu_mul=linear_silu_mul,
+    linear_rope_store=linear_rope_store,
 )

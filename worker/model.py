@@ -99,7 +99,7 @@ class Qwen2Model:
         residual = None
         for i, w in enumerate(self.layers):
             h, residual = ks.rms_norm(hidden, w.input_norm, s.rms_norm_eps, residual)
-            h = self._attention(i, w, ks.linear(h, w.qkv_weight, w.qkv_bias), batch, k_pools[i], v_pools[i])
+            h = self._attention(i, w, h, batch, k_pools[i], v_pools[i])
             h, residual = ks.rms_norm(h, w.post_norm, s.rms_norm_eps, residual)
             h = ks.linear_silu_mul(h, w.gate_up_weight)
             hidden = self.tp.all_reduce(ks.linear(h, w.down_weight))
@@ -107,19 +107,17 @@ class Qwen2Model:
         return ks.linear(hidden[batch.logits_index], self.lm_head)
 
     def _attention(
-        self, i: int, w: LayerWeights, qkv: torch.Tensor, batch: ForwardBatch, k_pool: torch.Tensor, v_pool: torch.Tensor
+        self, i: int, w: LayerWeights, h: torch.Tensor, batch: ForwardBatch, k_pool: torch.Tensor, v_pool: torch.Tensor
     ) -> torch.Tensor:
-        """Attention from the q‖k‖v projection of a layer's normed input, through o (all-reduced)."""
+        """Attention over a layer's normed input h, from the q‖k‖v projection through o (all-reduced)."""
         ks, d = self.kernels, self.spec.head_dim
-        n = qkv.shape[0]
-        q_size, kv_size = self.num_local_heads * d, self.num_local_kv_heads * d
-        q = qkv[:, :q_size].reshape(n, self.num_local_heads, d)
-        k = qkv[:, q_size : q_size + kv_size].reshape(n, self.num_local_kv_heads, d)
-        v = qkv[:, q_size + kv_size :].reshape(n, self.num_local_kv_heads, d)
-        # q, k, v stay strided views of qkv: the kernels take strides, saving two copies a layer.
-        # One launch rotates q in place and puts rotated k and v in the pool; k itself may be left
-        # unrotated (attention reads keys from the pool).
-        ks.apply_rope_and_store_kv(q, k, v, batch.positions, self.cos_sin, k_pool, v_pool, batch.slots)
+        n = h.shape[0]
+        q_size = self.num_local_heads * d
+        # the projection, RoPE and the KV store (one launch at decode batch sizes): rotated k and
+        # v go to the pool, where attention reads them; of qkv only the q columns count after this
+        qkv = ks.linear_rope_store(h, w.qkv_weight, w.qkv_bias, batch.positions, self.cos_sin, k_pool, v_pool,
+                                   batch.slots, self.num_local_heads, self.num_local_kv_heads)
+        q = qkv[:, :q_size].view(n, self.num_local_heads, d)
 
         e = batch.num_extend_tokens
         parts = []
