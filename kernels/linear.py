@@ -117,10 +117,11 @@ def _linear_kernel(
     broadcast over the rows, so x and w tiles get the same register layout (no shuffles through
     shared memory) and a thread loads each x vector once for all its rows.
 
-    PREFETCH (FMA path): each iteration loads the next weight tile while it multiplies this one,
-    and the first tile is loaded before the PDL wait. Weights are never written by an earlier
-    kernel, so that read is safe, and a launch-latency-bound projection (1.5B qkv, o at M = 1)
-    streams its first tile while the kernel before it finishes."""
+    PREFETCH: the first weight tile is loaded before the PDL wait (weights are never written by
+    an earlier kernel, so that read is safe), so a launch-latency-bound projection (1.5B qkv, o)
+    streams while the kernel before it finishes. On the FMA path each iteration also loads the
+    next tile while it multiplies this one; tensor cores take the first tile out of their
+    (cp.async-pipelined) loop."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     if ROPE:
@@ -135,9 +136,16 @@ def _linear_kernel(
     offs_m = tl.arange(0, BLOCK_M)
     k_start = pid_k * k_per_split
     k_end = tl.minimum(k_start + k_per_split, K)
+    loop_start = k_start
     if USE_DOT:
         acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
         acc_up = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+        if PREFETCH:
+            offs_k0 = k_start + tl.arange(0, BLOCK_K)
+            w0 = _load_w_until(W, rows[:, None], offs_k0[None, :], K, k_end)
+            if SILU_MUL:
+                u0 = _load_w_until(W, (rows + up_row)[:, None], offs_k0[None, :], K, k_end)
+            loop_start = k_start + BLOCK_K
     else:
         acc = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K // VEC], dtype=tl.float32)
         acc_up = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K // VEC], dtype=tl.float32)
@@ -151,8 +159,16 @@ def _linear_kernel(
             w_next = _load_w_until(W, rows4, k_start + vec_cols, K, k_end)
             if SILU_MUL:
                 u_next = _load_w_until(W, rows4 + up_row, k_start + vec_cols, K, k_end)
+    if ROPE:  # written before the step's first kernel: as safe to read early as the weights
+        rope_in = _rope_inputs(Positions, Slots, CosSin, offs_m, pid_n, M, stride_cs, BLOCK_N, HALF)
     pdl_start(PDL)  # before reading anything an earlier kernel writes: see kernels/_triton.py
-    for k in range(k_start, k_end, BLOCK_K):
+    if USE_DOT and PREFETCH:
+        x0_mask = (offs_m < M)[:, None] & (offs_k0 < k_end)[None, :]
+        x0 = tl.load(X + offs_m.to(tl.int64)[:, None] * stride_xm + offs_k0[None, :], mask=x0_mask, other=0.0)
+        acc += _mma(w0, x0, DOT_F32)
+        if SILU_MUL:
+            acc_up += _mma(u0, x0, DOT_F32)
+    for k in range(loop_start, k_end, BLOCK_K):
         if USE_DOT:
             offs_k = k + tl.arange(0, BLOCK_K)
             x_mask = (offs_m < M)[:, None]
@@ -209,15 +225,13 @@ def _linear_kernel(
             tl.atomic_xchg(Counters + pid_n, 0)  # ready for the next launch
             acc = _epilogue(acc, acc_up, Bias, Out, offs_m, offs_n, out_mask, N, stride_om, HAS_BIAS, SILU_MUL, ROPE)
             if ROPE:
-                _rope_epilogue(acc, Out, Positions, CosSin, KPool, VPool, Slots, offs_m, pid_n, M, N, stride_om,
-                               stride_cs, stride_pk, stride_ph, stride_pvk, stride_pvh, q_size, kv_size,
-                               BLOCK_M, BLOCK_N, HALF)
+                _rope_epilogue(acc, rope_in, Out, KPool, VPool, offs_m, pid_n, M, N, stride_om, stride_pk, stride_ph,
+                               stride_pvk, stride_pvh, q_size, kv_size, BLOCK_M, BLOCK_N, HALF)
     else:
         acc = _epilogue(acc, acc_up, Bias, Out, offs_m, offs_n, out_mask, N, stride_om, HAS_BIAS, SILU_MUL, ROPE)
         if ROPE:
-            _rope_epilogue(acc, Out, Positions, CosSin, KPool, VPool, Slots, offs_m, pid_n, M, N, stride_om,
-                           stride_cs, stride_pk, stride_ph, stride_pvk, stride_pvh, q_size, kv_size,
-                           BLOCK_M, BLOCK_N, HALF)
+            _rope_epilogue(acc, rope_in, Out, KPool, VPool, offs_m, pid_n, M, N, stride_om, stride_pk, stride_ph,
+                           stride_pvk, stride_pvh, q_size, kv_size, BLOCK_M, BLOCK_N, HALF)
 
 
 @triton.jit
@@ -238,22 +252,30 @@ def _epilogue(acc, acc_up, Bias, Out, offs_m, offs_n, out_mask, N, stride_om, HA
 
 
 @triton.jit
-def _rope_epilogue(acc, Out, Positions, CosSin, KPool, VPool, Slots, offs_m, pid_n, M, N, stride_om, stride_cs,
-                   stride_pk, stride_ph, stride_pvk, stride_pvh, q_size, kv_size,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HALF: tl.constexpr):
-    """apply_rope_and_store_kv on this program's columns of q||k||v, with the reference's
-    roundings (the projection to the model dtype, then rotate in float32): rotated q into Out,
-    rotated k and plain v into their pool slots. acc's columns are (d, d + HALF) pairs."""
-    dtype = Out.dtype.element_ty
-    lo, hi = tl.split(tl.reshape(acc.to(dtype).to(tl.float32), [BLOCK_M, BLOCK_N // 2, 2]))
-    pair = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
-    d = pair % HALF
-    n_lo = (pair // HALF) * (2 * HALF) + d  # column of the pair's first element
+def _rope_inputs(Positions, Slots, CosSin, offs_m, pid_n, M, stride_cs, BLOCK_N: tl.constexpr, HALF: tl.constexpr):
+    """(slot [BLOCK_M, 1], cos, sin [BLOCK_M, BLOCK_N // 2]) of this program's tokens and pairs."""
+    d = (pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)) % HALF
     m_ok = offs_m < M
     pos = tl.load(Positions + offs_m, mask=m_ok, other=0).to(tl.int64)[:, None]
     slot = tl.load(Slots + offs_m, mask=m_ok, other=0).to(tl.int64)[:, None]
     cos = tl.load(CosSin + pos * stride_cs + d[None, :])
     sin = tl.load(CosSin + pos * stride_cs + HALF + d[None, :])
+    return slot, cos, sin
+
+
+@triton.jit
+def _rope_epilogue(acc, rope_in, Out, KPool, VPool, offs_m, pid_n, M, N, stride_om, stride_pk, stride_ph, stride_pvk,
+                   stride_pvh, q_size, kv_size, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HALF: tl.constexpr):
+    """apply_rope_and_store_kv on this program's columns of q||k||v, with the reference's
+    roundings (the projection to the model dtype, then rotate in float32): rotated q into Out,
+    rotated k and plain v into their pool slots. acc's columns are (d, d + HALF) pairs."""
+    dtype = Out.dtype.element_ty
+    slot, cos, sin = rope_in
+    lo, hi = tl.split(tl.reshape(acc.to(dtype).to(tl.float32), [BLOCK_M, BLOCK_N // 2, 2]))
+    pair = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+    d = pair % HALF
+    n_lo = (pair // HALF) * (2 * HALF) + d  # column of the pair's first element
+    m_ok = offs_m < M
     is_v = (n_lo >= q_size + kv_size)[None, :]
     out_lo = tl.where(is_v, lo, lo * cos - hi * sin).to(dtype)
     out_hi = tl.where(is_v, hi, hi * cos + lo * sin).to(dtype)
