@@ -49,8 +49,13 @@ INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # Programmatic dependent launch (Hopper and later): a decode step is a chain of a few hundred
 # microsecond kernels, and each launch waits for the previous kernel to drain. With PDL the next
 # kernel is launched while the previous one runs and waits on the GPU instead (`pdl_start`).
-# Every kernel launched with `pdl_launch()` must call pdl_start before touching memory.
-# LITELANG_PDL=0 turns it off.
+# Every kernel launched with `pdl_launch()` must call pdl_start before reading anything the kernel
+# just before it may write, and before writing anything. Before it, a kernel may read what is
+# never written during a step (weights, the RoPE table) and what was written two or more kernels
+# earlier: kernel N can only start once every program of kernel N-1 has passed its own pdl_start,
+# that is, once kernel N-2 has finished (a kernel without PDL finishes before the next starts).
+# The step's inputs (positions, slots, lengths, the req->slot table) are written before the
+# embedding, so layer kernels may read them early too. LITELANG_PDL=0 turns it off.
 _pdl: bool | None = None
 
 

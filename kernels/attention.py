@@ -283,31 +283,34 @@ def _decode_split_kernel(
     """Program (request, kv head, split): every query head of the kv head's group against one
     slice of the context. Unnormalized partial results go to scratch for the merge, unless the
     request has a single split: then the normalized output goes straight to Out. FUSED_MERGE:
-    the last split to finish merges its group's partials (num_splits <= SPLITS_PAD)."""
-    pdl_start(PDL)  # before any memory access: see kernels/_triton.py
+    the last split to finish merges its group's partials (num_splits <= SPLITS_PAD).
+
+    Before the PDL wait it reads only what the step's first kernels wrote (seq_len, the row,
+    the first block's slot numbers: the req->slot table and the lengths are written before the
+    embedding), so that chain of dependent loads overlaps the kernel before; q and the keys and
+    values (this token's come from the kernel before) are read after it."""
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
-    # the row and q are loaded beside seq_len, not after it: one memory round trip fewer on the
-    # path of a launch-bound step (programs that turn out empty load them for nothing)
     seq_len = tl.load(SeqLens + b).to(tl.int32)
     slot_row = ReqToSlot + tl.load(ReqRows + b).to(tl.int64) * stride_r
+    split_len = _split_len(seq_len, num_splits, BLOCK_N)
+    n_splits = (seq_len + split_len - 1) // split_len  # 0 for an empty context
+    start = split * split_len
+    end = tl.minimum(start + split_len, seq_len)
+    if PREFETCH:
+        n = start + tl.arange(0, BLOCK_N)
+        next_slot = tl.load(slot_row + n, mask=n < end, other=0)
+    pdl_start(PDL)  # before reading q, K or V: see kernels/_triton.py
     g = tl.arange(0, GROUP_PAD)
     d = tl.arange(0, HEAD_DIM)
     heads = kvh * GROUP + g
     g_mask = g < GROUP
     q = tl.load(Q + b.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + d[None, :], mask=g_mask[:, None], other=0.0)
-    split_len = _split_len(seq_len, num_splits, BLOCK_N)
-    n_splits = (seq_len + split_len - 1) // split_len  # 0 for an empty context
     if split < tl.maximum(n_splits, 1):  # splits past the context do nothing
-        start = split * split_len
-        end = tl.minimum(start + split_len, seq_len)
         m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
         l_i = tl.zeros([GROUP_PAD], tl.float32)
         acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
-        if PREFETCH:
-            n = start + tl.arange(0, BLOCK_N)
-            next_slot = tl.load(slot_row + n, mask=n < end, other=0)
         for n0 in range(start, end, BLOCK_N):
             n = n0 + tl.arange(0, BLOCK_N)
             n_mask = n < end

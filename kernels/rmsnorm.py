@@ -37,10 +37,11 @@ def _rms_norm_kernel(
     PDL: tl.constexpr,
 ):
     """One program per token row; the whole row sits in registers (hidden <= BLOCK)."""
-    pdl_start(PDL)  # before any memory access: see kernels/_triton.py
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < hidden
+    w = tl.load(Weight + offs, mask=mask, other=0.0)  # a weight: safe to read before the wait
+    pdl_start(PDL)  # before reading x or the residual: see kernels/_triton.py
     x = tl.load(X + row * stride_x + offs, mask=mask, other=0.0)
     if HAS_RESIDUAL:
         r = tl.load(Residual + row * stride_r + offs, mask=mask, other=0.0)
@@ -50,7 +51,6 @@ def _rms_norm_kernel(
     xf = x.to(tl.float32)
     inv_rms = tl.rsqrt(tl.sum(xf * xf, axis=0) / hidden + eps)
     normed = (xf * inv_rms).to(X.dtype.element_ty)
-    w = tl.load(Weight + offs, mask=mask, other=0.0)
     out = w.to(tl.float32) * normed.to(tl.float32)
     tl.store(Out + row * stride_o + offs, out.to(Out.dtype.element_ty), mask=mask)
 
