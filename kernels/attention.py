@@ -226,8 +226,10 @@ def extend_attention(
 # A request that fits one split (or has none, a padding row) is normalized and written by its
 # split program. Otherwise the splits' partial results are merged (log-sum-exp), either by the
 # last split program of the (request, kv head) to finish (an integer counter; no second launch:
-# batch 40 x 600-1200 tokens, 4 splits, 21.1 vs 22.4 us on an H100) when num_splits is small,
-# or by a merge launch (a wide merge tile would cost the split kernel registers).
+# batch 40 x 600-1200 tokens, 4 splits, 21.1 vs 22.4 us on an H100), reading the partials 8
+# splits at a time, so the merge costs registers for 8 whatever num_splits is, and a short
+# context (few of its splits used) one pass. Only past fused_merge_max splits (tests, tuning)
+# does a merge kernel run: at batch 1 it used to be one launch more per layer.
 
 
 class DecodeConfig(NamedTuple):
@@ -235,7 +237,7 @@ class DecodeConfig(NamedTuple):
     num_warps: int = 4
     num_stages: int = 3
     prefetch: bool = True  # load the next block's slot indices before this block's K and V
-    fused_merge_max: int = 8  # merge in the split kernel up to this many splits, else a merge launch
+    fused_merge_max: int = 64  # merge in the split kernel up to this many splits, else a merge launch
 
 
 @triton.jit
@@ -247,26 +249,32 @@ def _split_len(seq_len, num_splits, BLOCK_N: tl.constexpr):
 
 @triton.jit
 def _merge_splits(PartAcc, PartMax, PartSum, Out, stride_oh, first_part, n_heads, n_splits, num_splits,
-                  HEADS_PAD: tl.constexpr, SPLITS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr):
+                  HEADS_PAD: tl.constexpr, CHUNK: tl.constexpr, HEAD_DIM: tl.constexpr):
     """The fused merge: log-sum-exp merge of the n_splits (>= 2) partials of n_heads heads,
-    scratch rows from first_part on, into Out[h]. All in one tile, every load in flight at once
-    (num_splits <= SPLITS_PAD). The order of the sums is fixed: the result does not depend on
-    which split program arrives last."""
+    scratch rows from first_part on, into Out[h]; CHUNK splits at a time, every load of a chunk
+    in flight at once (short contexts use few splits: one chunk). The order of the sums is
+    fixed: the result does not depend on which split program arrives last."""
     h = tl.arange(0, HEADS_PAD)
-    s = tl.arange(0, SPLITS_PAD)
     d = tl.arange(0, HEAD_DIM)
-    part = (first_part + h * num_splits)[:, None] + s[None, :]  # [heads, splits]
     h_mask = h < n_heads
-    valid = h_mask[:, None] & (s < n_splits)[None, :]
-    # .cg: from L2, where the other programs' partials are (not a stale L1 line)
-    m_s = tl.load(PartMax + part, mask=valid, other=float("-inf"), cache_modifier=".cg")
-    l_s = tl.load(PartSum + part, mask=valid, other=0.0, cache_modifier=".cg")
-    acc_s = tl.load(PartAcc + part[:, :, None] * HEAD_DIM + d[None, None, :], mask=valid[:, :, None], other=0.0,
-                    cache_modifier=".cg")
-    m = tl.where(h_mask, tl.max(m_s, axis=1), 0.0)  # finite: every valid split holds a key
-    w = tl.where(valid, tl.exp2(m_s - m[:, None]), 0.0)
-    l = tl.sum(l_s * w, axis=1)
-    acc = tl.sum(acc_s * w[:, :, None], axis=1)
+    m = tl.full([HEADS_PAD], float("-inf"), tl.float32)
+    l = tl.zeros([HEADS_PAD], tl.float32)
+    acc = tl.zeros([HEADS_PAD, HEAD_DIM], tl.float32)
+    for c in range(0, n_splits, CHUNK):
+        s = c + tl.arange(0, CHUNK)
+        part = (first_part + h * num_splits)[:, None] + s[None, :]  # [heads, splits]
+        valid = h_mask[:, None] & (s < n_splits)[None, :]
+        # .cg: from L2, where the other programs' partials are (not a stale L1 line)
+        m_s = tl.load(PartMax + part, mask=valid, other=float("-inf"), cache_modifier=".cg")
+        l_s = tl.load(PartSum + part, mask=valid, other=0.0, cache_modifier=".cg")
+        acc_s = tl.load(PartAcc + part[:, :, None] * HEAD_DIM + d[None, None, :], mask=valid[:, :, None], other=0.0,
+                        cache_modifier=".cg")
+        m_new = tl.where(h_mask, tl.maximum(m, tl.max(m_s, axis=1)), 0.0)  # finite: the first chunk holds keys
+        rescale = tl.exp2(m - m_new)  # 0 on the first chunk (m = -inf)
+        w = tl.where(valid, tl.exp2(m_s - m_new[:, None]), 0.0)
+        l = l * rescale + tl.sum(l_s * w, axis=1)
+        acc = acc * rescale[:, None] + tl.sum(acc_s * w[:, :, None], axis=1)
+        m = m_new
     out = acc / tl.where(h_mask, l, 1.0)[:, None]
     tl.store(Out + h[:, None] * stride_oh + d[None, :], out.to(Out.dtype.element_ty), mask=h_mask[:, None])
 
@@ -277,13 +285,13 @@ def _decode_split_kernel(
     stride_qb, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ob, stride_oh, stride_r,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
     DOT_F32: tl.constexpr, PREFETCH: tl.constexpr, FUSED_MERGE: tl.constexpr, MERGE_G: tl.constexpr,
-    SPLITS_PAD: tl.constexpr,
+    MERGE_CHUNK: tl.constexpr,
     PDL: tl.constexpr,
 ):
     """Program (request, kv head, split): every query head of the kv head's group against one
     slice of the context. Unnormalized partial results go to scratch for the merge, unless the
     request has a single split: then the normalized output goes straight to Out. FUSED_MERGE:
-    the last split to finish merges its group's partials (num_splits <= SPLITS_PAD).
+    the last split to finish merges its group's partials, MERGE_CHUNK splits at a time.
 
     Before the PDL wait it reads only what the step's first kernels wrote (seq_len, the row,
     the first block's slot numbers: the req->slot table and the lengths are written before the
@@ -346,7 +354,7 @@ def _decode_split_kernel(
                 if arrived == n_splits - 1:  # the last split of the pair: all partials are out
                     tl.atomic_xchg(Counters + pair, 0)  # ready for the next launch
                     _merge_splits(PartAcc, PartMax, PartSum, Out + b.to(tl.int64) * stride_ob + kvh * GROUP * stride_oh,
-                                  stride_oh, first_part, GROUP, n_splits, num_splits, MERGE_G, SPLITS_PAD, HEAD_DIM)
+                                  stride_oh, first_part, GROUP, n_splits, num_splits, MERGE_G, MERGE_CHUNK, HEAD_DIM)
 
 
 @triton.jit
@@ -413,6 +421,9 @@ def decode_num_splits(batch: int, kv_heads: int, max_context: int, block_n: int,
     return max(1, min(max_splits or DECODE_MAX_SPLITS, target // max(1, batch * kv_heads), blocks))
 
 
+# splits the fused merge reads at a time: [8 heads, 8 splits, 128] float32 partials in registers
+FUSED_MERGE_CHUNK = 8
+
 # per-(request, kv head) split counters of the fused merge
 _COUNTERS = LaunchCounters("decode_attention")
 
@@ -472,7 +483,7 @@ def _decode_launch(q, k_pool, v_pool, req_to_slot, req_rows, seq_lens, scale: fl
         # tl.dot needs at least 16 rows: a group of 6 or 7 pads to 16 (free: decode waits on memory)
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK_N=cfg.block_n, DOT_F32=INTERPRET or q.dtype == torch.float32, PREFETCH=cfg.prefetch,
-        FUSED_MERGE=fused, MERGE_G=triton.next_power_of_2(group), SPLITS_PAD=splits_pad if fused else 1,
+        FUSED_MERGE=fused, MERGE_G=triton.next_power_of_2(group), MERGE_CHUNK=min(splits_pad, FUSED_MERGE_CHUNK) if fused else 1,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_launch(),
     )
     if num_splits > 1 and not fused:  # every request fits one split otherwise: already written

@@ -121,18 +121,20 @@ def test_decode_num_splits_policy(monkeypatch):
     assert attention.decode_num_splits(4096, 2, 32768, 64) == 1
 
 
-@pytest.mark.parametrize("prefetch", [True, False])
-def test_decode_fused_merge_equals_merge_launch(device, monkeypatch, prefetch):
+@pytest.mark.parametrize("prefetch,num_splits", [(True, 8), (False, 8), (True, 20)],
+                         ids=["prefetch", "no-prefetch", "chunks"])
+def test_decode_fused_merge_equals_merge_launch(device, monkeypatch, prefetch, num_splits):
     """Up to fused_merge_max splits, the last split program of each (request, kv head) merges:
     no merge launch, the same result as the merge launch, and its counters are back at zero
-    for the next launch (run twice). Both with and without the slot prefetch."""
+    for the next launch (run twice). With and without the slot prefetch; 20 splits: the merge
+    reads the partials in several chunks (FUSED_MERGE_CHUNK)."""
     lens = [0, 1, 16, 17, 100, 255, 256, 64]
     k_pool, v_pool, r2s, rows = make_pool(device, torch.float32, 2, 16, lens, seed=21)
     seq_lens = torch.tensor(lens, device=device, dtype=torch.int32)
     q = torch.randn(len(lens), 12, 16, generator=torch.Generator().manual_seed(22)).to(device)
     args = (q, k_pool, v_pool, r2s, rows, seq_lens, 0.25)
     cfg = attention._decode_config(torch.float32)._replace(prefetch=prefetch)
-    launched = attention._decode_launch(*args, cfg._replace(fused_merge_max=0), 8)  # a merge launch
+    launched = attention._decode_launch(*args, cfg._replace(fused_merge_max=0), num_splits)  # a merge launch
 
     class NoLaunch:
         def __getitem__(self, grid):
@@ -140,7 +142,7 @@ def test_decode_fused_merge_equals_merge_launch(device, monkeypatch, prefetch):
 
     monkeypatch.setattr(attention, "_decode_merge_kernel", NoLaunch())
     for _ in range(2):
-        fused = attention._decode_launch(*args, cfg._replace(fused_merge_max=8), 8)
+        fused = attention._decode_launch(*args, cfg._replace(fused_merge_max=num_splits), num_splits)
         torch.testing.assert_close(fused, launched, atol=1e-5, rtol=1e-5)  # the sums' order may differ
         assert not attention._COUNTERS[q.device].any()
     ref = decode_attention_ref(q, k_pool, v_pool, r2s, rows, seq_lens, 0.25)
