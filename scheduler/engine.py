@@ -67,6 +67,9 @@ class Engine:
         self._to_release: list[int] = []
         # per step sent whose reply is not processed yet: the prompt tokens it reads
         self._inflight: collections.deque[int] = collections.deque()
+        # prompt + output tokens a request may reach: the config's lengths, capped by the workers'
+        # (the model's positions) once they are connected
+        self.max_context = cfg.max_context
         self._next_rid = 1
         self._step_id = 0
         self._wake = asyncio.Event()
@@ -109,6 +112,13 @@ class Engine:
             raise RejectedError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"the waiting queue is full ({self.cfg.max_reqs} requests, max_reqs); retry later",
+            )
+        if len(req.prompt_ids) >= self.max_context:
+            raise RejectedError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the prompt has {len(req.prompt_ids)} tokens but this server's context holds {self.max_context} "
+                f"(prompt and output together, the model's positions or max_input_length + max_output_length); "
+                f"send at most {self.max_context - 1} prompt tokens",
             )
         need = len(req.prompt_ids) + req.sampling.max_new_tokens
         if need > self.capacity:
@@ -296,6 +306,7 @@ class Engine:
             await asyncio.sleep(1.0)
             return
         self._reset_kv(int(info.kv_slots))
+        self.max_context = min(self.cfg.max_context, int(info.max_context) or self.cfg.max_context)
         self._to_release.clear()
         self._inflight.clear()
         self.healthy = True
@@ -361,7 +372,7 @@ class Engine:
     def _wants_more(self, r: Request) -> bool:
         """False once the tokens in flight already reach max_new_tokens or the context limit."""
         produced = len(r.output_ids) + r.pending_samples
-        return produced < r.sampling.max_new_tokens and len(r.prompt_ids) + produced < self.cfg.max_context
+        return produced < r.sampling.max_new_tokens and len(r.prompt_ids) + produced < self.max_context
 
     def _fits(self, cand: Request, budget: int, peak: PeakCheck) -> bool:
         target = len(cand.prompt_ids) + len(cand.output_ids)
@@ -441,7 +452,7 @@ class Engine:
             r.text += r.detokenizer.add(token)
             if s.stop and n > s.min_new_tokens and self._cut_stop_string(r, before):
                 finish = pb.FINISH_REASON_STOP_STRING
-            elif n >= s.max_new_tokens or len(r.prompt_ids) + n >= self.cfg.max_context:
+            elif n >= s.max_new_tokens or len(r.prompt_ids) + n >= self.max_context:
                 finish = pb.FINISH_REASON_LENGTH
         r.unsent_ids.append(token)
         if s.logprobs:

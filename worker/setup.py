@@ -35,12 +35,18 @@ def pick_dtype(cfg: LitelangConfig, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def max_context(cfg: LitelangConfig, spec: Qwen2Spec) -> int:
+    """Tokens of prompt and output together: the configured lengths, but no more than the model
+    has positions (RoPE's table ends there). Reported to the scheduler in InitResponse."""
+    return min(cfg.max_context, spec.max_position_embeddings)
+
+
 def measure_graph_memory(model: Qwen2Model, kernels, cfg: LitelangConfig) -> int:
     """Bytes the decode CUDA graphs take, measured by capturing them once over a small pool."""
     spec = model.spec
     free_before = torch.cuda.mem_get_info()[0]
     pool = KVPool(spec.num_layers, 1024, model.num_local_kv_heads, spec.head_dim, model.dtype, model.device)
-    runner = ModelRunner(model, pool, kernels, cfg.max_batch_size, cfg.max_context)
+    runner = ModelRunner(model, pool, kernels, cfg.max_batch_size, max_context(cfg, spec))
     graphs = DecodeGraphs(runner)
     graphs.capture()
     used = free_before - torch.cuda.mem_get_info()[0]
@@ -58,10 +64,11 @@ def build_runner(cfg: LitelangConfig, rank: int) -> ModelRunner:
     master = cfg.workers[0].rsplit(":", 1)[0] if cfg.workers else cfg.worker_host
     tp = init_tp_group(rank, cfg.tp, master, cfg.dist_port, device)
     spec = Qwen2Spec.from_dir(cfg.model)
-    if cfg.max_context > spec.max_position_embeddings:
+    context = max_context(cfg, spec)
+    if context < cfg.max_context:
         log.warning(
-            "max_input_length + max_output_length = %d exceeds the model's %d positions",
-            cfg.max_context, spec.max_position_embeddings,
+            "max_input_length + max_output_length = %d exceeds the model's %d positions: requests are "
+            "limited to %d tokens of prompt and output together", cfg.max_context, context, context,
         )
     kernels = kernel_set(use_triton=device.type == "cuda")
     model = Qwen2Model(spec, kernels, tp, device, dtype)
@@ -70,10 +77,10 @@ def build_runner(cfg: LitelangConfig, rank: int) -> ModelRunner:
     use_graphs = device.type == "cuda" and cfg.cuda_graphs
     reserve = measure_graph_memory(model, kernels, cfg) if use_graphs and not cfg.kv_slots else 0
     slots = choose_num_slots(
-        device, per_slot, cfg.mem_usage, cfg.kv_slots, 2 * cfg.max_batch_size * cfg.max_context, reserve
+        device, per_slot, cfg.mem_usage, cfg.kv_slots, 2 * cfg.max_batch_size * context, reserve
     )
     pool = KVPool(spec.num_layers, slots, model.num_local_kv_heads, spec.head_dim, dtype, device)
-    runner = ModelRunner(model, pool, kernels, cfg.max_batch_size, cfg.max_context)
+    runner = ModelRunner(model, pool, kernels, cfg.max_batch_size, context)
     if use_graphs:
         runner.graphs = DecodeGraphs(runner)
         runner.graphs.capture()
