@@ -9,6 +9,7 @@ How optimistic b_i is depends on the pool's load; the exact rule is in docs/ARCH
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 # share of its remaining max_new_tokens a request is expected to still produce while the pool
 # is lightly used (most requests stop at EOS well before max_new_tokens)
@@ -40,21 +41,27 @@ class PeakCheck:
     candidate: a burst of 128 arrivals against 128 running requests would otherwise cost
     milliseconds of Python while the GPU waits for the step."""
 
-    def __init__(self, capacity: int, busy_scale: float, held_and_remaining: list[tuple[int, int]]):
+    def __init__(self, capacity: int, busy_scale: float, held_and_remaining: Callable[[], list[tuple[int, int]]]):
+        """held_and_remaining: the running requests' entries, asked for at the first check (a
+        step with nobody waiting never builds them)."""
         self.capacity, self.busy_scale = capacity, busy_scale
-        self._requests = list(held_and_remaining)
+        self._running = held_and_remaining
+        self._requests: list[tuple[int, int]] | None = None
         self._estimated: dict[bool, list[tuple[int, int]]] = {}
 
     def fits(self, held: int, remaining: int, used: int) -> bool:
         """Whether admitting a request holding `held` slots with `remaining` output to come
         keeps the peak within capacity, with `used` slots in use now."""
         busy = used >= self.busy_scale * self.capacity
+        if self._requests is None:
+            self._requests = list(self._running())
         if busy not in self._estimated:
             self._estimated[busy] = [(a, _expected(b, busy)) for a, b in self._requests]
         return future_peak(self._estimated[busy] + [(held, _expected(remaining, busy))]) <= self.capacity
 
     def add(self, held: int, remaining: int) -> None:
-        """An admitted candidate joins the running requests."""
+        """An admitted candidate joins the running requests (after a fits check)."""
+        assert self._requests is not None, "add after fits"
         self._requests.append((held, remaining))
         for busy, estimated in self._estimated.items():
             estimated.append((held, _expected(remaining, busy)))

@@ -336,8 +336,8 @@ class Engine:
                 budget -= self._add_extend(step, r, budget, is_new=False)
 
         # 3. admit new requests FCFS
-        peak = PeakCheck(self.capacity, self.cfg.busy_scale, [(r.prefill_target + len(r.output_ids), r.remaining_output)
-                                                              for r in self.running])
+        peak = PeakCheck(self.capacity, self.cfg.busy_scale, lambda: [
+            (r.prefill_target + len(r.output_ids), r.remaining_output) for r in self.running])
         while self.waiting and len(self.running) < self.cfg.max_batch_size and budget > 0:
             r = self.waiting[0]
             if not self._fits(r, budget, peak):

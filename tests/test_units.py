@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from litelang.configs.schema import LitelangConfig, add_config_args, config_from_args
 from litelang.proto import litelang_pb2 as pb
-from litelang.scheduler.admission import expected_remaining, future_peak
+from litelang.scheduler.admission import PeakCheck, expected_remaining, future_peak
 from litelang.scheduler.detokenizer import ByteLevelDetokenizer, IncrementalDetokenizer
 from litelang.scheduler.kv_allocator import OutOfSlots, SlotAllocator
 from litelang.scheduler.validation import InvalidRequest, check_prompt, resolve_sampling
@@ -246,6 +246,23 @@ def test_future_peak_ignores_order(requests, rnd):
     shuffled = list(requests)
     rnd.shuffle(shuffled)
     assert future_peak(shuffled) == future_peak(requests)
+
+
+@settings(max_examples=200, deadline=None)
+@given(REQS, st.lists(st.tuples(st.integers(0, 50), st.integers(0, 40), st.integers(0, 120)), max_size=8))
+def test_peak_check_equals_future_peak_of_fresh_estimates(running, candidates):
+    """PeakCheck (estimates made once per load level, admitted candidates appended) answers as
+    future_peak over estimates made afresh for every candidate, as admission did before."""
+    capacity, busy_scale = 120, 0.5
+    check = PeakCheck(capacity, busy_scale, lambda: list(running))
+    admitted = list(running)
+    for held, remaining, used in candidates:
+        est = lambda b: expected_remaining(b, used, capacity, busy_scale)  # noqa: E731
+        fresh = future_peak([(a, est(b)) for a, b in admitted] + [(held, est(remaining))]) <= capacity
+        assert check.fits(held, remaining, used) == fresh
+        if fresh:
+            check.add(held, remaining)
+            admitted.append((held, remaining))
 
 
 def test_expected_remaining_is_optimistic_only_when_lightly_used():
