@@ -81,11 +81,22 @@ except ImportError:  # pragma: no cover - no triton, or one without grid depende
 
 
 @triton.jit
-def pdl_start(PDL: tl.constexpr):
-    """Wait until the previous kernel's writes are visible, then let the next kernel launch (it
-    too waits here before it reads anything). A no-op without PDL."""
+def pdl_start(PDL: tl.constexpr, RELEASE: tl.constexpr = True):
+    """Wait until the previous kernel's writes are visible, then (RELEASE) let the next kernel
+    launch (it too waits here before it reads anything). A no-op without PDL. Kernels holding
+    much shared memory per program pass RELEASE=False and call pdl_release after their main
+    loop: the next kernel's programs occupy SM slots while they wait, and would take them from
+    this kernel's later programs."""
     if PDL:
         gdc_wait()
+        if RELEASE:
+            gdc_launch_dependents()
+
+
+@triton.jit
+def pdl_release(PDL: tl.constexpr):
+    """Let the next kernel launch (after pdl_start(PDL, RELEASE=False))."""
+    if PDL:
         gdc_launch_dependents()
 
 
@@ -116,4 +127,4 @@ class LaunchCounters:
         return buf
 
 
-__all__ = ["INTERPRET", "LaunchCounters", "pdl_enabled", "pdl_launch", "pdl_start", "tl", "triton"]
+__all__ = ["INTERPRET", "LaunchCounters", "pdl_enabled", "pdl_launch", "pdl_release", "pdl_start", "tl", "triton"]

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from litelang.kernels._triton import INTERPRET, LaunchCounters, pdl_launch, pdl_start, tl, triton
+from litelang.kernels._triton import INTERPRET, LaunchCounters, pdl_launch, pdl_release, pdl_start, tl, triton
 from litelang.kernels.activation import silu_and_mul, silu_and_mul_ref
 from litelang.kernels.rope_store import apply_rope_and_store_kv, apply_rope_and_store_kv_ref
 
@@ -103,7 +103,7 @@ def _linear_kernel(
     HAS_BIAS: tl.constexpr, SILU_MUL: tl.constexpr, SPLITS: tl.constexpr, EVEN_K: tl.constexpr,
     USE_DOT: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, VEC: tl.constexpr, PREFETCH: tl.constexpr, ROPE: tl.constexpr, HALF: tl.constexpr,
-    PDL: tl.constexpr,
+    LATE_RELEASE: tl.constexpr, PDL: tl.constexpr,
 ):
     """Program (row block, split): out[:, rows] over K columns [k_per_split * split, ...). With
     SILU_MUL the rows are gate rows and rows + up_row their up rows. ROPE: the q||k||v
@@ -155,7 +155,9 @@ def _linear_kernel(
                 u_next = _load_w_until(W, rows4 + up_row, k_start + vec_cols, K, k_end)
     if ROPE:  # written before the step's first kernel: as safe to read early as the weights
         rope_in = _rope_inputs(Positions, Slots, CosSin, offs_m, pid_n, M, stride_cs, BLOCK_N, HALF)
-    pdl_start(PDL)  # before reading anything an earlier kernel writes: see kernels/_triton.py
+    # before reading anything an earlier kernel writes (kernels/_triton.py); the tensor-core
+    # path's programs hold ~100 KB of shared memory: the next kernel launches after its loop
+    pdl_start(PDL, RELEASE=not (USE_DOT and LATE_RELEASE))
     for k in range(k_start, k_end, BLOCK_K):
         if USE_DOT:
             offs_k = k + tl.arange(0, BLOCK_K)
@@ -184,6 +186,8 @@ def _linear_kernel(
             if SILU_MUL:
                 acc_up += tl.sum(u.to(tl.float32) * x, axis=3)
     if USE_DOT:
+        if LATE_RELEASE:
+            pdl_release(PDL)
         acc = tl.trans(acc)
         acc_up = tl.trans(acc_up)
     else:
@@ -423,6 +427,10 @@ def pick_config(m: int, n: int, k: int, silu_mul: bool = False) -> LinearConfig 
 # the FMA path's weight prefetch (LITELANG_LINEAR_PREFETCH=0: off, for comparisons)
 PREFETCH = os.environ.get("LITELANG_LINEAR_PREFETCH", "1") == "1"
 
+# the tensor-core path lets the next kernel launch only after its main loop (LITELANG_LATE_RELEASE=0:
+# right after its PDL wait, as the other kernels do; for comparisons)
+LATE_RELEASE = os.environ.get("LITELANG_LATE_RELEASE", "1") == "1"
+
 # per-row-block split-K counters
 _COUNTERS = LaunchCounters("linear")
 
@@ -467,7 +475,7 @@ def _launch(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, n: int,
         HAS_BIAS=bias is not None, SILU_MUL=silu_mul, SPLITS=cfg.split_k, EVEN_K=k % cfg.block_k == 0,
         USE_DOT=cfg.use_dot, DOT_F32=INTERPRET or x.dtype == torch.float32, BLOCK_M=block_m,
         BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, VEC=16 // x.element_size(), PREFETCH=PREFETCH,
-        ROPE=rope is not None, HALF=rope.k_pool.shape[-1] // 2 if rope else 1,
+        ROPE=rope is not None, HALF=rope.k_pool.shape[-1] // 2 if rope else 1, LATE_RELEASE=LATE_RELEASE,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_launch(),
     )
     return out

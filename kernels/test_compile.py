@@ -116,7 +116,7 @@ def _cases():
             stride_cs=128, stride_pk=256, stride_ph=128, stride_pvk=256, stride_pvh=128, q_size=1536, kv_size=256,
             HAS_BIAS=not silu, SILU_MUL=silu, SPLITS=cfg.split_k, EVEN_K=k % cfg.block_k == 0, USE_DOT=cfg.use_dot,
             DOT_F32=False, BLOCK_M=block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, VEC=8, PREFETCH=prefetch,
-            ROPE=rope, HALF=64 if rope else 1,
+            ROPE=rope, HALF=64 if rope else 1, LATE_RELEASE=True,
         ), dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     yield greedy._greedy_chunk_kernel, dict(PDL=True, Logits=bf, PartMax=f32, PartIdx=i32, PartSum=f32, vocab=151936,
                                             stride_b=151936, chunk=4096, num_chunks=38, BLOCK=2048), dict(num_warps=8)
