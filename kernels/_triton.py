@@ -80,6 +80,11 @@ except ImportError:  # pragma: no cover - no triton, or one without grid depende
     gdc_launch_dependents = gdc_wait = None
 
 
+# Kernels with much shared memory per program release their dependents after their main loop
+# (pdl_start's RELEASE). LITELANG_LATE_RELEASE=0: right after the wait, for comparisons.
+LATE_RELEASE: bool = os.environ.get("LITELANG_LATE_RELEASE", "1") == "1"
+
+
 @triton.jit
 def pdl_start(PDL: tl.constexpr, RELEASE: tl.constexpr = True):
     """Wait until the previous kernel's writes are visible, then (RELEASE) let the next kernel
@@ -127,4 +132,4 @@ class LaunchCounters:
         return buf
 
 
-__all__ = ["INTERPRET", "LaunchCounters", "pdl_enabled", "pdl_launch", "pdl_release", "pdl_start", "tl", "triton"]
+__all__ = ["INTERPRET", "LATE_RELEASE", "LaunchCounters", "pdl_enabled", "pdl_launch", "pdl_release", "pdl_start", "tl", "triton"]

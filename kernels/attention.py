@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from litelang.kernels._triton import INTERPRET, LaunchCounters, pdl_launch, pdl_start, tl, triton
+from litelang.kernels._triton import INTERPRET, LATE_RELEASE, LaunchCounters, pdl_launch, pdl_release, pdl_start, tl, triton
 
 
 def _context(pool: torch.Tensor, req_to_slot: torch.Tensor, row: int, length: int) -> torch.Tensor:
@@ -285,7 +285,7 @@ def _decode_split_kernel(
     stride_qb, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ob, stride_oh, stride_r,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
     DOT_F32: tl.constexpr, PREFETCH: tl.constexpr, FUSED_MERGE: tl.constexpr, MERGE_G: tl.constexpr,
-    MERGE_CHUNK: tl.constexpr,
+    MERGE_CHUNK: tl.constexpr, LATE_RELEASE: tl.constexpr,
     PDL: tl.constexpr,
 ):
     """Program (request, kv head, split): every query head of the kv head's group against one
@@ -309,7 +309,9 @@ def _decode_split_kernel(
     if PREFETCH:
         n = start + tl.arange(0, BLOCK_N)
         next_slot = tl.load(slot_row + n, mask=n < end, other=0)
-    pdl_start(PDL)  # before reading q, K or V: see kernels/_triton.py
+    # before reading q, K or V (kernels/_triton.py); programs hold 72 KB of shared memory: the next
+    # kernel launches after the main loop
+    pdl_start(PDL, RELEASE=not LATE_RELEASE)
     g = tl.arange(0, GROUP_PAD)
     d = tl.arange(0, HEAD_DIM)
     heads = kvh * GROUP + g
@@ -335,6 +337,8 @@ def _decode_split_kernel(
             s = _mma(q, tl.trans(k), DOT_F32) * qk_scale
             s = tl.where(n_mask[None, :], s, float("-inf"))
             m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc, DOT_F32)
+        if LATE_RELEASE:
+            pdl_release(PDL)  # (splits past the context release by exiting)
 
         if n_splits <= 1:
             out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # an empty context gives zeros
@@ -484,6 +488,7 @@ def _decode_launch(q, k_pool, v_pool, req_to_slot, req_rows, seq_lens, scale: fl
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK_N=cfg.block_n, DOT_F32=INTERPRET or q.dtype == torch.float32, PREFETCH=cfg.prefetch,
         FUSED_MERGE=fused, MERGE_G=triton.next_power_of_2(group), MERGE_CHUNK=min(splits_pad, FUSED_MERGE_CHUNK) if fused else 1,
+        LATE_RELEASE=LATE_RELEASE,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_launch(),
     )
     if num_splits > 1 and not fused:  # every request fits one split otherwise: already written

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from litelang.kernels._triton import INTERPRET, LaunchCounters, pdl_launch, pdl_release, pdl_start, tl, triton
+from litelang.kernels._triton import INTERPRET, LATE_RELEASE, LaunchCounters, pdl_launch, pdl_release, pdl_start, tl, triton
 from litelang.kernels.activation import silu_and_mul, silu_and_mul_ref
 from litelang.kernels.rope_store import apply_rope_and_store_kv, apply_rope_and_store_kv_ref
 
@@ -426,10 +426,6 @@ def pick_config(m: int, n: int, k: int, silu_mul: bool = False) -> LinearConfig 
 
 # the FMA path's weight prefetch (LITELANG_LINEAR_PREFETCH=0: off, for comparisons)
 PREFETCH = os.environ.get("LITELANG_LINEAR_PREFETCH", "1") == "1"
-
-# the tensor-core path lets the next kernel launch only after its main loop (LITELANG_LATE_RELEASE=0:
-# right after its PDL wait, as the other kernels do; for comparisons)
-LATE_RELEASE = os.environ.get("LITELANG_LATE_RELEASE", "1") == "1"
 
 # per-row-block split-K counters
 _COUNTERS = LaunchCounters("linear")

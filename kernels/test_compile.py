@@ -87,7 +87,7 @@ def _cases():
                     stride_qb=2 * group * head_dim, stride_qh=head_dim, stride_ob=group * head_dim, stride_oh=head_dim,
                     GROUP=group, GROUP_PAD=16, HEAD_DIM=head_dim, BLOCK_N=cfg.block_n, DOT_F32=dtype == f32,
                     PREFETCH=cfg.prefetch, FUSED_MERGE=fused, MERGE_G=triton.next_power_of_2(group),
-                    MERGE_CHUNK=min(8, triton.next_power_of_2(num_splits)) if fused else 1, **strides,
+                    MERGE_CHUNK=min(8, triton.next_power_of_2(num_splits)) if fused else 1, LATE_RELEASE=True, **strides,
                 ), dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         yield attention._decode_merge_kernel, dict(PDL=True, PartAcc=f32, PartMax=f32, PartSum=f32, Out=dtype, SeqLens=i32,
                                                    stride_ob=1536, stride_oh=128, num_splits=51, HEAD_DIM=128,
