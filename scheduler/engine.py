@@ -186,9 +186,10 @@ class Engine:
         """Reuse the cached KV of r's longest cached prefix (always computing its last token)."""
         if self.cache is None:
             return
-        slots, node = self.cache.match((r.prompt_ids + r.output_ids)[:-1])
+        context = r.prompt_ids + r.output_ids if r.output_ids else r.prompt_ids
+        slots, node = self.cache.match(context, end=len(context) - 1)
         self.cache.lock(node)
-        r.slots, r.tree_prefix_len, r.tree_node = list(slots), len(slots), node
+        r.slots, r.tree_prefix_len, r.tree_node = slots, len(slots), node
         r.cached_tokens = max(r.cached_tokens, min(len(slots), len(r.prompt_ids)))
 
     def _cache_scheduled(self, r: Request) -> None:

@@ -26,16 +26,17 @@ class Node:
     last_used: int = 0
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    """Length of the common prefix, by slice comparisons (C speed) and bisection: prompts run to
-    thousands of tokens and are matched several times per request."""
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:
+def _common_prefix(key: list[int], ids: list[int], start: int) -> int:
+    """Length of the common prefix of key and ids[start:], by slice comparisons (C speed) and
+    bisection: prompts run to thousands of tokens, and a burst of requests sharing one is matched
+    while the GPU waits for the step."""
+    n = min(len(key), len(ids) - start)
+    if (key if n == len(key) else key[:n]) == ids[start : start + n]:
         return n
-    lo, hi = 0, n  # a[:lo] == b[:lo] and a[:hi] != b[:hi]
+    lo, hi = 0, n  # key[:lo] == ids[start:start + lo] and key[:hi] != ids[start:start + hi]
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if a[lo:mid] == b[lo:mid]:
+        if key[lo:mid] == ids[start + lo : start + mid]:
             lo = mid
         else:
             hi = mid
@@ -55,15 +56,17 @@ class RadixCache:
 
     # ------------------------------------------------------------ lookups
 
-    def match(self, ids: list[int]) -> tuple[list[int], Node]:
-        """Longest cached prefix of ids: its slots and the node where it ends."""
+    def match(self, ids: list[int], end: int | None = None) -> tuple[list[int], Node]:
+        """Longest cached prefix of ids[:end]: its slots (a new list) and the node where it ends."""
+        if end is not None and end < len(ids):
+            ids = ids[:end]
         node, slots, i = self.root, [], 0
         now = next(self._clock)
         while i < len(ids):
             child = node.children.get(ids[i])
             if child is None:
                 break
-            n = _common_prefix(child.key, ids[i:])
+            n = _common_prefix(child.key, ids, i)
             if n < len(child.key):
                 child = self._split(child, n)
             slots.extend(child.slots)
@@ -84,7 +87,7 @@ class RadixCache:
                 node.children[ids[i]] = leaf
                 self.size += len(leaf.key)
                 return i
-            n = _common_prefix(child.key, ids[i:])
+            n = _common_prefix(child.key, ids, i)
             if n < len(child.key):
                 child = self._split(child, n)
             child.last_used = now

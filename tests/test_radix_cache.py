@@ -89,10 +89,12 @@ class RadixModel(RuleBasedStateMachine):
         if ids:
             self.touch(ids, len(ids))
 
-    @rule(ids=TOKENS, lock=st.booleans())
-    def match(self, ids: list[int], lock: bool) -> None:
+    @rule(ids=TOKENS, lock=st.booleans(), end=st.none() | st.integers(0, 10))
+    def match(self, ids: list[int], lock: bool, end: int | None) -> None:
+        full = list(ids)
+        ids = ids if end is None else ids[:end]  # match(ids, end) looks at ids[:end] only
         n = self.cached_len(ids)
-        slots, node = self.cache.match(list(ids))
+        slots, node = self.cache.match(full, end=end)
         expected = [self.slot_of[tuple(ids[: k + 1])] for k in range(n)]
         assert slots == expected, f"match({ids}) gave slots {slots}, model says {expected} (longest cached prefix {n})"
         if n:
