@@ -312,7 +312,8 @@ def _dot(block_n: int, block_k: int, stages: int, split: int = 1, warps: int = 4
 
 # The fastest config per (N, K, silu_mul, M bucket) at Qwen2 shapes (TP 1), from
 # bench/tune_linear.py on an H100 (CUDA-graph replay, weights not in L2). The 1.5B M = 1 rows were
-# tuned again with the weight prefetch (down 10.5 against 12.2 us, o 2.8 against 3.2 us). N is the output width
+# and 7B M = 1 rows were tuned again with the weight prefetch (1.5B down 10.5 against 12.2 us,
+# o 2.8 against 3.2 us; 7B down 46.1 against 49.1 us, o 9.4 against 10.2 us). N is the output width
 # (the intermediate size for gate_up); M buckets are powers of two up to M_MAX (decode batches of
 # 24 and 48 run the 32 and 64 configs). M = 1 streams with FMAs; M >= 4 (and M = 2 mostly) do
 # better on tensor cores with a deeper cp.async pipeline. None: cuBLAS was faster. Above M = 16
@@ -357,7 +358,7 @@ CONFIGS: dict[tuple[int, int, bool, int], LinearConfig | None] = {
     (151936, 1536, False, 32): _dot(128, 128, stages=4),
     (151936, 1536, False, 64): _dot(128, 128, stages=4, warps=8),
     # Qwen2-7B qkv
-    (4608, 3584, False, 1):   _fma(1, 4096, warps=8),
+    (4608, 3584, False, 1):   _fma(1, 2048, warps=8),
     (4608, 3584, False, 2):   _dot(64, 128, stages=6),
     (4608, 3584, False, 4):   _dot(64, 128, stages=6),
     (4608, 3584, False, 8):   _dot(64, 128, stages=6),
@@ -365,7 +366,7 @@ CONFIGS: dict[tuple[int, int, bool, int], LinearConfig | None] = {
     (4608, 3584, False, 32):  _dot(64, 128, stages=6),
     (4608, 3584, False, 64):  None,
     # Qwen2-7B o
-    (3584, 3584, False, 1):   _fma(1, 4096, warps=8),
+    (3584, 3584, False, 1):   _fma(1, 2048, warps=8),
     (3584, 3584, False, 2):   _dot(64, 128, stages=6),
     (3584, 3584, False, 4):   _dot(64, 128, stages=6),
     (3584, 3584, False, 8):   _dot(64, 128, stages=6),
@@ -381,7 +382,7 @@ CONFIGS: dict[tuple[int, int, bool, int], LinearConfig | None] = {
     (18944, 3584, True, 32):  _dot(64, 128, stages=4),
     (18944, 3584, True, 64):  _dot(64, 128, stages=4),
     # Qwen2-7B down
-    (3584, 18944, False, 1):  _fma(1, 4096, warps=8),
+    (3584, 18944, False, 1):  _fma(1, 2048, warps=8),
     (3584, 18944, False, 2):  _dot(64, 128, stages=6, split=2),
     (3584, 18944, False, 4):  _dot(64, 128, stages=6, split=2),
     (3584, 18944, False, 8):  _dot(64, 128, stages=6, split=2),
