@@ -311,9 +311,9 @@ def _dot(block_n: int, block_k: int, stages: int, split: int = 1, warps: int = 4
 
 
 # The fastest config per (N, K, silu_mul, M bucket) at Qwen2 shapes (TP 1), from
-# bench/tune_linear.py on an H100 (CUDA-graph replay, weights not in L2). The 1.5B M = 1 rows were
-# and 7B M = 1 rows were tuned again with the weight prefetch (1.5B down 10.5 against 12.2 us,
-# o 2.8 against 3.2 us; 7B down 46.1 against 49.1 us, o 9.4 against 10.2 us). N is the output width
+# bench/tune_linear.py on an H100 (CUDA-graph replay, weights not in L2). The 1.5B and 7B M = 1
+# rows were tuned again with the weight prefetch (1.5B down 10.5 against 12.2 us, o 2.8 against
+# 3.2 us; 7B down 46.1 against 49.1 us, o 9.4 against 10.2 us). N is the output width
 # (the intermediate size for gate_up); M buckets are powers of two up to M_MAX (decode batches of
 # 24 and 48 run the 32 and 64 configs). M = 1 streams with FMAs; M >= 4 (and M = 2 mostly) do
 # better on tensor cores with a deeper cp.async pipeline. None: cuBLAS was faster. Above M = 16
