@@ -3,8 +3,9 @@
 At M <= 64 a linear is bound by reading the weight once from HBM, and cuBLAS leaves bandwidth
 unused there (Qwen2-1.5B decode at M = 1: 1.1-2.6 TB/s of 3.35; gate_up at M = 48 with the
 separate SiLU * mul: 2.0 TB/s). These kernels stream the weight in row blocks with enough
-programs to keep every SM's loads in flight, and fuse what follows: the bias, and for the MLP
-SiLU(gate) * up (no [M, 2I] intermediate). Where cuBLAS is as fast, CONFIGS routes to it.
+programs to keep every SM's loads in flight, and fuse what follows: the bias, for the MLP
+SiLU(gate) * up (no [M, 2I] intermediate), and for q||k||v RoPE plus the KV store
+(linear_rope_store). Where cuBLAS is as fast, CONFIGS routes to it.
 Configs per shape come from a table measured with bench/tune_linear.py (no autotuning at run
 time: it would benchmark during CUDA-graph capture).
 
