@@ -463,13 +463,12 @@ def _launch(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, n: int,
         counters = _COUNTERS.get(x.device, grid[0])
     else:
         partial = counters = out  # unused
-    r = rope or _Rope(out, out, out, out, out, 0, 0)  # unused without rope
-    pools = (r.k_pool, r.v_pool) if rope else (out.view(1, 1, -1), out.view(1, 1, -1))
+    r = rope or _Rope(out, out, out.view(1, 1, -1), out.view(1, 1, -1), out, 0, 0)  # unused without rope
     _linear_kernel[grid](
         x, w, bias if bias is not None else out, out, partial, counters,
         r.positions, r.cos_sin, r.k_pool, r.v_pool, r.slots,
         m, n, k, x.stride(0), out.stride(0), n, k_per_split,
-        r.cos_sin.stride(0), pools[0].stride(0), pools[0].stride(1), pools[1].stride(0), pools[1].stride(1),
+        r.cos_sin.stride(0), r.k_pool.stride(0), r.k_pool.stride(1), r.v_pool.stride(0), r.v_pool.stride(1),
         r.q_size, r.kv_size,
         HAS_BIAS=bias is not None, SILU_MUL=silu_mul, SPLITS=cfg.split_k, EVEN_K=k % cfg.block_k == 0,
         USE_DOT=cfg.use_dot, DOT_F32=INTERPRET or x.dtype == torch.float32, BLOCK_M=block_m,

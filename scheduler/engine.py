@@ -186,7 +186,7 @@ class Engine:
         """Reuse the cached KV of r's longest cached prefix (always computing its last token)."""
         if self.cache is None:
             return
-        context = r.prompt_ids + r.output_ids if r.output_ids else r.prompt_ids
+        context = r.context()
         slots, node = self.cache.match(context, end=len(context) - 1)
         self.cache.lock(node)
         r.slots, r.tree_prefix_len, r.tree_node = slots, len(slots), node
@@ -200,9 +200,7 @@ class Engine:
         if self.cache is None or r.tree_node is None:
             return
         start, end = r.tree_prefix_len, len(r.slots)
-        n = len(r.prompt_ids)
-        ids = r.prompt_ids[start:end] if end <= n else (r.prompt_ids + r.output_ids)[start:end]
-        leaf = self.cache.extend(r.tree_node, ids, r.slots[start:end])
+        leaf = self.cache.extend(r.tree_node, r.context(start, end), r.slots[start:end])
         if leaf is None:
             return
         self.cache.lock(leaf)
@@ -214,7 +212,7 @@ class Engine:
         if self.cache is None:
             self.allocator.free(r.slots)
         else:
-            ids = (r.prompt_ids + r.output_ids)[: len(r.slots)]
+            ids = r.context(0, len(r.slots))
             known = len(ids)
             present = self.cache.insert(ids, r.slots[:known])
             # between the matched prefix and `present`, our slots duplicate KV the tree already has;
@@ -390,9 +388,8 @@ class Engine:
         r.slots.extend(slots)
         self._cache_scheduled(r)
         r.pending_samples += start + take == target
-        ids = r.prompt_ids if start + take <= len(r.prompt_ids) else r.prompt_ids + r.output_ids
         ext = step.extends.add(
-            rid=r.rid, token_ids=ids[start : start + take], slots=slots, prefix_len=start,
+            rid=r.rid, token_ids=r.context(start, start + take), slots=slots, prefix_len=start,
             sample=start + take == target, is_new=is_new, prefix_slots=r.slots[:start] if is_new else [],
         )
         if is_new:

@@ -103,6 +103,16 @@ class Request:
     def in_prefill(self) -> bool:
         return self.num_computed < self.prefill_target
 
+    def context(self, start: int = 0, end: int | None = None) -> list[int]:
+        """Prompt then output tokens [start:end]. The prompt list itself when that is all of it,
+        a slice of it when the range lies in the prompt: no whole-context copy per call (prompts
+        run to thousands of tokens, and a burst of them is scheduled while the GPU waits)."""
+        n = len(self.prompt_ids)
+        end = n + len(self.output_ids) if end is None else end
+        if end <= n:
+            return self.prompt_ids if start == 0 and end == n else self.prompt_ids[start:end]
+        return (self.prompt_ids + self.output_ids)[start:end]
+
     @property
     def remaining_output(self) -> int:
         return self.sampling.max_new_tokens - len(self.output_ids)

@@ -338,3 +338,17 @@ def test_committed_stubs_match_a_fresh_generation(tmp_path):
     stale = [p.name for p in written if p.read_bytes() != (PROTO_DIR / p.name).read_bytes()]
     assert not stale, f"stale generated stubs {stale}: run `make proto`"
 
+
+
+def test_request_context_slices_prompt_then_output():
+    """Request.context(start, end) equals (prompt + output)[start:end] for every range."""
+    from litelang.scheduler.request import Request, SamplingConfig
+
+    r = Request(request_id="c", prompt_ids=[1, 2, 3, 4], sampling=SamplingConfig())
+    assert r.context() is r.prompt_ids  # no copy when it is the whole prompt
+    r.output_ids = [5, 6]
+    whole = r.prompt_ids + r.output_ids
+    for start in range(len(whole) + 1):
+        for end in range(start, len(whole) + 1):
+            assert r.context(start, end) == whole[start:end]
+    assert r.context() == whole
