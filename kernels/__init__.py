@@ -13,6 +13,7 @@ from typing import Callable
 
 from litelang.kernels.activation import silu_and_mul_ref
 from litelang.kernels.attention import decode_attention_ref, extend_attention_ref
+from litelang.kernels.decode_inputs import decode_inputs_ref
 from litelang.kernels.greedy import greedy_sample_ref
 from litelang.kernels.kv_store import store_kv_ref
 from litelang.kernels.linear import linear_ref, linear_rope_store_ref, linear_silu_mul_ref
@@ -31,13 +32,18 @@ class KernelSet:
     extend_attention: Callable
     decode_attention: Callable
     sample: Callable
-    greedy_sample: Callable  # (logits) -> (argmax tokens, their logprobs)
+    # (logits, last_tokens=None, rows=None) -> (argmax tokens, their logprobs); also stores
+    # last_tokens[rows] = tokens when given
+    greedy_sample: Callable
     apply_penalties: Callable
     linear: Callable  # (x, w, bias=None): F.linear; Triton for small M
     linear_silu_mul: Callable  # (x, w_gate_up): silu_and_mul(linear(x, w_gate_up)), fused
     # (x, w_qkv, bias, positions, cos_sin, k_pool, v_pool, slots, q_heads, kv_heads) -> qkv: the
     # projection, then RoPE on q and k and the KV store (in its epilogue at small M)
     linear_rope_store: Callable
+    # (embed, last_tokens, req_to_slot, rows, slots, seq_lens) -> hidden: a decode-only step's
+    # table write and embedding of each row's last sampled token
+    decode_inputs: Callable
 
 
 REFERENCE = KernelSet(
@@ -54,6 +60,7 @@ REFERENCE = KernelSet(
     linear=linear_ref,
     linear_silu_mul=linear_silu_mul_ref,
     linear_rope_store=linear_rope_store_ref,
+    decode_inputs=decode_inputs_ref,
 )
 
 

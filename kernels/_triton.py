@@ -54,8 +54,10 @@ INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # never written during a step (weights, the RoPE table) and what was written two or more kernels
 # earlier: kernel N can only start once every program of kernel N-1 has passed its own pdl_start,
 # that is, once kernel N-2 has finished (a kernel without PDL finishes before the next starts).
-# The step's inputs (positions, slots, lengths, the req->slot table) are written before the
-# embedding, so layer kernels may read them early too. LITELANG_PDL=0 turns it off.
+# The step's inputs (positions, slots, lengths) are copied before its first kernel, and the
+# req->slot table is written by that first kernel (kernels/decode_inputs.py, with the embedding)
+# or before it, so layer kernels may read them early too: the earliest such read is layer 0's
+# attention, the step's fourth kernel. LITELANG_PDL=0 turns it off.
 _pdl: bool | None = None
 
 

@@ -293,10 +293,10 @@ def _decode_split_kernel(
     request has a single split: then the normalized output goes straight to Out. FUSED_MERGE:
     the last split to finish merges its group's partials, MERGE_CHUNK splits at a time.
 
-    Before the PDL wait it reads only what the step's first kernels wrote (seq_len, the row,
-    the first block's slot numbers: the req->slot table and the lengths are written before the
-    embedding), so that chain of dependent loads overlaps the kernel before; q and the keys and
-    values (this token's come from the kernel before) are read after it."""
+    Before the PDL wait it reads only what the step's first kernel wrote or what was copied
+    before it (seq_len, the row, the first block's slot numbers; kernels/_triton.py), so that
+    chain of dependent loads overlaps the kernel before; q and the keys and values (this
+    token's come from the kernel before) are read after it."""
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)

@@ -12,11 +12,15 @@ import torch
 from litelang.kernels._triton import INTERPRET, pdl_launch, pdl_start, tl, triton
 
 
-def greedy_sample_ref(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def greedy_sample_ref(logits: torch.Tensor, last_tokens: torch.Tensor | None = None,
+                      rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """logits [batch, vocab] (any float dtype) -> (argmax token [batch] int64, its log-softmax
-    [batch] float32). Ties go to the lowest token id."""
+    [batch] float32). Ties go to the lowest token id. With last_tokens and rows [batch], also
+    last_tokens[rows] = tokens (each request's next decode input)."""
     x = logits.float()
     tokens = x.argmax(dim=-1)
+    if last_tokens is not None:
+        last_tokens[rows.long()] = tokens
     return tokens, x.gather(1, tokens[:, None])[:, 0] - torch.logsumexp(x, dim=-1)
 
 
@@ -55,8 +59,8 @@ def _greedy_chunk_kernel(
 
 
 @triton.jit
-def _greedy_merge_kernel(PartMax, PartIdx, PartSum, Tokens, Logprobs, num_chunks, CHUNKS_PAD: tl.constexpr,
-                         PDL: tl.constexpr):
+def _greedy_merge_kernel(PartMax, PartIdx, PartSum, Tokens, Logprobs, LastTokens, Rows, num_chunks,
+                         CHUNKS_PAD: tl.constexpr, STORE_LAST: tl.constexpr, PDL: tl.constexpr):
     pdl_start(PDL)
     b = tl.program_id(0)
     c = tl.arange(0, CHUNKS_PAD)
@@ -69,10 +73,14 @@ def _greedy_merge_kernel(PartMax, PartIdx, PartSum, Tokens, Logprobs, num_chunks
     total = tl.sum(tl.where(valid & (m_c > float("-inf")), s_c * tl.exp(m_c - m), 0.0), axis=0)
     tl.store(Tokens + b, idx.to(tl.int64))
     tl.store(Logprobs + b, -tl.log(total))  # log-softmax of the max: m - (m + log total)
+    if STORE_LAST:
+        tl.store(LastTokens + tl.load(Rows + b).to(tl.int64), idx.to(LastTokens.dtype.element_ty))
 
 
-def greedy_sample(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton version of greedy_sample_ref; no host sync, CUDA-graph capturable."""
+def greedy_sample(logits: torch.Tensor, last_tokens: torch.Tensor | None = None,
+                  rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton version of greedy_sample_ref (the last_tokens store in the merge kernel, no extra
+    launch); no host sync, CUDA-graph capturable."""
     batch, vocab = logits.shape
     assert logits.stride(-1) == 1
     tokens = torch.empty(batch, dtype=torch.int64, device=logits.device)
@@ -92,7 +100,9 @@ def greedy_sample(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         **pdl_launch(),
     )
     _greedy_merge_kernel[(batch,)](
-        part_max, part_idx, part_sum, tokens, logprobs, chunks, CHUNKS_PAD=max(16, triton.next_power_of_2(chunks)),
-        num_warps=1, **pdl_launch(),
+        part_max, part_idx, part_sum, tokens, logprobs,
+        last_tokens if last_tokens is not None else tokens, rows if rows is not None else tokens, chunks,
+        CHUNKS_PAD=max(16, triton.next_power_of_2(chunks)), STORE_LAST=last_tokens is not None, num_warps=1,
+        **pdl_launch(),
     )
     return tokens, logprobs

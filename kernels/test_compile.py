@@ -47,7 +47,8 @@ def _compile(kernel, args: dict, num_warps: int = 4, num_stages: int = 2):
 
 def _cases():
     """(kernel, args, launch options) for the configurations the wrappers use on a GPU."""
-    from litelang.kernels import activation, attention, greedy, kv_store, linear, rmsnorm, rope, rope_store, sampling
+    from litelang.kernels import activation, attention, decode_inputs, greedy, kv_store, linear, rmsnorm, rope, rope_store, \
+        sampling
     from litelang.kernels._triton import triton
 
     bf, f32, i32, i64 = torch.bfloat16, torch.float32, torch.int32, torch.int64
@@ -120,8 +121,12 @@ def _cases():
         ), dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     yield greedy._greedy_chunk_kernel, dict(PDL=True, Logits=bf, PartMax=f32, PartIdx=i32, PartSum=f32, vocab=151936,
                                             stride_b=151936, chunk=4096, num_chunks=38, BLOCK=2048), dict(num_warps=8)
-    yield greedy._greedy_merge_kernel, dict(PDL=True, PartMax=f32, PartIdx=i32, PartSum=f32, Tokens=i64, Logprobs=f32,
-                                            num_chunks=38, CHUNKS_PAD=64), dict(num_warps=1)
+    for store_last in (False, True):
+        yield greedy._greedy_merge_kernel, dict(PDL=True, PartMax=f32, PartIdx=i32, PartSum=f32, Tokens=i64, Logprobs=f32,
+                                                LastTokens=i64, Rows=i64, num_chunks=38, CHUNKS_PAD=64,
+                                                STORE_LAST=store_last), dict(num_warps=1)
+    yield decode_inputs._decode_inputs_kernel, dict(PDL=True, Embed=bf, LastTokens=i64, ReqToSlot=i32, Rows=i64, Slots=i64,
+                                                    SeqLens=i64, Out=bf, hidden=1536, stride_r=32768, BLOCK=1024), {}
     yield sampling._penalties_kernel, dict(Logits=f32, Counts=i32, PromptMask=torch.uint8, Repetition=f32,
                                            Frequency=f32, Presence=f32, Out=f32, vocab=151936, stride_l=151936,
                                            stride_c=151936, stride_m=151936, stride_o=151936, BLOCK=2048), {}

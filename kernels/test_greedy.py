@@ -39,3 +39,17 @@ def test_greedy_ignores_masked_tokens(device):
     ref_tokens, ref_logprobs = greedy_sample_ref(logits)
     assert tokens.item() == ref_tokens.item() == 509
     torch.testing.assert_close(logprobs, ref_logprobs, atol=1e-5, rtol=1e-5)
+
+
+def test_greedy_stores_each_token_as_its_rows_next_input(device):
+    """With last_tokens and rows, the merge kernel also writes last_tokens[rows] = tokens (rows
+    in any order; other rows untouched), as the reference does."""
+    logits = torch.randn(3, 300, generator=torch.Generator().manual_seed(1)).to(device)
+    rows = torch.tensor([4, 0, 2], device=device)
+    last = torch.full((6,), -1, dtype=torch.long, device=device)
+    ref_last = last.clone()
+    tokens, _ = greedy_sample(logits, last, rows)
+    ref_tokens, _ = greedy_sample_ref(logits, ref_last, rows)
+    assert torch.equal(last, ref_last)
+    assert last[rows].tolist() == ref_tokens.tolist() == tokens.tolist()
+    assert last[[1, 3, 5]].tolist() == [-1, -1, -1]

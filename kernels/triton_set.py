@@ -10,6 +10,7 @@ from __future__ import annotations
 from litelang.kernels import KernelSet
 from litelang.kernels.activation import silu_and_mul
 from litelang.kernels.attention import decode_attention, extend_attention
+from litelang.kernels.decode_inputs import decode_inputs
 from litelang.kernels.greedy import greedy_sample
 from litelang.kernels.kv_store import store_kv
 from litelang.kernels.linear import linear, linear_rope_store, linear_silu_mul
@@ -31,4 +32,5 @@ TRITON = KernelSet(
     linear=linear,
     linear_silu_mul=linear_silu_mul,
     linear_rope_store=linear_rope_store,
+    decode_inputs=decode_inputs,
 )

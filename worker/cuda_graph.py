@@ -3,10 +3,10 @@
 A decode step of a small model is hundreds of short kernels; launching them from Python costs
 more than running them. Each bucket's whole step (slot-table write, forward, sampling, storing
 the sampled tokens) is captured once and replayed with new inputs copied into two packed
-static buffers (one host-to-device copy each). Batches are padded to the next bucket with a
-dummy row that reads and writes only the scratch KV slot. Two sampling modes are captured:
-greedy (argmax only) and full (penalties, filters, seeded sampling), which gives the same
-tokens as the eager path for any mix of parameters.
+static buffers (one host-to-device copy each, from pinned memory). Batches are padded to the
+next bucket with a dummy row that reads and writes only the scratch KV slot. Two sampling
+modes are captured: greedy (argmax only) and full (penalties, filters, seeded sampling), which
+gives the same tokens as the eager path for any mix of parameters.
 """
 
 from __future__ import annotations
@@ -40,6 +40,10 @@ class DecodeGraphs:
         self.ints = torch.zeros((4 + len(SamplingTensors.INTS), n), dtype=torch.long, device=dev)
         self.floats = torch.zeros((len(SamplingTensors.FLOATS), n), dtype=torch.float32, device=dev)
         self._fill_padding(self.ints, self.floats, 0)
+        # a padding column's values, broadcast over the unused columns of each step's inputs
+        self._pad_ints = self.ints[:, :1].cpu().numpy()
+        self._pad_floats = self.floats[:, :1].cpu().numpy()
+        self.inputs = PinnedInputs(self.ints, self.floats)
         self.graphs: dict[tuple[int, SamplingMode], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
 
     def fits(self, batch_size: int) -> bool:
@@ -61,7 +65,7 @@ class DecodeGraphs:
         dev = r.device
         rows = self.ints[ROWS, :b]
         batch = ForwardBatch(
-            input_ids=r.last_tokens[rows],
+            input_ids=None,  # each row's last sampled token: see sample_and_record
             positions=self.ints[POSITIONS, :b],
             slots=self.ints[SLOTS, :b],
             req_to_slot=r.req_to_slot,
@@ -70,9 +74,9 @@ class DecodeGraphs:
             extend_cu_seqlens=torch.zeros(1, dtype=torch.int32, device=dev),
             extend_prefix_lens=torch.empty(0, dtype=torch.int32, device=dev),
             extend_max_new_len=0,
-            decode_rows=rows.to(torch.int32),
-            decode_seq_lens=self.ints[SEQ_LENS, :b].to(torch.int32),
-            logits_index=torch.arange(b, device=dev),
+            decode_rows=rows,  # int64 views: no cast kernels in the graph
+            decode_seq_lens=self.ints[SEQ_LENS, :b],
+            logits_index=None,  # every row samples
         )
         sampling = SamplingTensors.from_packed(self.floats[:, :b], self.ints[4:, :b])
         return sample_and_record(
@@ -100,21 +104,41 @@ class DecodeGraphs:
     def run(self, plan: StepPlan, mode: SamplingMode) -> tuple[torch.Tensor, torch.Tensor]:
         n = len(plan.dec_rows)
         b = next(x for x in self.buckets if x >= n)
-        pad = b - n
-        r = self.runner
-        floats, ints = SamplingTensors.host_values(plan.samplers)
-        host_ints = torch.tensor(
-            [plan.dec_rows + [r.dummy_row] * pad, plan.dec_positions + [0] * pad,
-             plan.dec_slots + [r.pool.scratch_slot] * pad, plan.dec_lens + [1] * pad, *(v + [0] * pad for v in ints)],
-            dtype=torch.long,
-        )
-        float_pad = {"top_p": 1.0, "repetition": 1.0}
-        host_floats = torch.tensor(
-            [v + [float_pad.get(name, 0.0)] * pad for name, v in zip(SamplingTensors.FLOATS, floats)],
-            dtype=torch.float32,
-        )
-        self.ints[:, :b].copy_(host_ints, non_blocking=True)
-        self.floats[:, :b].copy_(host_floats, non_blocking=True)
+        ints, floats = self.inputs.next()
+        floats_list, ints_list = SamplingTensors.host_values(plan.samplers)
+        for i, v in enumerate((plan.dec_rows, plan.dec_positions, plan.dec_slots, plan.dec_lens, *ints_list)):
+            ints[i, :n] = v
+        floats[:, :n] = floats_list
+        ints[:, n:] = self._pad_ints
+        floats[:, n:] = self._pad_floats
+        self.inputs.upload(self.ints, self.floats)
         graph, tokens, logprobs = self.graphs[(b, GREEDY if mode.greedy else FULL_SAMPLING)]
         graph.replay()
         return tokens[:n], logprobs[:n]
+
+
+class PinnedInputs:
+    """Pinned host buffers for the graphs' packed inputs, used round-robin. A copy from pageable
+    memory may first wait for the GPU work already queued on the stream, which would hold the
+    launch of step N + 1 until step N is done; from pinned memory it is queued like a kernel.
+    A buffer is refilled only after the copy that last read it has run (its event)."""
+
+    def __init__(self, ints: torch.Tensor, floats: torch.Tensor, depth: int = 4):
+        self.buffers = [(torch.empty(ints.shape, dtype=ints.dtype, pin_memory=True),
+                         torch.empty(floats.shape, dtype=floats.dtype, pin_memory=True), torch.cuda.Event())
+                        for _ in range(depth)]
+        self.index = 0
+
+    def next(self):
+        """The next buffers as numpy arrays (cheap element writes from Python lists)."""
+        ints, floats, copied = self.buffers[self.index]
+        copied.synchronize()  # at once in practice: the copy ran `depth` steps ago
+        return ints.numpy(), floats.numpy()
+
+    def upload(self, ints: torch.Tensor, floats: torch.Tensor) -> None:
+        """Copy the buffers last returned by next() into the device tensors."""
+        host_ints, host_floats, copied = self.buffers[self.index]
+        ints.copy_(host_ints, non_blocking=True)
+        floats.copy_(host_floats, non_blocking=True)
+        copied.record()
+        self.index = (self.index + 1) % len(self.buffers)

@@ -14,7 +14,9 @@ import torch
 
 @dataclass
 class ForwardBatch:
-    input_ids: torch.Tensor        # [tokens] int64
+    # [tokens] int64; None in a decode-only CUDA-graph step, whose inputs are each row's last
+    # sampled token (embedded by kernels.decode_inputs in sample_and_record)
+    input_ids: torch.Tensor | None
     positions: torch.Tensor        # [tokens] int64, position of each token in its sequence
     slots: torch.Tensor            # [tokens] int64, KV pool slot each token's k/v goes to
     req_to_slot: torch.Tensor      # [rows, max_context] int32, the worker's persistent table
@@ -25,10 +27,10 @@ class ForwardBatch:
     extend_prefix_lens: torch.Tensor  # [extends] int32
     extend_max_new_len: int
     # decode part
-    decode_rows: torch.Tensor      # [decodes] int32
-    decode_seq_lens: torch.Tensor  # [decodes] int32, context length including the new token
-    # which hidden rows produce logits (one per request that samples this step)
-    logits_index: torch.Tensor     # [samplers] int64
+    decode_rows: torch.Tensor      # [decodes] int32 (int64 in CUDA graphs: the kernels take either)
+    decode_seq_lens: torch.Tensor  # [decodes] int32 (the same), context length including the new token
+    # which hidden rows produce logits (one per request that samples this step); None: every row
+    logits_index: torch.Tensor | None
 
     @property
     def num_extends(self) -> int:

@@ -92,10 +92,13 @@ class Qwen2Model:
 
     # ---------------- forward ----------------
 
-    def forward(self, batch: ForwardBatch, k_pools: list[torch.Tensor], v_pools: list[torch.Tensor]) -> torch.Tensor:
-        """Return logits [samplers, vocab] (model dtype) for the rows in batch.logits_index."""
+    def forward(self, batch: ForwardBatch, k_pools: list[torch.Tensor], v_pools: list[torch.Tensor],
+                hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """Return logits [samplers, vocab] (model dtype) for the rows in batch.logits_index.
+        hidden: the embedded inputs, when the caller has them (else batch.input_ids are embedded)."""
         ks, s = self.kernels, self.spec
-        hidden = self.embed[batch.input_ids]
+        if hidden is None:
+            hidden = self.embed[batch.input_ids]
         residual = None
         for i, w in enumerate(self.layers):
             h, residual = ks.rms_norm(hidden, w.input_norm, s.rms_norm_eps, residual)
@@ -104,7 +107,9 @@ class Qwen2Model:
             h = ks.linear_silu_mul(h, w.gate_up_weight)
             hidden = self.tp.all_reduce(ks.linear(h, w.down_weight))
         hidden, _ = ks.rms_norm(hidden, self.final_norm, s.rms_norm_eps, residual)
-        return ks.linear(hidden[batch.logits_index], self.lm_head)
+        if batch.logits_index is not None:
+            hidden = hidden[batch.logits_index]
+        return ks.linear(hidden, self.lm_head)
 
     def _attention(
         self, i: int, w: LayerWeights, h: torch.Tensor, batch: ForwardBatch, k_pool: torch.Tensor, v_pool: torch.Tensor

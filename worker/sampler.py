@@ -133,15 +133,18 @@ def sample_and_record(
 
     Device work only (no host sync), so CUDA graphs can capture it whole.
     """
-    if batch.num_decodes:  # each decode token's slot goes into its row at its position
+    hidden = None
+    if batch.input_ids is None:  # decode only: the table writes and the embedding in one kernel
+        hidden = kernels.decode_inputs(model.embed, last_tokens, batch.req_to_slot, batch.decode_rows, batch.slots,
+                                       batch.decode_seq_lens)
+    elif batch.num_decodes:  # each decode token's slot goes into its row at its position
         batch.req_to_slot[batch.decode_rows.long(), batch.decode_seq_lens.long() - 1] = (
             batch.slots[batch.num_extend_tokens :].to(torch.int32)
         )
-    logits = model.forward(batch, k_pools, v_pools)
-    if mode.greedy:  # one pass over the logits: no float32 copy, argmax and logsumexp
-        tokens, logprobs = kernels.greedy_sample(logits)
-        last_tokens[sampler_rows] = tokens  # greedy: every rank picks the same token
-        return tokens, logprobs
+    logits = model.forward(batch, k_pools, v_pools, hidden)
+    if mode.greedy:  # one pass over the logits: no float32 copy, argmax and logsumexp; the
+        # merge also stores each token as its row's next input (every rank picks the same token)
+        return kernels.greedy_sample(logits, last_tokens, sampler_rows)
     logits = logits.float()
     logits = penalties.mask_suppressed(logits, sampler_rows, sampling.positions, sampling.suppress_until)
     if mode.penalties:
