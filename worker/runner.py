@@ -16,7 +16,7 @@ import torch
 
 from litelang.kernels import KernelSet
 from litelang.proto import worker_pb2
-from litelang.worker.forward_batch import ForwardBatch
+from litelang.worker.forward_batch import ForwardBatch, to_device
 from litelang.worker.kv_pool import KVPool
 from litelang.worker.model import Qwen2Model
 from litelang.worker.sampler import PenaltyState, SamplingMode, SamplingTensors, sample_and_record
@@ -310,10 +310,11 @@ class ModelRunner:
 
 
 def _t(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+    return to_device(torch.tensor(values, dtype=dtype), device)
 
 
 def _a(values: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A host array on the device; torch.from_numpy shares the memory, so copy on CPU."""
+    """A host array on the device (a copy: torch.from_numpy shares the array's memory)."""
     t = torch.from_numpy(values)
-    return t.to(device, non_blocking=True) if device.type != "cpu" else t.clone()
+    return to_device(t, device) if device.type != "cpu" else t.clone()
+

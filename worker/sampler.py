@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from litelang.kernels import KernelSet
-from litelang.worker.forward_batch import ForwardBatch
+from litelang.worker.forward_batch import ForwardBatch, to_device
 from litelang.worker.model import Qwen2Model
 
 if TYPE_CHECKING:
@@ -75,10 +75,8 @@ class SamplingTensors:
     @classmethod
     def from_states(cls, states: list[RequestState], device) -> "SamplingTensors":
         floats, ints = cls.host_values(states)
-        return cls.from_packed(
-            torch.tensor(floats, dtype=torch.float32).to(device, non_blocking=True),
-            torch.tensor(ints, dtype=torch.long).to(device, non_blocking=True),
-        )
+        return cls.from_packed(to_device(torch.tensor(floats, dtype=torch.float32), device),
+                               to_device(torch.tensor(ints, dtype=torch.long), device))
 
 
 MAX_SUPPRESS = 16  # stop tokens masked before min_new_tokens, per request
