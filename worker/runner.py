@@ -317,4 +317,3 @@ def _a(values: np.ndarray, device: torch.device) -> torch.Tensor:
     """A host array on the device (a copy: torch.from_numpy shares the array's memory)."""
     t = torch.from_numpy(values)
     return to_device(t, device) if device.type != "cpu" else t.clone()
-
