@@ -30,6 +30,7 @@ from collections import defaultdict
 
 import torch
 
+from litelang.bench.tune_linear import replay_us
 from litelang.kernels import attention
 from litelang.kernels.attention import DecodeConfig, _decode_launch, decode_attention, decode_attention_ref, \
     decode_num_splits
@@ -134,17 +135,10 @@ def graph_us(case: Case, fn, target_us: float = 3000.0, reps: int = 5) -> tuple[
     with torch.cuda.graph(graph):
         outs = [fn(*case.args(i)) for i in range(calls)]
     graph.replay()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / calls)
+    us = replay_us(graph, calls, reps)
     right = right and ok(outs[0], case.ref)  # the first call of the last replay: counters were reset
     del graph, outs
-    return sorted(times)[len(times) // 2], right
+    return us, right
 
 
 def launcher(cfg: DecodeConfig, num_splits: int):

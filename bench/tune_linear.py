@@ -144,6 +144,20 @@ def compile_key(shape, m, cfg):
             cfg.block_n, cfg.block_k, cfg.num_warps, cfg.num_stages)
 
 
+def replay_us(graph: torch.cuda.CUDAGraph, calls: int, reps: int = 5) -> float:
+    """Median over `reps` timed replays of a captured graph of `calls` calls: us per call (for
+    the tune scripts, whose graphs rotate their arguments over copies)."""
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / calls)
+    return sorted(times)[len(times) // 2]
+
+
 def graph_time_us(fn, calls: int, reps: int = 5) -> float:
     """Per-call time of `calls` fn(i) captured in one CUDA graph, median over reps replays."""
     fn(0)
@@ -153,16 +167,9 @@ def graph_time_us(fn, calls: int, reps: int = 5) -> float:
         for i in range(calls):
             fn(i)
     graph.replay()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / calls)
+    us = replay_us(graph, calls, reps)
     del graph
-    return sorted(times)[len(times) // 2]
+    return us
 
 
 def cfg_str(c: LinearConfig | None) -> str:

@@ -151,14 +151,9 @@ def test_decode_small_batch_short_context(name, q_heads, kv_heads, head_dim):
         torch.testing.assert_close(out, ref, **ATTN_TOL)
 
 
-def test_cuda_graph_decode_any_length():
-    """One captured decode (batch 4, table width 32k) replayed with contexts from 0 (a padding
-    row: zeros) to the full width: the replay equals eager and the reference."""
-    width, batch = 32768, 4
-    k_pool, v_pool, r2s, rows = make_pool([width] * batch, 2, 128, max_context=width, seed=40)
-    seq_lens = torch.zeros(batch, device=DEV, dtype=torch.int32)
-    q = torch.zeros(batch, 12, 128, device=DEV, dtype=BF16)
-    args = (q, k_pool, v_pool, r2s, rows, seq_lens, 128**-0.5)
+def _capture_decode(args) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """decode_attention(*args) captured in a CUDA graph (after one eager call on a side stream,
+    which compiles and allocates the counters), and the graph's output tensor."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -167,6 +162,18 @@ def test_cuda_graph_decode_any_length():
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = decode_attention(*args)
+    return graph, out
+
+
+def test_cuda_graph_decode_any_length():
+    """One captured decode (batch 4, table width 32k) replayed with contexts from 0 (a padding
+    row: zeros) to the full width: the replay equals eager and the reference."""
+    width, batch = 32768, 4
+    k_pool, v_pool, r2s, rows = make_pool([width] * batch, 2, 128, max_context=width, seed=40)
+    seq_lens = torch.zeros(batch, device=DEV, dtype=torch.int32)
+    q = torch.zeros(batch, 12, 128, device=DEV, dtype=BF16)
+    args = (q, k_pool, v_pool, r2s, rows, seq_lens, 128**-0.5)
+    graph, out = _capture_decode(args)
     for i, lens in enumerate([[0, 1, 64, 300], [32768, 65, 0, 1200], [5, 32767, 2048, 1]]):
         seq_lens.copy_(torch.tensor(lens, dtype=torch.int32))
         q.copy_(torch.randn(batch, 12, 128, device=DEV, generator=gen(41 + i)))
@@ -191,14 +198,7 @@ def test_cuda_graph_decode_fused_merge():
     seq_lens = torch.zeros(batch, device=DEV, dtype=torch.int32)
     q = torch.zeros(batch, 12, 128, device=DEV, dtype=BF16)
     args = (q, k_pool, v_pool, r2s, rows, seq_lens, 128**-0.5)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        decode_attention(*args)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = decode_attention(*args)
+    graph, out = _capture_decode(args)
     for i in range(3):
         lens = torch.randint(600, 1201, (batch,), generator=torch.Generator().manual_seed(51 + i))
         lens[:4] = torch.tensor([0, 1, width, width - 1])

@@ -39,7 +39,7 @@ class DecodeGraphs:
         # [rows, positions, slots, seq_lens] then the sampling ints; floats are sampling params
         self.ints = torch.zeros((4 + len(SamplingTensors.INTS), n), dtype=torch.long, device=dev)
         self.floats = torch.zeros((len(SamplingTensors.FLOATS), n), dtype=torch.float32, device=dev)
-        self._fill_padding(self.ints, self.floats, 0)
+        self._fill_padding()
         # a padding column's values, broadcast over the unused columns of each step's inputs
         self._pad_ints = self.ints[:, :1].cpu().numpy()
         self._pad_floats = self.floats[:, :1].cpu().numpy()
@@ -49,16 +49,17 @@ class DecodeGraphs:
     def fits(self, batch_size: int) -> bool:
         return batch_size <= self.buckets[-1]
 
-    def _fill_padding(self, ints: torch.Tensor, floats: torch.Tensor, start: int) -> None:
-        r = self.runner
-        ints[ROWS, start:] = r.dummy_row
-        ints[POSITIONS, start:] = 0
-        ints[SLOTS, start:] = r.pool.scratch_slot
-        ints[SEQ_LENS, start:] = 1
-        ints[4:, start:] = 0
-        floats[:, start:] = 0.0
-        floats[SamplingTensors.FLOATS.index("top_p"), start:] = 1.0
-        floats[SamplingTensors.FLOATS.index("repetition"), start:] = 1.0
+    def _fill_padding(self) -> None:
+        """Every column a padding row: a dummy row that writes only the scratch slot."""
+        r, ints, floats = self.runner, self.ints, self.floats
+        ints[ROWS] = r.dummy_row
+        ints[POSITIONS] = 0
+        ints[SLOTS] = r.pool.scratch_slot
+        ints[SEQ_LENS] = 1
+        ints[4:] = 0
+        floats[:] = 0.0
+        floats[SamplingTensors.FLOATS.index("top_p")] = 1.0
+        floats[SamplingTensors.FLOATS.index("repetition")] = 1.0
 
     def _body(self, b: int, mode: SamplingMode) -> tuple[torch.Tensor, torch.Tensor]:
         r = self.runner
