@@ -54,8 +54,9 @@ def run_batch(
         for rid, p in zip(rids, prompts):
             req.extends.add(rid=rid, token_ids=p, slots=take(len(p)), sample=True, is_new=True, sampling=sampling)
         timer.start()
-        for t in runner.step(req).tokens:
-            out[t.rid].append(t.token_id)
+        reply = runner.step(req)
+        for rid, token in zip(reply.rids, reply.token_ids):
+            out[rid].append(token)
         prefill_s = timer.stop()
         timer.start()
         pending = None
@@ -65,14 +66,14 @@ def run_batch(
             nonlocal gpu_ms, gap_ms
             gpu_ms += reply.gpu_ms
             gap_ms += reply.gpu_gap_ms
-            for t in reply.tokens:
-                out[t.rid].append(t.token_id)
+            for rid, token in zip(reply.rids, reply.token_ids):
+                out[rid].append(token)
 
         with decode_context or contextlib.nullcontext():
             for step in range(1, new_tokens):
                 req = worker_pb2.StepRequest(step_id=step)
-                for rid in rids:
-                    req.decodes.add(rid=rid, slot=take(1)[0])
+                req.decode_rids.extend(rids)
+                req.decode_slots.extend(take(len(rids)))
                 launched = runner.launch(req)
                 if pending is not None:
                     collect(pending.result())

@@ -80,49 +80,37 @@ class Extend(_message.Message):
     generated_ids: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, rid: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., slots: _Optional[_Iterable[int]] = ..., prefix_slots: _Optional[_Iterable[int]] = ..., prefix_len: _Optional[int] = ..., sample: _Optional[bool] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., is_new: _Optional[bool] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., generated_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
-class Decode(_message.Message):
-    __slots__ = ("rid", "slot")
-    RID_FIELD_NUMBER: _ClassVar[int]
-    SLOT_FIELD_NUMBER: _ClassVar[int]
-    rid: int
-    slot: int
-    def __init__(self, rid: _Optional[int] = ..., slot: _Optional[int] = ...) -> None: ...
-
 class StepRequest(_message.Message):
-    __slots__ = ("step_id", "extends", "decodes", "release")
+    __slots__ = ("step_id", "extends", "release", "decode_rids", "decode_slots")
     STEP_ID_FIELD_NUMBER: _ClassVar[int]
     EXTENDS_FIELD_NUMBER: _ClassVar[int]
-    DECODES_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FIELD_NUMBER: _ClassVar[int]
+    DECODE_RIDS_FIELD_NUMBER: _ClassVar[int]
+    DECODE_SLOTS_FIELD_NUMBER: _ClassVar[int]
     step_id: int
     extends: _containers.RepeatedCompositeFieldContainer[Extend]
-    decodes: _containers.RepeatedCompositeFieldContainer[Decode]
     release: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, step_id: _Optional[int] = ..., extends: _Optional[_Iterable[_Union[Extend, _Mapping]]] = ..., decodes: _Optional[_Iterable[_Union[Decode, _Mapping]]] = ..., release: _Optional[_Iterable[int]] = ...) -> None: ...
-
-class SampledToken(_message.Message):
-    __slots__ = ("rid", "token_id", "logprob")
-    RID_FIELD_NUMBER: _ClassVar[int]
-    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
-    LOGPROB_FIELD_NUMBER: _ClassVar[int]
-    rid: int
-    token_id: int
-    logprob: float
-    def __init__(self, rid: _Optional[int] = ..., token_id: _Optional[int] = ..., logprob: _Optional[float] = ...) -> None: ...
+    decode_rids: _containers.RepeatedScalarFieldContainer[int]
+    decode_slots: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, step_id: _Optional[int] = ..., extends: _Optional[_Iterable[_Union[Extend, _Mapping]]] = ..., release: _Optional[_Iterable[int]] = ..., decode_rids: _Optional[_Iterable[int]] = ..., decode_slots: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class StepResponse(_message.Message):
-    __slots__ = ("step_id", "tokens", "forward_ms", "gpu_ms", "gpu_gap_ms")
+    __slots__ = ("step_id", "rids", "token_ids", "logprobs", "forward_ms", "gpu_ms", "gpu_gap_ms")
     STEP_ID_FIELD_NUMBER: _ClassVar[int]
-    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    RIDS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     FORWARD_MS_FIELD_NUMBER: _ClassVar[int]
     GPU_MS_FIELD_NUMBER: _ClassVar[int]
     GPU_GAP_MS_FIELD_NUMBER: _ClassVar[int]
     step_id: int
-    tokens: _containers.RepeatedCompositeFieldContainer[SampledToken]
+    rids: _containers.RepeatedScalarFieldContainer[int]
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    logprobs: _containers.RepeatedScalarFieldContainer[float]
     forward_ms: float
     gpu_ms: float
     gpu_gap_ms: float
-    def __init__(self, step_id: _Optional[int] = ..., tokens: _Optional[_Iterable[_Union[SampledToken, _Mapping]]] = ..., forward_ms: _Optional[float] = ..., gpu_ms: _Optional[float] = ..., gpu_gap_ms: _Optional[float] = ...) -> None: ...
+    def __init__(self, step_id: _Optional[int] = ..., rids: _Optional[_Iterable[int]] = ..., token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., forward_ms: _Optional[float] = ..., gpu_ms: _Optional[float] = ..., gpu_gap_ms: _Optional[float] = ...) -> None: ...
 
 class HealthRequest(_message.Message):
     __slots__ = ()

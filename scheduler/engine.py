@@ -128,7 +128,11 @@ class Engine:
                 f"KV slots but the whole pool has {self.capacity}; shorten the prompt or lower max_new_tokens",
             )
         self.by_id[req.request_id] = req
-        req.detokenizer = self.tokenizer.detokenizer(req.sampling.skip_special_tokens)
+        s = req.sampling
+        req.detokenizer = self.tokenizer.detokenizer(s.skip_special_tokens)
+        eos = () if s.ignore_eos else self.tokenizer.eos_token_ids
+        req.stop_token_set = frozenset((*eos, *s.stop_token_ids))
+        req.stop_hold = max((len(x) for x in s.stop), default=1) - 1
         self.waiting.append(req)
         self.stats["requests_received"] += 1
 
@@ -241,7 +245,7 @@ class Engine:
                 self._wake.clear()
             else:
                 step = self._schedule()
-                if not (step.extends or step.decodes):
+                if not (step.extends or step.decode_rids):
                     self._restore_release(step)
                     if not self._inflight:
                         self._wake.clear()  # about to sleep until something changes
@@ -250,14 +254,14 @@ class Engine:
                 await self._idle_wait()
                 continue
             try:
-                if step.extends or step.decodes:
+                if step.extends or step.decode_rids:
                     await self.workers.send(step)
                     self._inflight.append(sum(len(e.token_ids) for e in step.extends))
                 elif not self._inflight:  # nothing runnable until something arrives
                     self._flush()
                     await self._idle_wait()
                     continue
-                if not (step.extends or step.decodes):  # nothing new to run: wait for the oldest step
+                if not (step.extends or step.decode_rids):  # nothing new to run: wait for the oldest step
                     await self._receive()
                 while self._pipeline_full():
                     await self._receive()
@@ -317,17 +321,21 @@ class Engine:
         self._step_id += 1
         budget = self.cfg.max_prefill_tokens
 
-        # 1. one decode slot per request past its prefill; retract the newest until they fit
+        # 1. one decode slot per request past its prefill whose tokens in flight do not already
+        # reach its output limit; retract the newest until they fit
         while True:
-            decoding = [r for r in self.running if not r.in_prefill and self._wants_more(r)]
+            decoding = [r for r in self.running
+                        if len(r.slots) >= r.prefill_target and len(r.output_ids) + r.pending_samples < r.output_limit]
             if len(decoding) <= self._available or len(self.running) <= 1:
                 break
             self._retract(self.running[-1])
-        for r in decoding:
-            slot = self._allocate(1)[0]
-            r.slots.append(slot)
-            r.pending_samples += 1
-            step.decodes.add(rid=r.rid, slot=slot)
+        if decoding:
+            slots = self._allocate(len(decoding))
+            for r, slot in zip(decoding, slots):
+                r.slots.append(slot)
+                r.pending_samples += 1
+            step.decode_rids.extend([r.rid for r in decoding])
+            step.decode_slots.extend(slots)
 
         # 2. next chunks of prompts being read
         for r in self.running:
@@ -349,6 +357,7 @@ class Engine:
             r.phase = Phase.RUNNING
             r.first_scheduled = r.first_scheduled or time.monotonic()
             r.prefill_target = len(r.prompt_ids) + len(r.output_ids)
+            r.output_limit = min(r.sampling.max_new_tokens, self.max_context - len(r.prompt_ids))
             self.running.append(r)
             taken = self._add_extend(step, r, budget, is_new=True)
             if taken == 0:  # locking its prefix left no room: undo and retry next step
@@ -367,11 +376,6 @@ class Engine:
         self._release_kv(r)
         r.phase = Phase.WAITING
         self.waiting.appendleft(r)
-
-    def _wants_more(self, r: Request) -> bool:
-        """False once the tokens in flight already reach max_new_tokens or the context limit."""
-        produced = len(r.output_ids) + r.pending_samples
-        return produced < r.sampling.max_new_tokens and len(r.prompt_ids) + produced < self.max_context
 
     def _fits(self, cand: Request, budget: int, peak: PeakCheck) -> bool:
         target = len(cand.prompt_ids) + len(cand.output_ids)
@@ -401,8 +405,7 @@ class Engine:
             ))
             if s.min_new_tokens:  # the worker masks stop tokens until the minimum is reached
                 ext.sampling.suppress_until = len(r.prompt_ids) + s.min_new_tokens
-                eos = [] if s.ignore_eos else self.tokenizer.eos_token_ids
-                ext.sampling.suppress_token_ids.extend(dict.fromkeys(eos + s.stop_token_ids))
+                ext.sampling.suppress_token_ids.extend(sorted(r.stop_token_set))
             if s.repetition_penalty != 1.0 or s.frequency_penalty or s.presence_penalty:
                 ext.prompt_ids.extend(r.prompt_ids)
                 ext.generated_ids.extend(r.output_ids)
@@ -427,41 +430,46 @@ class Engine:
         self.stats["steps"] += 1
         self.stats["gpu_busy_ms"] += reply.gpu_ms
         self.stats["gpu_gap_ms"] += reply.gpu_gap_ms
-        accepted = self.stats["generated_tokens"]
-        for t in reply.tokens:
-            r = self.by_rid.get(t.rid)
+        now, accepted, by_rid = time.monotonic(), 0, self.by_rid
+        for rid, token, logprob in zip(reply.rids, reply.token_ids, reply.logprobs):
+            r = by_rid.get(rid)
             if r is not None and r.phase is Phase.RUNNING:  # else stale: stopped or retracted meanwhile
                 r.pending_samples -= 1
-                self._append_token(r, t.token_id, t.logprob)
-        self.metrics.generated_tokens.inc(self.stats["generated_tokens"] - accepted)
+                self._append_token(r, token, logprob, now)
+                accepted += 1
+        self.stats["generated_tokens"] += accepted
+        self.metrics.generated_tokens.inc(accepted)
 
-    def _append_token(self, r: Request, token: int, logprob: float = 0.0) -> None:
+    def _append_token(self, r: Request, token: int, logprob: float, now: float) -> None:
+        """Per token of every running request, between two steps: kept to the few checks each
+        token needs (the stop set and the length limit are resolved at submit)."""
         s = r.sampling
-        r.first_token = r.first_token or time.monotonic()
+        if r.first_token is None:
+            r.first_token = now
         r.output_ids.append(token)
-        self.stats["generated_tokens"] += 1
         n = len(r.output_ids)
         finish = pb.FINISH_REASON_UNSPECIFIED
-        stop_token = (token in self.tokenizer.eos_token_ids and not s.ignore_eos) or token in s.stop_token_ids
-        if stop_token and n > s.min_new_tokens:
+        if token in r.stop_token_set and n > s.min_new_tokens:
             finish = pb.FINISH_REASON_EOS
         else:
-            before = len(r.text)
-            r.text += r.detokenizer.add(token)
-            if s.stop and n > s.min_new_tokens and self._cut_stop_string(r, before):
-                finish = pb.FINISH_REASON_STOP_STRING
-            elif n >= s.max_new_tokens or len(r.prompt_ids) + n >= self.max_context:
+            piece = r.detokenizer.add(token)
+            if piece:
+                before = len(r.text)
+                r.text += piece
+                if s.stop and n > s.min_new_tokens and self._cut_stop_string(r, before):
+                    finish = pb.FINISH_REASON_STOP_STRING
+            if not finish and n >= r.output_limit:
                 finish = pb.FINISH_REASON_LENGTH
         r.unsent_ids.append(token)
         if s.logprobs:
             r.unsent_logprobs.append(logprob)
-        if finish != pb.FINISH_REASON_UNSPECIFIED:
+        if finish:
             self._finish(r, finish)
             return
         if len(r.unsent_ids) < self.cfg.stream_interval:
             return
-        hold = max((len(x) for x in s.stop), default=1) - 1  # a stop string may be forming
-        end = max(r.emitted_chars, len(r.text) - hold)
+        # hold back the text a stop string may be forming in
+        end = max(r.emitted_chars, len(r.text) - r.stop_hold) if r.stop_hold else len(r.text)
         self._emit(r, OutputEvent(text=r.text[r.emitted_chars : end], token_ids=r.unsent_ids, logprobs=r.unsent_logprobs))
         r.emitted_chars = end
         r.unsent_ids, r.unsent_logprobs = [], []

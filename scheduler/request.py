@@ -79,6 +79,7 @@ class Request:
     tree_node: object = None              # radix node locked while running (end of its cached path)
     prefill_target: int = 0               # context tokens to compute before sampling (set at admission)
     pending_samples: int = 0              # steps in flight that will sample a token for it
+    output_limit: int = 0                 # output tokens it may reach: max_new_tokens within the context (set at admission)
     # output state
     output_ids: list[int] = field(default_factory=list)
     text: str = ""                        # decoded output so far (stop strings cut off)
@@ -93,6 +94,8 @@ class Request:
     finished_at: float | None = None
     events: asyncio.Queue = field(default_factory=asyncio.Queue)  # OutputEvents for the RPC layer
     detokenizer: object = None            # IncrementalDetokenizer, set by the engine
+    stop_token_set: frozenset[int] = frozenset()  # EOS (unless ignore_eos) and stop_token_ids; set by the engine
+    stop_hold: int = 0                    # chars held back from streaming: a stop string may be forming
 
     @property
     def num_computed(self) -> int:

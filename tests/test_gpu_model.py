@@ -54,7 +54,8 @@ def test_teacher_forced_logits_match_hf(ckpt):
         req = worker_pb2.StepRequest(step_id=step + 1)
         for i, (s, n) in enumerate(zip(seqs, lengths)):
             runner.last_tokens[runner.row_of(i)] = s[n + step]  # teacher forcing
-            req.decodes.add(rid=i, slot=slot)
+            req.decode_rids.append(i)
+            req.decode_slots.append(slot)
             slot += 1
         for i, row in enumerate(runner.forward_logits(req)):
             ours[i].append(row.float().cpu())

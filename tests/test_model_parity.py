@@ -54,15 +54,17 @@ def run_greedy(runner, prompts: dict[int, list[int]], n: int, chunk: int | None 
             pending[rid] = done + size
             if last:
                 del pending[rid]
-        for t in runner.step(req).tokens:
-            out[t.rid].append(t.token_id)
+        reply = runner.step(req)
+        for rid, token in zip(reply.rids, reply.token_ids):
+            out[rid].append(token)
         step += 1
     for _ in range(n - 1):
         req = worker_pb2.StepRequest(step_id=step)
-        for rid in prompts:
-            req.decodes.add(rid=rid, slot=slots.take(1)[0])
-        for t in runner.step(req).tokens:
-            out[t.rid].append(t.token_id)
+        req.decode_rids.extend(prompts)
+        req.decode_slots.extend(slots.take(len(prompts)))
+        reply = runner.step(req)
+        for rid, token in zip(reply.rids, reply.token_ids):
+            out[rid].append(token)
         step += 1
     return out
 
@@ -104,12 +106,12 @@ def test_min_new_tokens_masks_stop_tokens(tiny_qwen2):
     sampling.suppress_token_ids.extend([greedy])
     req = worker_pb2.StepRequest(step_id=0)
     req.extends.add(rid=1, token_ids=prompt, slots=list(range(4)), sample=True, is_new=True, sampling=sampling)
-    first = runner.step(req).tokens[0].token_id
+    first = runner.step(req).token_ids[0]
     assert first == runner_up != greedy
     # without suppression the same request samples the greedy token
     plain = worker_pb2.StepRequest(step_id=1)
     plain.extends.add(rid=2, token_ids=prompt, slots=list(range(10, 14)), sample=True, is_new=True, sampling=greedy_sampling())
-    assert runner.step(plain).tokens[0].token_id == greedy
+    assert runner.step(plain).token_ids[0] == greedy
 
 
 def test_logprobs_match_hf(tiny_qwen2):
@@ -120,11 +122,13 @@ def test_logprobs_match_hf(tiny_qwen2):
     runner = build_runner(cfg, rank=0)
     req = worker_pb2.StepRequest(step_id=0)
     req.extends.add(rid=1, token_ids=prompt, slots=list(range(5)), sample=True, is_new=True, sampling=greedy_sampling())
-    got = [(t.token_id, t.logprob) for t in runner.step(req).tokens]
+    reply = runner.step(req)
+    got = list(zip(reply.token_ids, reply.logprobs))
     for step in range(1, 6):
         req = worker_pb2.StepRequest(step_id=step)
-        req.decodes.add(rid=1, slot=10 + step)
-        got += [(t.token_id, t.logprob) for t in runner.step(req).tokens]
+        req = worker_pb2.StepRequest(step_id=step, decode_rids=[1], decode_slots=[10 + step])
+        reply = runner.step(req)
+        got += list(zip(reply.token_ids, reply.logprobs))
     model = AutoModelForCausalLM.from_pretrained(tiny_qwen2, dtype=torch.float32).eval()
     ids = prompt + [tok for tok, _ in got]
     with torch.no_grad():

@@ -214,14 +214,18 @@ class FakeWorkerGroup:
                 self._write(ext.rid, row, slot, token)
             if ext.sample:
                 row.last_token = next_token(row.h)
-                out.tokens.add(rid=ext.rid, token_id=row.last_token)
-        for dec in step.decodes:
-            row = self.rows.get(dec.rid)
-            assert row is not None, f"step {step.step_id}: decode for unknown request {dec.rid}"
-            assert row.last_token is not None, f"decode for request {dec.rid} before it sampled anything"
-            self._write(dec.rid, row, dec.slot, row.last_token)
+                out.rids.append(ext.rid)
+                out.token_ids.append(row.last_token)
+        assert len(step.decode_rids) == len(step.decode_slots), f"step {step.step_id}: decode rids and slots differ in length"
+        for rid, slot in zip(step.decode_rids, step.decode_slots):
+            row = self.rows.get(rid)
+            assert row is not None, f"step {step.step_id}: decode for unknown request {rid}"
+            assert row.last_token is not None, f"decode for request {rid} before it sampled anything"
+            self._write(rid, row, slot, row.last_token)
             row.last_token = next_token(row.h)
-            out.tokens.add(rid=dec.rid, token_id=row.last_token)
+            out.rids.append(rid)
+            out.token_ids.append(row.last_token)
+        out.logprobs.extend([0.0] * len(out.rids))
         return out
 
     def _admit(self, ext: worker_pb2.Extend) -> Row:
@@ -311,7 +315,7 @@ def check_engine(engine: Engine, order: dict[str, int], fake: FakeWorkerGroup) -
     )
     assert len(engine.running) <= engine.cfg.max_batch_size
     lock_count: collections.Counter = collections.Counter()
-    in_flight = collections.Counter(t.rid for reply in fake.replies for t in reply.tokens)
+    in_flight = collections.Counter(rid for reply in fake.replies for rid in reply.rids)
     for r in engine.running:
         assert r.phase is Phase.RUNNING and engine.by_rid.get(r.rid) is r and engine.by_id.get(r.request_id) is r
         assert r.pending_samples == in_flight[r.rid], (
@@ -739,7 +743,7 @@ def test_fake_worker_rejects_bad_steps() -> None:
 
     fake = fresh()
     reply = fake._run(worker_pb2.StepRequest(step_id=0, extends=[new(1, [5, 6, 7, 8], [0, 1, 2, 3])]))
-    assert [t.token_id for t in reply.tokens] == [next_token(context_hash([5, 6, 7, 8]))]
+    assert list(reply.token_ids) == [next_token(context_hash([5, 6, 7, 8]))]
     fake._run(worker_pb2.StepRequest(step_id=1, release=[1]))
     # request 3 may reuse request 1's KV for [5, 6, 7, 8]...
     fake._run(worker_pb2.StepRequest(step_id=2, extends=[new(3, [3], [4], prefix=[0, 1, 2, 3])]))

@@ -114,8 +114,9 @@ class PendingStep:
             out.gpu_ms = self.gpu_start.elapsed_time(self.gpu_end)
             if self.prev_gpu_end is not None:
                 out.gpu_gap_ms = max(0.0, self.prev_gpu_end.elapsed_time(self.gpu_start))
-        for rid, tok, lp in zip(self.rids, self.tokens.tolist(), self.logprobs.tolist()):
-            out.tokens.add(rid=rid, token_id=tok, logprob=lp)
+        out.rids.extend(self.rids)
+        out.token_ids.extend(self.tokens.tolist())
+        out.logprobs.extend(self.logprobs.tolist())
         out.forward_ms = (time.perf_counter() - self.start) * 1000.0
         return out
 
@@ -153,7 +154,7 @@ class ModelRunner:
             state = self.requests.pop(rid, None)
             if state is not None:
                 self.free_rows.append(state.row)
-        if not req.extends and not req.decodes:
+        if not req.extends and not req.decode_rids:
             return PendingStep(req.step_id, [])
         plan = self._plan(req)
         dev = self.device
@@ -269,22 +270,26 @@ class ModelRunner:
                 plan.logits_index.append(plan.cu[-1] - 1)
                 plan.samplers.append(state)
                 plan.sampler_rids.append(ext.rid)
-        for dec in req.decodes:
-            state = self.requests.get(dec.rid)
+        rids, slots = req.decode_rids, req.decode_slots
+        if len(rids) != len(slots):
+            raise StepError(f"{len(rids)} decode rids with {len(slots)} decode slots")
+        num_slots, first_index = self.pool.num_slots, plan.cu[-1]
+        for rid, slot in zip(rids, slots):
+            state = self.requests.get(rid)
             if state is None:
-                raise StepError(f"decode for unknown request {dec.rid}")
+                raise StepError(f"decode for unknown request {rid}")
             if state.context_len >= self.max_context:
                 raise StepError(f"context of {state.context_len + 1} tokens exceeds max_context {self.max_context}")
-            if not 0 <= dec.slot < self.pool.num_slots:
-                raise StepError(f"slot {dec.slot} outside the pool of {self.pool.num_slots}")
+            if not 0 <= slot < num_slots:
+                raise StepError(f"slot {slot} outside the pool of {num_slots}")
             plan.dec_positions.append(state.context_len)
-            plan.dec_slots.append(dec.slot)
             state.context_len += 1
             plan.dec_rows.append(state.row)
             plan.dec_lens.append(state.context_len)
-            plan.logits_index.append(plan.cu[-1] + len(plan.dec_rows) - 1)
             plan.samplers.append(state)
-            plan.sampler_rids.append(dec.rid)
+        plan.dec_slots.extend(slots)
+        plan.logits_index.extend(range(first_index, first_index + len(rids)))
+        plan.sampler_rids.extend(rids)
         return plan
 
     def _forward_batch(self, plan: StepPlan) -> ForwardBatch:
