@@ -58,14 +58,20 @@ class WorkerGroup:
         if not self._streams:
             raise WorkerError("not connected to the workers")
         try:
-            await asyncio.gather(*(s.write(request) for s in self._streams))
+            if len(self._streams) == 1:  # no gather: it costs a task per stream, every step
+                await self._streams[0].write(request)
+            else:
+                await asyncio.gather(*(s.write(request) for s in self._streams))
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as e:
             await self._broken(e)
 
     async def receive(self) -> worker_pb2.StepResponse:
         """The reply to the oldest step sent (every rank's; rank 0's tokens are the result)."""
         try:
-            replies = await asyncio.gather(*(s.read() for s in self._streams))
+            if len(self._streams) == 1:
+                replies = [await self._streams[0].read()]
+            else:
+                replies = await asyncio.gather(*(s.read() for s in self._streams))
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as e:
             await self._broken(e)
         if any(r is grpc.aio.EOF for r in replies):
