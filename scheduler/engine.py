@@ -33,6 +33,7 @@ from litelang.scheduler.radix_cache import RadixCache
 from litelang.scheduler.request import OutcomeDetails, OutputEvent, Phase, Request
 from litelang.scheduler.tokenizer import Tokenizer
 from litelang.scheduler.worker_client import WorkerError, WorkerGroup
+from litelang.tools.profiling import StepTrace
 
 log = logging.getLogger("litelang.scheduler")
 
@@ -74,6 +75,7 @@ class Engine:
         self._step_id = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self.trace = StepTrace("engine")  # LITELANG_STEP_TRACE_DIR: per-step timestamps
         # where events go: by default each request's own queue; the engine process sends them
         # to the frontend instead, batched per step (`on_flush`)
         self.sink: Callable[[Request, OutputEvent], None] = _to_queue
@@ -91,6 +93,7 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.workers.close()
+        self.trace.close()
         self._fail_all(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
         self._flush()
 
@@ -256,6 +259,7 @@ class Engine:
             try:
                 if step.extends or step.decode_rids:
                     await self.workers.send(step)
+                    self.trace.mark(step.step_id, "sent")
                     self._inflight.append(sum(len(e.token_ids) for e in step.extends))
                 elif not self._inflight:  # nothing runnable until something arrives
                     self._flush()
@@ -279,8 +283,10 @@ class Engine:
 
     async def _receive(self) -> None:
         reply = await self.workers.receive()
+        self.trace.mark(reply.step_id, "reply")
         self._inflight.popleft()
         self._process(reply)
+        self.trace.mark(reply.step_id, "processed")
 
     async def _idle_wait(self) -> None:
         """Sleep until a request arrives or a worker's stream breaks (a worker can die while idle).
@@ -319,6 +325,7 @@ class Engine:
     def _schedule(self) -> worker_pb2.StepRequest:
         step = worker_pb2.StepRequest(step_id=self._step_id)
         self._step_id += 1
+        self.trace.mark(step.step_id, "schedule")
         budget = self.cfg.max_prefill_tokens
 
         # 1. one decode slot per request past its prefill whose tokens in flight do not already

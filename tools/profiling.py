@@ -8,6 +8,7 @@ import cProfile
 import os
 import pstats
 import sys
+import time
 from pathlib import Path
 
 
@@ -28,3 +29,28 @@ def profiled(name: str):
         stats = pstats.Stats(profile, stream=sys.stderr).sort_stats("tottime")
         print(f"==== profile of {name} (top by own time) ====", file=sys.stderr)
         stats.print_stats(22)
+
+
+class StepTrace:
+    """Opt-in per-step timestamps (LITELANG_STEP_TRACE_DIR): where a step's time goes between
+    processes, without a profiler's distortion. `mark(step_id, event)` records the monotonic
+    clock (one clock for every process on the host); `close()` writes NAME.csv, one row per
+    (step, event, seconds, value)."""
+
+    def __init__(self, name: str):
+        self.dir = os.environ.get("LITELANG_STEP_TRACE_DIR")
+        self.name = name
+        self.rows: list[tuple[int, str, float, float]] = []
+
+    def mark(self, step_id: int, event: str, value: float = 0.0) -> None:
+        if self.dir:
+            self.rows.append((step_id, event, time.monotonic(), value))
+
+    def close(self) -> None:
+        if not self.dir or not self.rows:
+            return
+        Path(self.dir).mkdir(parents=True, exist_ok=True)
+        with open(Path(self.dir) / f"{self.name}.csv", "w") as f:
+            f.write("step,event,t,value\n")
+            f.writelines(f"{s},{e},{t:.6f},{v:.4f}\n" for s, e, t, v in self.rows)
+        self.rows = []

@@ -14,7 +14,7 @@ import torch
 
 from litelang.configs.schema import LitelangConfig
 from litelang.proto import worker_pb2, worker_pb2_grpc
-from litelang.tools.profiling import profiled
+from litelang.tools.profiling import StepTrace, profiled
 from litelang.worker.runner import ModelRunner, StepError
 
 log = logging.getLogger("litelang.worker")
@@ -55,11 +55,13 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         if not self._step_lock.acquire(blocking=False):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "another scheduler already holds this worker's Step stream")
         inbox: queue.Queue = queue.Queue()  # StepRequests, StepDone markers, None at the end
-        watcher = _DoneWatcher(inbox)
+        trace = StepTrace(f"worker{self.rank}")
+        watcher = _DoneWatcher(inbox, trace)
 
         def read() -> None:
             try:
                 for req in request_iterator:
+                    trace.mark(req.step_id, "received")
                     inbox.put(req)
             except Exception:  # the stream broke: the scheduler went away
                 pass
@@ -78,21 +80,24 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                         break
                     if isinstance(item, _StepDone):
                         if pending is not None and pending.step_id == item.step_id:
-                            yield pending.result()
+                            yield _answer(pending, trace)
                             pending = None
                         continue
+                    trace.mark(item.step_id, "taken")
                     try:
                         launched = runner.launch(item)
                     except StepError as e:
                         log.error("bad step %d: %s", item.step_id, e)
                         context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"step {item.step_id}: {e}")
+                    trace.mark(item.step_id, "launched")
                     if pending is not None:
-                        yield pending.result()
+                        yield _answer(pending, trace)
                     pending = launched
                     watcher.watch(launched)
                 if pending is not None:
-                    yield pending.result()
+                    yield _answer(pending, trace)
         finally:
+            trace.close()
             watcher.stop()
             runner.reset()
             self._step_lock.release()
@@ -101,6 +106,12 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         if self.runner is None:
             return worker_pb2.HealthResponse(ready=False, message=f"rank {self.rank} loading")
         return worker_pb2.HealthResponse(ready=True, message=f"rank {self.rank} ready")
+
+
+def _answer(pending, trace: StepTrace) -> worker_pb2.StepResponse:
+    reply = pending.result()
+    trace.mark(reply.step_id, "answered", reply.gpu_gap_ms)
+    return reply
 
 
 class _StepDone:
@@ -112,8 +123,8 @@ class _DoneWatcher:
     """A thread that waits for each launched step's GPU work and then posts a _StepDone marker,
     so the Step loop can block on one queue for 'next request' or 'previous step finished'."""
 
-    def __init__(self, inbox: queue.Queue):
-        self.inbox = inbox
+    def __init__(self, inbox: queue.Queue, trace: StepTrace):
+        self.inbox, self.trace = inbox, trace
         self.todo: queue.Queue = queue.Queue()
         threading.Thread(target=self._run, daemon=True, name="step-done-watcher").start()
 
@@ -126,4 +137,5 @@ class _DoneWatcher:
     def _run(self) -> None:
         while (step := self.todo.get()) is not None:
             step.wait()
+            self.trace.mark(step.step_id, "gpu_done")
             self.inbox.put(_StepDone(step.step_id))
