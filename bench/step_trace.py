@@ -58,6 +58,12 @@ def main() -> None:
                     "worker took late": w["taken"][0] - max(w["received"][0], prev["gpu_done"][0]),
                     "launch": w["launched"][0] - max(w["taken"][0], prev["gpu_done"][0])}
             blame[max(late, key=late.get)] += 1
+    for name in ("engine", "worker0"):
+        with open(args.dir / f"{name}.csv") as f:
+            gcs = [(r["event"], float(r["value"])) for r in csv.DictReader(f) if r["step"] == "-1"]
+        for gen in sorted({g for g, _ in gcs}):
+            d = [v for g, v in gcs if g == gen]
+            print(f"  {name} {gen} passes: {len(d)}, {sum(d):.1f} ms in all, longest {max(d):.2f} ms")
     print(f"{len(ids)} steps; GPU gap before a step: mean {1000 * statistics.mean(gaps):.3f} ms, {ms(gaps)}")
     for name, values in stage.items():
         print(f"  {name}: {ms(values)}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import cProfile
+import gc
 import os
 import pstats
 import sys
@@ -41,6 +42,15 @@ class StepTrace:
         self.dir = os.environ.get("LITELANG_STEP_TRACE_DIR")
         self.name = name
         self.rows: list[tuple[int, str, float, float]] = []
+        self._gc_start = 0.0
+        if self.dir:  # garbage-collector passes too: a full one can hold a process for milliseconds
+            gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._gc_start = time.monotonic()
+        else:
+            self.rows.append((-1, f"gc{info['generation']}", self._gc_start, 1000 * (time.monotonic() - self._gc_start)))
 
     def mark(self, step_id: int, event: str, value: float = 0.0) -> None:
         if self.dir:
@@ -49,6 +59,8 @@ class StepTrace:
     def close(self) -> None:
         if not self.dir or not self.rows:
             return
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
         Path(self.dir).mkdir(parents=True, exist_ok=True)
         with open(Path(self.dir) / f"{self.name}.csv", "w") as f:
             f.write("step,event,t,value\n")
