@@ -80,6 +80,8 @@ class Engine:
         # to the frontend instead, batched per step (`on_flush`)
         self.sink: Callable[[Request, OutputEvent], None] = _to_queue
         self.on_flush: Callable[[], None] = lambda: None
+        self.on_idle: Callable[[], None] = lambda: None  # the loop is about to sleep until work arrives
+        self.on_sent: Callable[[], None] = lambda: None  # a step was just sent (the GPU has work queued)
 
     # ------------------------------------------------------------ public API
 
@@ -254,15 +256,18 @@ class Engine:
                         self._wake.clear()  # about to sleep until something changes
             if idle:
                 self._flush()
+                self.on_idle()
                 await self._idle_wait()
                 continue
             try:
                 if step.extends or step.decode_rids:
                     await self.workers.send(step)
                     self.trace.mark(step.step_id, "sent")
+                    self.on_sent()
                     self._inflight.append(sum(len(e.token_ids) for e in step.extends))
                 elif not self._inflight:  # nothing runnable until something arrives
                     self._flush()
+                    self.on_idle()
                     await self._idle_wait()
                     continue
                 if not (step.extends or step.decode_rids):  # nothing new to run: wait for the oldest step

@@ -352,3 +352,42 @@ def test_request_context_slices_prompt_then_output():
         for end in range(start, len(whole) + 1):
             assert r.context(start, end) == whole[start:end]
     assert r.context() == whole
+
+
+def test_engine_garbage_policy_collects_when_idle_and_every_busy_stretch():
+    """The engine process turns automatic collection off; cyclic garbage is still collected,
+    at the times the policy picks (idle, or after BUSY_STEPS steps)."""
+    import collections
+    import gc
+    import weakref
+
+    from litelang.scheduler.engine_process import _GarbagePolicy
+
+    class Cycle:
+        pass
+
+    def garbage_cycle() -> weakref.ref:
+        a, b = Cycle(), Cycle()
+        a.other, b.other = b, a
+        return weakref.ref(a)
+
+    engine = argparse.Namespace(stats=collections.Counter())
+    was_enabled = gc.isenabled()
+    try:
+        policy = _GarbagePolicy(engine)
+        assert not gc.isenabled()
+        ref = garbage_cycle()
+        engine.stats["steps"] = 10
+        policy.on_sent()  # busy, under BUSY_STEPS since the last pass: not collected
+        assert ref() is not None
+        policy.on_idle()
+        assert ref() is None
+        ref = garbage_cycle()
+        policy.on_idle()  # no step since the last pass: nothing to collect for
+        assert ref() is not None
+        engine.stats["steps"] += policy.BUSY_STEPS
+        policy.on_sent()
+        assert ref() is None
+    finally:
+        if was_enabled:
+            gc.enable()
