@@ -11,8 +11,8 @@ class OutOfSlots(RuntimeError):
 
 class SlotAllocator:
     """The free list is an int64 array, not a list of Python ints: a pool has millions of slots,
-    and every full garbage-collector pass would touch each int object of a list (190 ms for a
-    2.1M-slot pool on the H100 host, measured) where an array is one object with no references."""
+    and every full garbage-collector pass walks a list's items (8.4 ms per pass for a 2.1M-slot
+    list on this project's CPU sandbox, 0.0 ms for the array) where an array has no references."""
 
     def __init__(self, capacity: int):
         self.capacity = capacity
