@@ -17,12 +17,17 @@ import statistics
 from pathlib import Path
 
 
-def load(path: Path) -> dict[int, dict[str, tuple[float, float]]]:
+def load(path: Path) -> tuple[dict[int, dict[str, tuple[float, float]]], list[tuple[str, float]]]:
+    """(step -> event -> (time, value), garbage-collector passes as (generation, ms))."""
     steps: dict[int, dict[str, tuple[float, float]]] = collections.defaultdict(dict)
+    gc_passes: list[tuple[str, float]] = []
     with open(path) as f:
         for row in csv.DictReader(f):
-            steps[int(row["step"])][row["event"]] = (float(row["t"]), float(row["value"]))
-    return steps
+            if row["step"] == "-1":
+                gc_passes.append((row["event"], float(row["value"])))
+            else:
+                steps[int(row["step"])][row["event"]] = (float(row["t"]), float(row["value"]))
+    return steps, gc_passes
 
 
 def ms(values: list[float]) -> str:
@@ -37,7 +42,7 @@ def main() -> None:
     ap.add_argument("dir", type=Path)
     ap.add_argument("--skip", type=int, default=20, help="leading steps to ignore (warm-up)")
     args = ap.parse_args()
-    worker, engine = load(args.dir / "worker0.csv"), load(args.dir / "engine.csv")
+    (worker, worker_gc), (engine, engine_gc) = load(args.dir / "worker0.csv"), load(args.dir / "engine.csv")
     ids = sorted(s for s in worker if s >= args.skip and "launched" in worker[s] and "gpu_done" in worker.get(s - 1, {}))
     stage: dict[str, list[float]] = collections.defaultdict(list)
     blame = collections.Counter()
@@ -58,9 +63,7 @@ def main() -> None:
                     "worker took late": w["taken"][0] - max(w["received"][0], prev["gpu_done"][0]),
                     "launch": w["launched"][0] - max(w["taken"][0], prev["gpu_done"][0])}
             blame[max(late, key=late.get)] += 1
-    for name in ("engine", "worker0"):
-        with open(args.dir / f"{name}.csv") as f:
-            gcs = [(r["event"], float(r["value"])) for r in csv.DictReader(f) if r["step"] == "-1"]
+    for name, gcs in (("engine", engine_gc), ("worker0", worker_gc)):
         for gen in sorted({g for g, _ in gcs}):
             d = [v for g, v in gcs if g == gen]
             print(f"  {name} {gen} passes: {len(d)}, {sum(d):.1f} ms in all, longest {max(d):.2f} ms")

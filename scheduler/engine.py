@@ -454,7 +454,7 @@ class Engine:
 
     def _append_token(self, r: Request, token: int, logprob: float, now: float) -> None:
         """Per token of every running request, between two steps: kept to the few checks each
-        token needs (the stop set and the length limit are resolved at submit)."""
+        token needs (the stop set is resolved at submit, the output limit at admission)."""
         s = r.sampling
         if r.first_token is None:
             r.first_token = now
