@@ -320,7 +320,10 @@ def _dot(block_n: int, block_k: int, stages: int, split: int = 1, warps: int = 4
 # better on tensor cores with a deeper cp.async pipeline. None: cuBLAS was faster. Above M = 16
 # that is every weight under ~40 MB: its ~5.5 us (1.5B qkv, o) or ~14.5 us (1.5B down) were
 # 2-20% under the best config here, while the wide weights (gate_up, lm_head, 7B down) ran 3-15%
-# faster than cuBLAS at 2.3-2.9 TB/s. Other shapes: _heuristic_config.
+# faster than cuBLAS at 2.3-2.9 TB/s. Except the 1.5B qkv: alone 6.4 against 6.0 us at M = 40,
+# but here RoPE and the KV store run in its epilogue, one launch less per layer (40 x 600 in
+# the model: 16,127 and 16,245 against 15,901 and 16,082 tok/s with cuBLAS, one call; o and
+# down on Triton as well lost: 15,595 and 15,602). Other shapes: _heuristic_config.
 CONFIGS: dict[tuple[int, int, bool, int], LinearConfig | None] = {
     # Qwen2-1.5B qkv
     (2048, 1536, False, 1):   _fma(2, 1024, warps=8),
@@ -328,8 +331,8 @@ CONFIGS: dict[tuple[int, int, bool, int], LinearConfig | None] = {
     (2048, 1536, False, 4):   _dot(64, 128, stages=6),
     (2048, 1536, False, 8):   _dot(64, 128, stages=6),
     (2048, 1536, False, 16):  _dot(64, 128, stages=6),
-    (2048, 1536, False, 32):  None,
-    (2048, 1536, False, 64):  None,
+    (2048, 1536, False, 32):  _dot(64, 64, stages=6),
+    (2048, 1536, False, 64):  _dot(64, 64, stages=6),
     # Qwen2-1.5B o
     (1536, 1536, False, 1):   _fma(4, 2048),
     (1536, 1536, False, 2):   _fma(2, 512, warps=2),

@@ -122,3 +122,61 @@ def test_seeded_sampling_same_in_any_batch(ckpt):
     print(f"seeded sampling, batch of 1 vs batch of 6: first {same}/16 tokens identical")
     other_seed = worker_pb2.Sampling(temperature=0.9, top_p=0.95, top_k=50, seed=999)
     assert run_batch(runner, [target], 16, other_seed).tokens[1] != alone
+
+
+def _compiles_after_start_up(path: str, warmup: bool, queue) -> None:
+    """In a fresh process (no kernel in Triton's memory cache): start a runner, then count the
+    Triton kernels launched with a new specialization over a serving-like mix of steps."""
+    import random
+
+    import triton
+
+    from litelang.worker.warmup import MODES
+
+    runner = build_runner(LitelangConfig(model=path, device="cuda", max_batch_size=64, max_input_length=1024,
+                                         max_output_length=1024, kv_slots=100000, warmup=warmup), rank=0)
+    compiled = []
+    triton.knobs.runtime.jit_cache_hook = lambda **kw: compiled.append(str(kw.get("repr", kw.get("key"))))
+    rng, rid, slot = random.Random(5), 0, 0
+    for round_ in range(8):
+        batch = rng.choice([1, 2, 7, 13, 40, 64])
+        mode = rng.choice([None, *MODES])
+        exts = []
+        for _ in range(batch if batch < 64 else 63):
+            n = rng.randint(1, 500)
+            rid += 1
+            exts.append(worker_pb2.Extend(rid=rid, token_ids=[rng.randrange(VOCAB) for _ in range(n)],
+                                          slots=list(range(slot, slot + n)), sample=True, is_new=True,
+                                          sampling=worker_pb2.Sampling(**(mode or {})), prompt_ids=[1, 2]))
+            slot += n
+        rids = [e.rid for e in exts]
+        runner.step(worker_pb2.StepRequest(step_id=3 * round_, extends=exts))
+        rid += 1
+        late = worker_pb2.Extend(rid=rid, token_ids=[5] * rng.randint(1, 300), is_new=True, sample=True)
+        late.slots.extend(range(slot, slot + len(late.token_ids)))
+        slot += len(late.token_ids)
+        runner.step(worker_pb2.StepRequest(step_id=3 * round_ + 1, extends=[late], decode_rids=rids,
+                                           decode_slots=list(range(slot, slot + len(rids)))))
+        slot += len(rids)
+        runner.step(worker_pb2.StepRequest(step_id=3 * round_ + 2, release=rids + [rid]))
+        slot = 0
+    queue.put(compiled)
+
+
+@pytest.mark.parametrize("warmup", [True, False])
+def test_warm_up_leaves_nothing_to_compile(ckpt, warmup):
+    """After start-up with the warm-up (worker/warmup.py), prefills of random lengths, batches
+    of random sizes, mixed prefill + decode steps and every sampling mode compile no Triton
+    kernel; without it they do (so the count can tell)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_compiles_after_start_up, args=(str(ckpt), warmup, queue))
+    child.start()
+    compiled = queue.get(timeout=600)
+    child.join()
+    if warmup:
+        assert compiled == [], f"compiled after the warm-up: {compiled}"
+    else:
+        assert compiled, "the hook saw no compile: the check cannot tell"

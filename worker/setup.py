@@ -15,6 +15,7 @@ from litelang.worker.kv_pool import KVPool, bytes_per_slot, choose_num_slots
 from litelang.worker.model import Qwen2Model
 from litelang.worker.parallel import init_tp_group
 from litelang.worker.runner import ModelRunner
+from litelang.worker.warmup import warm_up
 
 log = logging.getLogger("litelang.worker")
 
@@ -84,6 +85,8 @@ def build_runner(cfg: LitelangConfig, rank: int) -> ModelRunner:
     if use_graphs:
         runner.graphs = DecodeGraphs(runner)
         runner.graphs.capture()
+    if cfg.warmup:
+        warm_up(runner)  # Triton compiles the eager steps' kernels now, not in a request's step
     log.info(
         "rank %d/%d ready in %.1fs: %s %s, kernels=%s, %d KV slots (%.1f MiB)",
         rank, cfg.tp, time.perf_counter() - t0, device, dtype, kernels.name, slots, slots * per_slot / 2**20,
