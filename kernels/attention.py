@@ -408,10 +408,13 @@ def _decode_config(dtype: torch.dtype) -> DecodeConfig:
 # not, and a cap on splits per request (bounds the merge tile and the scratch). On an H100 with
 # the 3-stage kernel, 384 (about one wave: 3 resident programs x 132 SMs) beat 512-2048 at
 # batch 40-128 (batch 128 x 300: 19 vs 23-29 us from HBM; 13 vs 18 us with K/V in L2). 256
-# matched it from HBM but was slower at batch 16-40 with K/V in L2 (batch 16: 15.3 vs 13.4 us).
+# matches 384 alone from HBM (batch 40 x 600-1200: 21.1 vs 21.3 us; batch 64 x 4096: 98.8 vs
+# 98.3 us), and is slower only with K/V in L2 (batch 16: 13.8 vs 12.2 us), which a model's
+# layers never leave them in; in the model it is faster: 40 x 600 in, 600 out, 16,433 to 16,472
+# against 16,219 to 16,303 tok/s (four runs each, two calls). 192 and 128 were slower there.
 # Batch 1 gets the cap either way. A cap of 128 lost at batch 1 (300 tokens: 7.2 vs 5.9 us;
 # 32k: 20.9 vs 19.2 us), 32 lost at 32k (25 us).
-DECODE_TARGET_PROGRAMS = 384
+DECODE_TARGET_PROGRAMS = 256
 DECODE_MAX_SPLITS = 64
 
 
