@@ -17,7 +17,7 @@ def tiny(tmp_path_factory):
     return make_tiny_qwen2(tmp_path_factory.mktemp("warm") / "m", max_position_embeddings=1024)
 
 
-@pytest.mark.parametrize("max_batch,kv_slots,max_len", [(160, 8000, 512), (4, 300, 64)])
+@pytest.mark.parametrize("max_batch,kv_slots,max_len", [(160, 8000, 512), (4, 300, 64), (4, 300, 35)])
 def test_warmup_steps_run_and_leave_the_runner_empty(tiny, max_batch, kv_slots, max_len):
     runner = build_runner(LitelangConfig(model=str(tiny), device="cpu", kv_slots=kv_slots, max_batch_size=max_batch,
                                          max_input_length=max_len, max_output_length=max_len), rank=0)

@@ -75,7 +75,7 @@ def warmup_steps(runner) -> Iterator[worker_pb2.StepRequest]:
             ext = s.extend(n)
             yield s.request([ext])
             yield s.request(decodes=[ext.rid])  # a decode step of batch 1, eager or graphed
-            if n == 65:  # a prompt-cache hit: new tokens over the cached prefix of this request
+            if n == 65 and n + 17 <= runner.max_context:  # a prompt-cache hit: new tokens over a cached prefix
                 hit = s.extend(17)
                 hit.prefix_slots.extend(ext.slots)
                 hit.prefix_len = n
