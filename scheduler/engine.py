@@ -255,9 +255,7 @@ class Engine:
                     if not self._inflight:
                         self._wake.clear()  # about to sleep until something changes
             if idle:
-                self._flush()
-                self.on_idle()
-                await self._idle_wait()
+                await self._go_idle()
                 continue
             try:
                 if step.extends or step.decode_rids:
@@ -266,9 +264,7 @@ class Engine:
                     self.on_sent()
                     self._inflight.append(sum(len(e.token_ids) for e in step.extends))
                 elif not self._inflight:  # nothing runnable until something arrives
-                    self._flush()
-                    self.on_idle()
-                    await self._idle_wait()
+                    await self._go_idle()
                     continue
                 if not (step.extends or step.decode_rids):  # nothing new to run: wait for the oldest step
                     await self._receive()
@@ -292,6 +288,12 @@ class Engine:
         self._inflight.popleft()
         self._process(reply)
         self.trace.mark(reply.step_id, "processed")
+
+    async def _go_idle(self) -> None:
+        """End the batch of events (_flush), run the idle hook (the garbage policy), sleep until work."""
+        self._flush()
+        self.on_idle()
+        await self._idle_wait()
 
     async def _idle_wait(self) -> None:
         """Sleep until a request arrives or a worker's stream breaks (a worker can die while idle).

@@ -57,10 +57,10 @@ class StepTrace:
             self.rows.append((step_id, event, time.monotonic(), value))
 
     def close(self) -> None:
-        if not self.dir or not self.rows:
-            return
         if self._on_gc in gc.callbacks:
             gc.callbacks.remove(self._on_gc)
+        if not self.dir or not self.rows:
+            return
         Path(self.dir).mkdir(parents=True, exist_ok=True)
         with open(Path(self.dir) / f"{self.name}.csv", "w") as f:
             f.write("step,event,t,value\n")
