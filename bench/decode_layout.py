@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import triton
 
+from litelang.bench.bench_kernels import graph_us
 from litelang.kernels.attention import decode_attention
 
 BF16, DEV = torch.bfloat16, "cuda"
@@ -34,30 +35,13 @@ def case(batch: int, context: int, width: int, layout: str, gap: int):
     return (q, k, v, table, rows, lens, 128**-0.5), 2 * batch * context * 2 * 128 * 2
 
 
-def graph_us(fn, calls: int = 20, replays: int = 10) -> float:
-    fn()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(replays):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / (calls * replays) * 1e3
-
-
 def main() -> None:
     for batch, context, width in CASES:
         for layout, gap in LAYOUTS:
             args, kv_bytes = case(batch, context, width, layout, gap)
             ms = triton.testing.do_bench(lambda: decode_attention(*args), warmup=50, rep=300)
             print(f"b{batch} x {context} table {width} {layout} gap {gap}: do_bench {ms * 1e3:.1f} us "
-                  f"({kv_bytes / ms / 1e6:.0f} GB/s); graph {graph_us(lambda: decode_attention(*args)):.1f} us", flush=True)
+                  f"({kv_bytes / ms / 1e6:.0f} GB/s); graph {graph_us(lambda: decode_attention(*args), calls=20):.1f} us", flush=True)
 
 
 if __name__ == "__main__":
