@@ -16,7 +16,7 @@ from litelang.kernels.attention import decode_attention_ref, extend_attention_re
 from litelang.kernels.decode_inputs import decode_inputs_ref
 from litelang.kernels.greedy import greedy_sample_ref
 from litelang.kernels.kv_store import store_kv_ref
-from litelang.kernels.linear import linear_ref, linear_rope_store_ref, linear_silu_mul_ref
+from litelang.kernels.linear import linear_ref, linear_residual_ref, linear_rope_store_ref, linear_silu_mul_ref
 from litelang.kernels.rmsnorm import rms_norm_ref
 from litelang.kernels.rope import apply_rope_ref
 from litelang.kernels.sampling import apply_penalties_ref, sample_ref
@@ -36,11 +36,19 @@ class KernelSet:
     # last_tokens[rows] = tokens when given
     greedy_sample: Callable
     apply_penalties: Callable
-    linear: Callable  # (x, w, bias=None): F.linear; Triton for small M
-    linear_silu_mul: Callable  # (x, w_gate_up): silu_and_mul(linear(x, w_gate_up)), fused
-    # (x, w_qkv, bias, positions, cos_sin, k_pool, v_pool, slots, q_heads, kv_heads) -> qkv: the
-    # projection, then RoPE on q and k and the KV store (in its epilogue at small M)
+    # The projections take norm=DeferredNorm | None (kernels/rmsnorm.py): x is the residual
+    # stream times the norm weight, and the projection scales by 1/rms
+    linear: Callable  # (x, w, bias=None, norm=None): F.linear; Triton for small M
+    linear_silu_mul: Callable  # (x, w_gate_up, norm=None): silu_and_mul(linear(x, w_gate_up)), fused
+    # (x, w_qkv, bias, positions, cos_sin, k_pool, v_pool, slots, q_heads, kv_heads, norm=None) ->
+    # qkv: the projection, then RoPE on q and k and the KV store (in its epilogue at small M)
     linear_rope_store: Callable
+    # (x, w, residual, sumsq, norm_weight) -> (h, h * norm_weight), h = linear(x, w) + residual,
+    # adding h's rows' sums of squares into sumsq
+    linear_residual: Callable
+    # (m, w) -> whether linear_residual(x [m, K], w) adds in the projection's epilogue (so a
+    # deferred norm saves a launch)
+    linear_residual_fused: Callable
     # (embed, last_tokens, req_to_slot, rows, slots, seq_lens) -> hidden: a decode-only step's
     # table write and embedding of each row's last sampled token
     decode_inputs: Callable
@@ -60,6 +68,8 @@ REFERENCE = KernelSet(
     linear=linear_ref,
     linear_silu_mul=linear_silu_mul_ref,
     linear_rope_store=linear_rope_store_ref,
+    linear_residual=linear_residual_ref,
+    linear_residual_fused=lambda m, w: False,
     decode_inputs=decode_inputs_ref,
 )
 

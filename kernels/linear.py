@@ -13,9 +13,13 @@ Split-K (for narrow weights such as o and down) is deterministic: every split wr
 partial, and the last split of a row block to finish (an integer counter) sums the partials in
 split order and writes the output, so no second launch and no float atomics.
 
-A fused RMSNorm prologue was tried and measured slower than the two launches on an H100 (every
-program re-reads all of x: at M = 1 as fast at best, at M = 4..16 twice as slow), so the norm
-stays its own kernel.
+RMSNorm across the projections (kernels/rmsnorm.py DeferredNorm): linear_residual adds the
+residual in its epilogue, adds each row's sum of squares into an integer accumulator and writes
+the sum times the next norm's weight as well; the projection given that and `norm` scales its
+sums by 1/rms in its epilogue. No program recomputes the norm: a fused RMSNorm prologue (every
+program re-reading all of x and summing its squares) measured slower than the two launches, and
+so did multiplying by the norm weight in the consumer (each program re-reads the weight: at
+M = 1, 8,960 gate_up programs and 76k lm_head programs; 1.5B batch 1 gained 7 of ~95 us).
 """
 
 from __future__ import annotations
@@ -28,26 +32,44 @@ import torch.nn.functional as F
 
 from litelang.kernels._triton import INTERPRET, LATE_RELEASE, LaunchCounters, pdl_launch, pdl_release, pdl_start, tl, triton
 from litelang.kernels.activation import silu_and_mul, silu_and_mul_ref
+from litelang.kernels.rmsnorm import SUMSQ_ONE, DeferredNorm, deferred_norm_ref, sumsq_ref
 from litelang.kernels.rope_store import apply_rope_and_store_kv, apply_rope_and_store_kv_ref
 
 
-def linear_ref(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x [M, K], w [N, K] (nn.Linear layout), bias [N] -> [M, N]."""
+def linear_ref(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
+               norm: DeferredNorm | None = None) -> torch.Tensor:
+    """x [M, K], w [N, K] (nn.Linear layout), bias [N] -> [M, N]. With norm, x is un-normed:
+    the projection of deferred_norm_ref(x, norm)."""
+    if norm is not None:
+        x = deferred_norm_ref(x, norm)
     return F.linear(x, w, bias)
 
 
-def linear_silu_mul_ref(x: torch.Tensor, w_gate_up: torch.Tensor) -> torch.Tensor:
-    """x [M, K], w_gate_up [2I, K] (gate rows, then up rows) -> silu(x @ gate.T) * (x @ up.T), [M, I]."""
-    return silu_and_mul_ref(linear_ref(x, w_gate_up))
+def linear_silu_mul_ref(x: torch.Tensor, w_gate_up: torch.Tensor, norm: DeferredNorm | None = None) -> torch.Tensor:
+    """x [M, K], w_gate_up [2I, K] (gate rows, then up rows) -> silu(x @ gate.T) * (x @ up.T), [M, I].
+    norm: as in linear_ref."""
+    return silu_and_mul_ref(linear_ref(x, w_gate_up, norm=norm))
+
+
+def linear_residual_ref(x: torch.Tensor, w: torch.Tensor, residual: torch.Tensor, sumsq: torch.Tensor,
+                        norm_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h, h * norm_weight) with h = x @ w.T + residual [M, N] (the projection rounded, then the
+    sum, as in torch); adds each row's sum of squares of h (sumsq_ref units) into sumsq [M]
+    int64, in place. The second result is the next projection's input under a DeferredNorm."""
+    h = linear_ref(x, w) + residual
+    sumsq += sumsq_ref(h)
+    return h, norm_weight * h
 
 
 def linear_rope_store_ref(
     x: torch.Tensor, w_qkv: torch.Tensor, bias: torch.Tensor | None, positions: torch.Tensor, cos_sin: torch.Tensor,
     k_pool: torch.Tensor, v_pool: torch.Tensor, slots: torch.Tensor, q_heads: int, kv_heads: int,
+    norm: DeferredNorm | None = None,
 ) -> torch.Tensor:
     """The q||k||v projection, then apply_rope_and_store_kv_ref on its q, k, v views -> qkv
-    [M, (q_heads + 2 kv_heads) * head_dim], q rotated (k, v: see linear_rope_store)."""
-    qkv = linear_ref(x, w_qkv, bias)
+    [M, (q_heads + 2 kv_heads) * head_dim], q rotated (k, v: see linear_rope_store). norm: as
+    in linear_ref."""
+    qkv = linear_ref(x, w_qkv, bias, norm)
     q, k, v = split_qkv(qkv, q_heads, kv_heads, k_pool.shape[-1])
     apply_rope_and_store_kv_ref(q, k, v, positions, cos_sin, k_pool, v_pool, slots)
     return qkv
@@ -98,18 +120,22 @@ def _mma(w, x, DOT_F32: tl.constexpr):
 
 @triton.jit(do_not_specialize=["M"])  # one compile for every batch size
 def _linear_kernel(
-    X, W, Bias, Out, Partial, Counters, Positions, CosSin, KPool, VPool, Slots,
+    X, W, Bias, Out, Partial, Counters, Positions, CosSin, KPool, VPool, Slots, SumSq, Residual, NormW, Weighted,
     M, N, K, stride_xm, stride_om, up_row, k_per_split,
-    stride_cs, stride_pk, stride_ph, stride_pvk, stride_pvh, q_size, kv_size,
+    stride_cs, stride_pk, stride_ph, stride_pvk, stride_pvh, q_size, kv_size, stride_rm, eps,
     HAS_BIAS: tl.constexpr, SILU_MUL: tl.constexpr, SPLITS: tl.constexpr, EVEN_K: tl.constexpr,
     USE_DOT: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, VEC: tl.constexpr, PREFETCH: tl.constexpr, ROPE: tl.constexpr, HALF: tl.constexpr,
-    LATE_RELEASE: tl.constexpr, PDL: tl.constexpr,
+    NORM: tl.constexpr, ADD_RESIDUAL: tl.constexpr, SUMSQ_UNIT: tl.constexpr, LATE_RELEASE: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """Program (row block, split): out[:, rows] over K columns [k_per_split * split, ...). With
     SILU_MUL the rows are gate rows and rows + up_row their up rows. ROPE: the q||k||v
     projection; a program's rows are pairs (d, d + HALF) of heads, interleaved, so its epilogue
-    can rotate them (_rope_epilogue).
+    can rotate them (_rope_epilogue). NORM: x is the residual stream times the norm weight; the
+    sums are scaled by 1/rms from SumSq (DeferredNorm). ADD_RESIDUAL: Out = the projection +
+    Residual, whose rows' sums of squares are added into SumSq, and Weighted = Out * NormW
+    (linear_residual).
 
     Two inner products. USE_DOT: tensor cores, x padded to BLOCK_M >= 16 rows. Else float32
     FMAs on [BLOCK_M, BLOCK_N, BLOCK_K // VEC, VEC] tiles, VEC columns (16 bytes) per thread:
@@ -156,9 +182,21 @@ def _linear_kernel(
                 u_next = _load_w_until(W, rows4 + up_row, k_start + vec_cols, K, k_end)
     if ROPE:  # written before the step's first kernel: as safe to read early as the weights
         rope_in = _rope_inputs(Positions, Slots, CosSin, offs_m, pid_n, M, stride_cs, BLOCK_N, HALF)
+    norm_w = tl.zeros([BLOCK_N], dtype=tl.float32)
+    if ADD_RESIDUAL:  # the next norm's weight (a weight: read before the wait)
+        norm_w = tl.load(NormW + offs_n, mask=n_valid, other=0.0).to(tl.float32)
     # before reading anything an earlier kernel writes (kernels/_triton.py); the tensor-core
     # path's programs hold ~100 KB of shared memory: the next kernel launches after its loop
     pdl_start(PDL, RELEASE=not (USE_DOT and LATE_RELEASE))
+    out_mask = (offs_m < M)[:, None] & n_valid[None, :]
+    # loaded before the loop, so their latency hides behind it
+    inv_rms = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if NORM:
+        sumsq = tl.load(SumSq + offs_m, mask=offs_m < M, other=0).to(tl.float32)
+        inv_rms = tl.where(offs_m < M, tl.rsqrt(sumsq / SUMSQ_UNIT / K + eps), 0.0)  # padding rows: 0, not 1/sqrt(eps)
+    residual = inv_rms
+    if ADD_RESIDUAL and SPLITS == 1:
+        residual = _load_residual(Residual, offs_m, offs_n, out_mask, stride_rm)
     for k in range(k_start, k_end, BLOCK_K):
         if USE_DOT:
             offs_k = k + tl.arange(0, BLOCK_K)
@@ -195,7 +233,6 @@ def _linear_kernel(
         acc = tl.sum(acc, axis=2)
         acc_up = tl.sum(acc_up, axis=2)
 
-    out_mask = (offs_m < M)[:, None] & n_valid[None, :]
     mn = offs_m[:, None] * N + offs_n[None, :]
     if SPLITS > 1:
         # partials [splits, 2 if SILU_MUL else 1, M, N]; the last split to arrive reduces
@@ -215,23 +252,38 @@ def _linear_kernel(
                 if SILU_MUL:
                     acc_up += tl.load(Partial + (s * parts + 1) * M * N + mn, mask=out_mask, other=0.0,
                                       cache_modifier=".cg")
+            split_residual = inv_rms
+            if ADD_RESIDUAL:
+                split_residual = _load_residual(Residual, offs_m, offs_n, out_mask, stride_rm)
             tl.atomic_xchg(Counters + pid_n, 0)  # ready for the next launch
-            acc = _epilogue(acc, acc_up, Bias, Out, offs_m, offs_n, out_mask, N, stride_om, HAS_BIAS, SILU_MUL, ROPE)
+            acc = _epilogue(acc, acc_up, inv_rms, split_residual, norm_w, Bias, Out, SumSq, Weighted, offs_m, offs_n, out_mask, M, N, stride_om,
+                            HAS_BIAS, SILU_MUL, ROPE, NORM, ADD_RESIDUAL, SUMSQ_UNIT)
             if ROPE:
                 _rope_epilogue(acc, rope_in, Out, KPool, VPool, offs_m, pid_n, M, N, stride_om, stride_pk, stride_ph,
                                stride_pvk, stride_pvh, q_size, kv_size, BLOCK_M, BLOCK_N, HALF)
     else:
-        acc = _epilogue(acc, acc_up, Bias, Out, offs_m, offs_n, out_mask, N, stride_om, HAS_BIAS, SILU_MUL, ROPE)
+        acc = _epilogue(acc, acc_up, inv_rms, residual, norm_w, Bias, Out, SumSq, Weighted, offs_m, offs_n, out_mask, M, N, stride_om,
+                        HAS_BIAS, SILU_MUL, ROPE, NORM, ADD_RESIDUAL, SUMSQ_UNIT)
         if ROPE:
             _rope_epilogue(acc, rope_in, Out, KPool, VPool, offs_m, pid_n, M, N, stride_om, stride_pk, stride_ph,
                            stride_pvk, stride_pvh, q_size, kv_size, BLOCK_M, BLOCK_N, HALF)
 
 
 @triton.jit
-def _epilogue(acc, acc_up, Bias, Out, offs_m, offs_n, out_mask, N, stride_om, HAS_BIAS: tl.constexpr,
-              SILU_MUL: tl.constexpr, ROPE: tl.constexpr):
-    """Bias, SiLU * up, store; with ROPE return the biased float32 result unstored instead."""
+def _load_residual(Residual, offs_m, offs_n, out_mask, stride_rm):
+    return tl.load(Residual + offs_m.to(tl.int64)[:, None] * stride_rm + offs_n[None, :], mask=out_mask, other=0.0)
+
+
+@triton.jit
+def _epilogue(acc, acc_up, inv_rms, residual, norm_w, Bias, Out, SumSq, Weighted, offs_m, offs_n, out_mask, M, N,
+              stride_om, HAS_BIAS: tl.constexpr, SILU_MUL: tl.constexpr, ROPE: tl.constexpr, NORM: tl.constexpr,
+              ADD_RESIDUAL: tl.constexpr, SUMSQ_UNIT: tl.constexpr):
+    """1/rms, bias, SiLU * up, the residual, its sums of squares and its product with the next
+    norm's weight, store; with ROPE return the biased float32 result unstored instead."""
     dtype = Out.dtype.element_ty
+    if NORM:
+        acc = acc * inv_rms[:, None]
+        acc_up = acc_up * inv_rms[:, None]
     if HAS_BIAS:
         acc += tl.load(Bias + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
     if SILU_MUL:
@@ -239,6 +291,13 @@ def _epilogue(acc, acc_up, Bias, Out, offs_m, offs_n, out_mask, N, stride_om, HA
         gate = acc.to(dtype).to(tl.float32)
         act = (gate * tl.sigmoid(gate)).to(dtype).to(tl.float32)
         acc = act * acc_up.to(dtype).to(tl.float32)
+    if ADD_RESIDUAL:
+        # round the projection, then the sum, as `linear(x, w) + residual` does in torch
+        acc = (acc.to(dtype).to(tl.float32) + residual.to(tl.float32)).to(dtype).to(tl.float32)
+        part = tl.sum(tl.where(out_mask, acc * acc, 0.0), axis=1)
+        tl.atomic_add(SumSq + offs_m, (part * SUMSQ_UNIT + 0.5).to(tl.int64), mask=offs_m < M, sem="relaxed")
+        tl.store(Weighted + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :], (acc * norm_w[None, :]).to(dtype),
+                 mask=out_mask)
     if not ROPE:
         tl.store(Out + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :], acc.to(dtype), mask=out_mask)
     return acc
@@ -449,7 +508,9 @@ class _Rope(NamedTuple):
 
 
 def _launch(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, n: int, silu_mul: bool,
-            cfg: LinearConfig, rope: _Rope | None = None) -> torch.Tensor:
+            cfg: LinearConfig, rope: _Rope | None = None, norm: DeferredNorm | None = None,
+            residual: torch.Tensor | None = None, sumsq: torch.Tensor | None = None,
+            norm_weight: torch.Tensor | None = None, weighted: torch.Tensor | None = None) -> torch.Tensor:
     m, k = x.shape
     if x.stride(-1) != 1:
         x = x.contiguous()
@@ -467,46 +528,78 @@ def _launch(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, n: int,
     else:
         partial = counters = out  # unused
     r = rope or _Rope(out, out, out.view(1, 1, -1), out.view(1, 1, -1), out, 0, 0)  # unused without rope
+    if norm is not None:
+        sumsq = norm.sumsq
+    if sumsq is not None:
+        assert sumsq.dtype == torch.int64 and sumsq.is_contiguous() and sumsq.shape == (m,)
+    if residual is not None:  # linear_residual
+        assert sumsq is not None and norm_weight is not None and weighted is not None
+        assert residual.shape == weighted.shape == out.shape and residual.stride(-1) == 1
+        assert weighted.stride(0) == out.stride(0) and norm_weight.is_contiguous()
     _linear_kernel[grid](
         x, w, bias if bias is not None else out, out, partial, counters,
         r.positions, r.cos_sin, r.k_pool, r.v_pool, r.slots,
+        sumsq if sumsq is not None else out, residual if residual is not None else out,
+        norm_weight if norm_weight is not None else out, weighted if weighted is not None else out,
         m, n, k, x.stride(0), out.stride(0), n, k_per_split,
         r.cos_sin.stride(0), r.k_pool.stride(0), r.k_pool.stride(1), r.v_pool.stride(0), r.v_pool.stride(1),
-        r.q_size, r.kv_size,
+        r.q_size, r.kv_size, residual.stride(0) if residual is not None else 0, norm.eps if norm is not None else 0.0,
         HAS_BIAS=bias is not None, SILU_MUL=silu_mul, SPLITS=cfg.split_k, EVEN_K=k % cfg.block_k == 0,
         USE_DOT=cfg.use_dot, DOT_F32=INTERPRET or x.dtype == torch.float32, BLOCK_M=block_m,
         BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, VEC=16 // x.element_size(), PREFETCH=PREFETCH,
-        ROPE=rope is not None, HALF=rope.k_pool.shape[-1] // 2 if rope else 1, LATE_RELEASE=LATE_RELEASE,
+        ROPE=rope is not None, HALF=rope.k_pool.shape[-1] // 2 if rope else 1, NORM=norm is not None,
+        ADD_RESIDUAL=residual is not None, SUMSQ_UNIT=SUMSQ_ONE, LATE_RELEASE=LATE_RELEASE,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_launch(),
     )
     return out
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
-           config: LinearConfig | None = None) -> torch.Tensor:
-    """Triton version of linear_ref where pick_config has a config (M <= M_MAX), else cuBLAS.
-    x may be a row-strided view; no host sync, CUDA-graph capturable. config overrides
-    pick_config (tests, tuning)."""
+           config: LinearConfig | None = None, norm: DeferredNorm | None = None) -> torch.Tensor:
+    """Triton version of linear_ref where pick_config has a config (M <= M_MAX), else cuBLAS
+    (after deferred_norm_ref with a norm). x may be a row-strided view; no host sync, CUDA-graph
+    capturable. config overrides pick_config (tests, tuning)."""
     cfg = config or pick_config(x.shape[0], w.shape[0], w.shape[1])
     if cfg is None:
-        return F.linear(x, w, bias)
-    return _launch(x, w, bias, w.shape[0], False, cfg)
+        return F.linear(x if norm is None else deferred_norm_ref(x, norm), w, bias)
+    return _launch(x, w, bias, w.shape[0], False, cfg, norm=norm)
 
 
-def linear_silu_mul(x: torch.Tensor, w_gate_up: torch.Tensor, config: LinearConfig | None = None) -> torch.Tensor:
+def linear_silu_mul(x: torch.Tensor, w_gate_up: torch.Tensor, config: LinearConfig | None = None,
+                    norm: DeferredNorm | None = None) -> torch.Tensor:
     """Triton version of linear_silu_mul_ref: gate and up rows in the same program, so the
     [M, 2I] intermediate is never written."""
     n = w_gate_up.shape[0] // 2
     cfg = config or pick_config(x.shape[0], n, w_gate_up.shape[1], True)
     if cfg is None:
-        return silu_and_mul(F.linear(x, w_gate_up))
-    return _launch(x, w_gate_up, None, n, True, cfg)
+        return silu_and_mul(F.linear(x if norm is None else deferred_norm_ref(x, norm), w_gate_up))
+    return _launch(x, w_gate_up, None, n, True, cfg, norm=norm)
+
+
+def linear_residual(x: torch.Tensor, w: torch.Tensor, residual: torch.Tensor, sumsq: torch.Tensor,
+                    norm_weight: torch.Tensor, config: LinearConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton version of linear_residual_ref: the residual add, the sums of squares and the next
+    norm's weight in the projection's epilogue (where pick_config has a config), so the norm
+    after it needs no kernel of its own (kernels/rmsnorm.py DeferredNorm)."""
+    cfg = config or pick_config(x.shape[0], w.shape[0], w.shape[1])
+    if cfg is None or x.shape[0] == 0:
+        return linear_residual_ref(x, w, residual, sumsq, norm_weight)
+    weighted = torch.empty(residual.shape, dtype=residual.dtype, device=residual.device)
+    h = _launch(x, w, None, w.shape[0], False, cfg, residual=residual, sumsq=sumsq, norm_weight=norm_weight,
+                weighted=weighted)
+    return h, weighted
+
+
+def runs_on_triton(m: int, w: torch.Tensor) -> bool:
+    """Whether linear(x [m, K], w) runs here (not on cuBLAS): where linear_residual saves the
+    norm's launch."""
+    return pick_config(m, w.shape[0], w.shape[1]) is not None
 
 
 def linear_rope_store(
     x: torch.Tensor, w_qkv: torch.Tensor, bias: torch.Tensor | None, positions: torch.Tensor, cos_sin: torch.Tensor,
     k_pool: torch.Tensor, v_pool: torch.Tensor, slots: torch.Tensor, q_heads: int, kv_heads: int,
-    config: LinearConfig | None = None,
+    config: LinearConfig | None = None, norm: DeferredNorm | None = None,
 ) -> torch.Tensor:
     """Triton version of linear_rope_store_ref: where the projection runs here (small M), RoPE
     and the KV store run in its epilogue, one launch instead of two. Only qkv's q columns are
@@ -516,11 +609,11 @@ def linear_rope_store(
     n = w_qkv.shape[0]
     cfg = config or pick_config(x.shape[0], n, w_qkv.shape[1])
     if cfg is None or x.shape[0] == 0 or head_dim & (head_dim - 1):
-        qkv = linear(x, w_qkv, bias, cfg)
+        qkv = linear(x, w_qkv, bias, cfg, norm)
         apply_rope_and_store_kv(*split_qkv(qkv, q_heads, kv_heads, head_dim), positions, cos_sin, k_pool, v_pool, slots)
         return qkv
     for t in (cos_sin, k_pool, v_pool):
         assert t.stride(-1) == 1, "head_dim (and the cos/sin row) must be contiguous"
     cfg = cfg._replace(block_n=max(2, cfg.block_n))  # whole (d, d + head_dim / 2) pairs per program
     rope = _Rope(positions, cos_sin, k_pool, v_pool, slots, q_heads * head_dim, kv_heads * head_dim)
-    return _launch(x, w_qkv, bias, n, False, cfg, rope)
+    return _launch(x, w_qkv, bias, n, False, cfg, rope, norm)

@@ -1,10 +1,20 @@
-"""Fused residual-add + RMSNorm.
+"""Fused residual-add + RMSNorm, and the norm deferred into the projections around it.
 
 Qwen2 adds the residual right before each norm; fusing the two saves one read and one write of
 the hidden states per norm.
+
+At decode sizes the norm can leave its own kernel altogether (worker/residual.py): the
+projection before it (o, down) adds the residual in its epilogue, adds each row's sum of squares
+into an accumulator and writes the rows times the norm weight, and the projection after it
+(qkv, gate_up, lm_head) takes those and scales its sums by 1/rms (DeferredNorm). The sums of squares are integers in units of 1/SUMSQ_ONE: integer atomics
+are exact, so the total is the same whichever program adds first, and results stay
+deterministic. The unit covers sums up to 2**63 / SUMSQ_ONE ~ 8.8e12 (an RMS of 7.5e4 over
+1536 values) at a resolution far below the norm's epsilon.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
@@ -23,6 +33,28 @@ def rms_norm_ref(
     xf = x.float()
     out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return weight * out.to(x.dtype), x
+
+
+SUMSQ_ONE = 2**20
+
+
+class DeferredNorm(NamedTuple):
+    """RMSNorm(h) * weight, left to the projection that consumes it: the projection's input is
+    h * weight, and sumsq [rows] int64 holds each row's sum of squares of h in units of
+    1/SUMSQ_ONE (both from linear_residual)."""
+    sumsq: torch.Tensor
+    eps: float
+
+
+def sumsq_ref(x: torch.Tensor) -> torch.Tensor:
+    """x [rows, hidden] -> each row's sum of squares (float32 math) in units of 1/SUMSQ_ONE."""
+    return torch.round(x.float().pow(2).sum(-1) * SUMSQ_ONE).long()
+
+
+def deferred_norm_ref(weighted: torch.Tensor, norm: DeferredNorm) -> torch.Tensor:
+    """The normed rows that weighted (h * weight) and `norm` stand for."""
+    inv_rms = torch.rsqrt(norm.sumsq.double() / SUMSQ_ONE / weighted.shape[-1] + norm.eps).float()
+    return (weighted.float() * inv_rms[:, None]).to(weighted.dtype)
 
 
 # --- Triton ----------------------------------------------------------------------------------

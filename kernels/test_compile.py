@@ -110,9 +110,12 @@ def _cases():
                                          (64, 8960, 1536, True, True, linear.pick_config(64, 8960, 1536, True))):
         block_m = max(16, m) if cfg.use_dot else m
         rope = n == 2048 or (m == 8 and not silu)  # 1.5B qkv with RoPE + store; and on split-K tensor cores
+        # the deferred RMSNorm: applied by qkv and gate_up, accumulated by o and down (M <= 16)
+        norm, add_residual = m <= 8 and (rope or silu), m <= 8 and n == 1536
         yield linear._linear_kernel, dict(
             PDL=True, X=bf, W=bf, Bias=bf, Out=bf, Partial=f32, Counters=i32, Positions=i64, CosSin=f32, KPool=bf,
-            VPool=bf, Slots=i64, M=m, N=n, K=k, stride_xm=k, stride_om=n, up_row=n,
+            VPool=bf, Slots=i64, SumSq=i64, Residual=bf, NormW=bf, Weighted=bf, stride_rm=n, eps=1e-6, NORM=norm,
+            ADD_RESIDUAL=add_residual, SUMSQ_UNIT=rmsnorm.SUMSQ_ONE, M=m, N=n, K=k, stride_xm=k, stride_om=n, up_row=n,
             k_per_split=triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k,
             stride_cs=128, stride_pk=256, stride_ph=128, stride_pvk=256, stride_pvh=128, q_size=1536, kv_size=256,
             HAS_BIAS=not silu, SILU_MUL=silu, SPLITS=cfg.split_k, EVEN_K=k % cfg.block_k == 0, USE_DOT=cfg.use_dot,

@@ -14,9 +14,10 @@ import torch.nn.functional as F
 pytest.importorskip("triton")
 
 from litelang.kernels.linear import (  # noqa: E402
-    M_MAX, LinearConfig, linear, linear_ref, linear_rope_store, linear_rope_store_ref, linear_silu_mul,
-    linear_silu_mul_ref, split_qkv,
+    M_MAX, LinearConfig, linear, linear_ref, linear_residual, linear_residual_ref, linear_rope_store,
+    linear_rope_store_ref, linear_silu_mul, linear_silu_mul_ref, split_qkv,
 )
+from litelang.kernels.rmsnorm import SUMSQ_ONE, DeferredNorm, rms_norm_ref, sumsq_ref  # noqa: E402
 from litelang.kernels.rope import rope_cos_sin_cache  # noqa: E402
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
@@ -147,6 +148,88 @@ def test_linear_rope_store_large_m_falls_back(device):
     check_rope_store(rope_case(M_MAX + 3, 3, 1, 8, 24, torch.float32, device, bias=True, seed=30), 3, 1)
 
 
+# --- the RMSNorm deferred into the projections (kernels/rmsnorm.py DeferredNorm) -------------------
+
+NORM_CONFIGS = [
+    None,  # the interpreter's default: FMAs, split K
+    LinearConfig(block_n=16, block_k=32, split_k=3, use_dot=True),  # tensor cores, split K
+    LinearConfig(block_n=8, block_k=16),  # FMAs, one split
+]
+NORM_IDS = ["default", "dot-split", "fma"]
+
+
+@pytest.mark.parametrize("config", NORM_CONFIGS, ids=NORM_IDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("m", [1, 3])
+def test_linear_residual_matches_reference(device, dtype, m, config):
+    """h = x @ w.T + residual and h * norm_weight, and each row's sum of squares added into sumsq
+    (exactly the total of the programs' rounded parts: within one unit per program of sumsq_ref)."""
+    n, k = 37, 72
+    x = rand(m, k, seed=m, device=device, dtype=dtype)
+    w = rand(n, k, seed=1, device=device, dtype=dtype, scale=k**-0.5)
+    residual = rand(m, n, seed=2, device=device, dtype=dtype)
+    norm_weight = rand(n, seed=3, device=device, dtype=dtype)
+    start = torch.arange(m, device=device) * 1000  # added to, not overwritten
+    sumsq, ref_sumsq = start.clone(), start.clone()
+    h, weighted = linear_residual(x, w, residual, sumsq, norm_weight, config=config)
+    want, want_weighted = linear_residual_ref(x, w, residual, ref_sumsq, norm_weight)
+    check(h, want)
+    check(weighted, want_weighted)
+    programs = triton_cdiv(n, (config or LinearConfig(4, 16)).block_n)
+    assert (sumsq - start > 0).all()
+    assert ((sumsq - ref_sumsq).abs() <= programs + (h - want).abs().max().item() * 4 * n * SUMSQ_ONE).all()
+    # the oracle's units: the sum of squares of the rows themselves
+    torch.testing.assert_close((ref_sumsq - start).double() / SUMSQ_ONE, want.double().pow(2).sum(-1),
+                               rtol=1e-5, atol=1e-5)
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def deferred_case(m: int, k: int, dtype, device, seed: int):
+    """(h * weight, norm, normed): un-normed rows h of varied scale times a norm weight, their
+    sums of squares, and the independent oracle: the norm kernel's reference on h."""
+    h = rand(m, k, seed=seed, device=device, dtype=dtype) * torch.arange(1, m + 1, device=device)[:, None].to(dtype)
+    weight = rand(k, seed=seed + 1, device=device, dtype=dtype, scale=0.5) + 1
+    return weight * h, DeferredNorm(sumsq_ref(h), 1e-6), rms_norm_ref(h, weight, 1e-6)[0]
+
+
+@pytest.mark.parametrize("config", NORM_CONFIGS, ids=NORM_IDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("m", [1, 3])
+def test_deferred_norm_in_projections(device, dtype, m, config):
+    """linear, linear_silu_mul and linear_rope_store given h * weight and a DeferredNorm equal
+    the projections of RMSNorm(h) * weight computed apart."""
+    x, norm, normed = deferred_case(m, 72, dtype, device, seed=20 + m)
+    w = rand(2 * 19, 72, seed=7, device=device, dtype=dtype, scale=72**-0.5)
+    bias = rand(2 * 19, seed=8, device=device, dtype=dtype)
+    check(linear(x, w, bias, config=config, norm=norm), linear_ref(normed, w, bias))
+    check(linear_silu_mul(x, w, config=config, norm=norm), linear_silu_mul_ref(normed, w))
+    rope_cfg = config._replace(block_n=max(2, config.block_n)) if config else None
+    args = rope_case(m, 3, 1, 8, 72, dtype, device, bias=True, seed=m)
+    x, norm, normed = deferred_case(m, 72, dtype, device, seed=30 + m)
+    ref_pools = [p.clone() for p in args[5]]
+    want = linear_rope_store_ref(normed, *args[1:5], *ref_pools, args[6], 3, 1)
+    got = linear_rope_store(x, *args[1:5], *args[5], args[6], 3, 1, config=rope_cfg, norm=norm)
+    check(got[:, :24], want[:, :24])
+    for p, ref in zip(args[5], ref_pools):
+        check(p, ref)
+
+
+def test_deferred_norm_past_m_max_falls_back(device):
+    """cuBLAS sizes: the norm applied in torch first, the residual added in torch."""
+    x, norm, normed = deferred_case(M_MAX + 2, 40, torch.float32, device, seed=40)
+    w = rand(24, 40, seed=41, device=device, dtype=torch.float32)
+    check(linear(x, w, norm=norm), linear_ref(normed, w))
+    check(linear_silu_mul(x, w, norm=norm), linear_silu_mul_ref(normed, w))
+    sumsq = torch.zeros(M_MAX + 2, dtype=torch.int64, device=device)
+    norm_weight = rand(24, seed=43, device=device, dtype=torch.float32)
+    h, weighted = linear_residual(x, w, rand(M_MAX + 2, 24, seed=42, device=device, dtype=torch.float32), sumsq,
+                                  norm_weight)
+    assert torch.equal(sumsq, sumsq_ref(h)) and torch.equal(weighted, h * norm_weight)
+
+
 # --- GPU: real shapes --------------------------------------------------------------------------
 
 # (name, N, K, bias, silu_mul); for silu_mul N is the gate||up row count
@@ -177,8 +260,8 @@ def silu_and_mul_f32(y: torch.Tensor) -> torch.Tensor:
     return (F.silu(gate).to(y.dtype).float() * up).to(y.dtype)
 
 
-def run(x, w, bias, silu_mul: bool, config: LinearConfig | None = None) -> torch.Tensor:
-    return linear_silu_mul(x, w, config=config) if silu_mul else linear(x, w, bias, config=config)
+def run(x, w, bias, silu_mul: bool, config: LinearConfig | None = None, norm: DeferredNorm | None = None) -> torch.Tensor:
+    return linear_silu_mul(x, w, config=config, norm=norm) if silu_mul else linear(x, w, bias, config=config, norm=norm)
 
 
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 8, 12, 16, 24, 32, 48, 64])  # every M bucket, rows past M in a bucket
@@ -191,6 +274,35 @@ def test_gpu_real_shapes(name, n, k, has_bias, silu_mul, m):
     torch.testing.assert_close(out, float_ref(x, w, bias, silu_mul), atol=2e-2, rtol=2e-2)
     # fixed-order split-K reduction: bitwise the same every run
     assert torch.equal(out, run(x, w, bias, silu_mul))
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 8, 16])  # the sizes where the model defers its norms
+@pytest.mark.parametrize("name,n,k,has_bias,silu_mul", SHAPES, ids=[s[0] for s in SHAPES])
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_deferred_norm(name, n, k, has_bias, silu_mul, m):
+    """The served configs at real shapes: o and down add the residual, the rows' sums of squares
+    and the next norm's weight (bitwise the same every run); qkv and gate_up finish a
+    DeferredNorm, against the projection of the norm kernel's reference. (The two round
+    differently: normed rows to bf16 before the projection, or its sums scaled after.)"""
+    x, w, bias = gpu_case(n, k, m, has_bias, seed=m)
+    g = torch.Generator(device="cuda").manual_seed(m)
+    if name.endswith(("-o", "-down")):
+        residual = torch.randn(m, n, device="cuda", generator=g).bfloat16()
+        norm_weight = (torch.randn(n, device="cuda", generator=g) * 0.2 + 1).bfloat16()
+        sums = [torch.zeros(m, dtype=torch.int64, device="cuda") for _ in range(2)]
+        outs = [linear_residual(x, w, residual, s, norm_weight) for s in sums]
+        want = (float_ref(x, w, None, False).float() + residual.float()).bfloat16()
+        torch.testing.assert_close(outs[0][0], want, atol=2e-2, rtol=2e-2)
+        assert torch.equal(outs[0][1], outs[0][0] * norm_weight)
+        torch.testing.assert_close(sums[0].double() / SUMSQ_ONE, outs[0][0].double().pow(2).sum(-1), rtol=1e-6, atol=1e-3)
+        assert all(torch.equal(a, b) for a, b in zip(outs[0], outs[1])) and torch.equal(sums[0], sums[1])
+    else:
+        h = x * 3
+        weight = (torch.randn(k, device="cuda", generator=g) * 0.2 + 1).bfloat16()
+        out = run(weight * h, w, bias, silu_mul, norm=DeferredNorm(sumsq_ref(h), 1e-6))
+        want = float_ref(rms_norm_ref(h, weight, 1e-6)[0], w, bias, silu_mul)
+        torch.testing.assert_close(out, want, atol=5e-2, rtol=3e-2)
 
 
 @pytest.mark.parametrize("m", [1, 2, 4, 8, 16, 32])
@@ -222,6 +334,9 @@ def test_gpu_linear_rope_store(name, k, q_heads, kv_heads, m):
 def test_gpu_lm_head(m):
     x, w, _ = gpu_case(151936, 1536, m, False)
     torch.testing.assert_close(linear(x, w), float_ref(x, w, None, False), atol=2e-2, rtol=2e-2)
+    weight = (torch.rand(1536, device="cuda") + 0.5).bfloat16()  # the final norm, deferred
+    torch.testing.assert_close(linear(weight * x, w, norm=DeferredNorm(sumsq_ref(x), 1e-6)),
+                               float_ref(rms_norm_ref(x, weight, 1e-6)[0], w, None, False), atol=2e-2, rtol=2e-2)
 
 
 # split-K on both inner products, beside the served configs

@@ -80,6 +80,47 @@ def test_greedy_matches_hf(tmp_path, tie):
         assert got[rid] == hf_greedy(path, p, 12), f"request {rid}"
 
 
+def test_triton_kernels_defer_norms_and_match_hf(tiny_qwen2, monkeypatch):
+    """The Triton kernels through the whole model (CPU interpreter, tiny blocks): decode steps
+    move each RMSNorm into the projections around it (worker/residual.py), prefills keep the norm
+    kernels. Teacher-forced logits of batch-3 and batch-1 decode steps against HF float32."""
+    pytest.importorskip("triton")
+    from litelang.worker import residual
+
+    deferred, make_stream = [], residual.DeferredNormStream.__init__
+
+    def counted(self, *args, **kwargs):
+        deferred.append(1)
+        make_stream(self, *args, **kwargs)
+
+    monkeypatch.setattr(residual.DeferredNormStream, "__init__", counted)
+    monkeypatch.setenv("LITELANG_KERNELS", "triton")
+    runner = build_runner(LitelangConfig(model=str(tiny_qwen2), device="cpu", kv_slots=1000, max_batch_size=4,
+                                         max_input_length=64, max_output_length=64), rank=0)
+    assert runner.model.kernels.name == "triton"
+    hf = AutoModelForCausalLM.from_pretrained(tiny_qwen2, dtype=torch.float32).eval()
+    slots, steps = SlotPool(), 3
+    for seqs in ({1: [5, 17, 99, 3, 250, 8, 1, 60, 61, 62], 2: [42, 9, 8, 7], 3: list(range(100, 124))},
+                 {4: [7, 7, 200, 31, 1, 2, 3]}):
+        req = worker_pb2.StepRequest(step_id=0)
+        for rid, s in seqs.items():
+            n = len(s) - steps
+            req.extends.add(rid=rid, token_ids=s[:n], slots=slots.take(n), sample=True, is_new=True,
+                            sampling=greedy_sampling())
+        runner.forward_logits(req)
+        for step in range(steps):
+            req = worker_pb2.StepRequest(step_id=step + 1, decode_rids=list(seqs))
+            req.decode_slots.extend(slots.take(len(seqs)))
+            for rid, s in seqs.items():
+                runner.last_tokens[runner.row_of(rid)] = s[len(s) - steps + step]
+            got = runner.forward_logits(req)
+            for row, (rid, s) in zip(got, seqs.items()):
+                with torch.no_grad():
+                    want = hf(torch.tensor([s[: len(s) - steps + step + 1]])).logits[0, -1]
+                torch.testing.assert_close(row, want, atol=1e-4, rtol=1e-4, msg=f"request {rid}, decode step {step}")
+    assert len(deferred) == 2 * steps, "every decode step defers its norms"
+
+
 def test_chunked_prefill_matches_whole(tiny_qwen2):
     cfg = LitelangConfig(model=str(tiny_qwen2), device="cpu", kv_slots=1000, max_batch_size=4,
                          max_input_length=64, max_output_length=64)

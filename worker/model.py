@@ -12,10 +12,12 @@ from dataclasses import dataclass
 import torch
 
 from litelang.kernels import KernelSet
+from litelang.kernels.rmsnorm import DeferredNorm
 from litelang.kernels.rope import rope_cos_sin_cache
 from litelang.worker.checkpoint import CheckpointReader, Qwen2Spec
 from litelang.worker.forward_batch import ForwardBatch
 from litelang.worker.parallel import TPGroup, shard_range
+from litelang.worker.residual import DeferredNormStream, ResidualStream
 
 
 @dataclass
@@ -96,32 +98,43 @@ class Qwen2Model:
                 hidden: torch.Tensor | None = None) -> torch.Tensor:
         """Return logits [samplers, vocab] (model dtype) for the rows in batch.logits_index.
         hidden: the embedded inputs, when the caller has them (else batch.input_ids are embedded)."""
-        ks, s = self.kernels, self.spec
+        ks = self.kernels
         if hidden is None:
             hidden = self.embed[batch.input_ids]
-        residual = None
-        for i, w in enumerate(self.layers):
-            h, residual = ks.rms_norm(hidden, w.input_norm, s.rms_norm_eps, residual)
-            h = self._attention(i, w, h, batch, k_pools[i], v_pools[i])
-            h, residual = ks.rms_norm(h, w.post_norm, s.rms_norm_eps, residual)
-            h = ks.linear_silu_mul(h, w.gate_up_weight)
-            hidden = self.tp.all_reduce(ks.linear(h, w.down_weight))
-        hidden, _ = ks.rms_norm(hidden, self.final_norm, s.rms_norm_eps, residual)
+        # each projection added to the stream, and the norm weight the next read is normed with
+        next_norms = [w.input_norm for w in self.layers[1:]] + [self.final_norm]
+        stream = self._residual_stream(batch, hidden)
+        for i, (w, next_norm) in enumerate(zip(self.layers, next_norms)):
+            x, norm = stream.normed()
+            stream.add_projection(self._attention(w, x, norm, batch, k_pools[i], v_pools[i]), w.o_weight, w.post_norm)
+            x, norm = stream.normed()
+            stream.add_projection(ks.linear_silu_mul(x, w.gate_up_weight, norm=norm), w.down_weight, next_norm)
+        x, norm = stream.normed()
         if batch.logits_index is not None:
-            hidden = hidden[batch.logits_index]
-        return ks.linear(hidden, self.lm_head)
+            x = x[batch.logits_index]  # (a ResidualStream: norm is None)
+        return ks.linear(x, self.lm_head, norm=norm)
 
-    def _attention(
-        self, i: int, w: LayerWeights, h: torch.Tensor, batch: ForwardBatch, k_pool: torch.Tensor, v_pool: torch.Tensor
-    ) -> torch.Tensor:
-        """Attention over a layer's normed input h, from the q‖k‖v projection through o (all-reduced)."""
+    def _residual_stream(self, batch: ForwardBatch, hidden: torch.Tensor) -> ResidualStream:
+        """The norms inside the projections where o and down run on Triton (decode batch sizes),
+        on one GPU, when every row reaches the lm_head; else norm kernels."""
+        ks, eps, n = self.kernels, self.spec.rms_norm_eps, hidden.shape[0]
+        w = self.layers[0]
+        if (self.tp.size == 1 and batch.logits_index is None and ks.linear_residual_fused(n, w.o_weight)
+                and ks.linear_residual_fused(n, w.down_weight)):
+            return DeferredNormStream(ks, self.tp, hidden, w.input_norm, eps, projections=2 * len(self.layers))
+        return ResidualStream(ks, self.tp, hidden, w.input_norm, eps)
+
+    def _attention(self, w: LayerWeights, x: torch.Tensor, norm: DeferredNorm | None, batch: ForwardBatch,
+                   k_pool: torch.Tensor, v_pool: torch.Tensor) -> torch.Tensor:
+        """Attention over a layer's input x (normed, or with the norm for the projection to apply),
+        from the q‖k‖v projection up to o: the heads' outputs [tokens, q local heads * head_dim]."""
         ks, d = self.kernels, self.spec.head_dim
-        n = h.shape[0]
+        n = x.shape[0]
         q_size = self.num_local_heads * d
         # the projection, RoPE and the KV store (one launch at decode batch sizes): rotated k and
         # v go to the pool, where attention reads them; of qkv only the q columns count after this
-        qkv = ks.linear_rope_store(h, w.qkv_weight, w.qkv_bias, batch.positions, self.cos_sin, k_pool, v_pool,
-                                   batch.slots, self.num_local_heads, self.num_local_kv_heads)
+        qkv = ks.linear_rope_store(x, w.qkv_weight, w.qkv_bias, batch.positions, self.cos_sin, k_pool, v_pool,
+                                   batch.slots, self.num_local_heads, self.num_local_kv_heads, norm=norm)
         q = qkv[:, :q_size].view(n, self.num_local_heads, d)
 
         e = batch.num_extend_tokens
@@ -136,5 +149,4 @@ class Qwen2Model:
                 q[e:], k_pool, v_pool, batch.req_to_slot, batch.decode_rows, batch.decode_seq_lens, self.scale
             ))
         out = parts[0] if len(parts) == 1 else torch.cat(parts)
-        o = ks.linear(out.reshape(n, q_size), w.o_weight)
-        return self.tp.all_reduce(o)
+        return out.reshape(n, q_size)

@@ -310,7 +310,10 @@ class ModelRunner:
             extend_max_new_len=max((b - a for a, b in zip(plan.cu, plan.cu[1:])), default=0),
             decode_rows=decode_rows,
             decode_seq_lens=_t(plan.dec_lens, torch.int32, dev),
-            logits_index=_t(plan.logits_index, torch.long, dev),
+            # None when every row samples (decode-only steps): no gather, and the norms can move
+            # into the projections (worker/residual.py)
+            logits_index=None if plan.logits_index == list(range(len(positions))) else
+            _t(plan.logits_index, torch.long, dev),
         )
 
 
