@@ -46,9 +46,9 @@ class KernelSet:
     # (x, w, residual, sumsq, norm_weight) -> (h, h * norm_weight), h = linear(x, w) + residual,
     # adding h's rows' sums of squares into sumsq
     linear_residual: Callable
-    # (m, w) -> whether linear_residual(x [m, K], w) adds in the projection's epilogue (so a
-    # deferred norm saves a launch)
-    linear_residual_fused: Callable
+    # (m, w) -> whether to defer the norm after linear_residual(x [m, K], w): the add runs in the
+    # projection's epilogue, and that measured faster than the norm kernel
+    defers_norm: Callable
     # (embed, last_tokens, req_to_slot, rows, slots, seq_lens) -> hidden: a decode-only step's
     # table write and embedding of each row's last sampled token
     decode_inputs: Callable
@@ -69,7 +69,7 @@ REFERENCE = KernelSet(
     linear_silu_mul=linear_silu_mul_ref,
     linear_rope_store=linear_rope_store_ref,
     linear_residual=linear_residual_ref,
-    linear_residual_fused=lambda m, w: False,
+    defers_norm=lambda m, w: False,
     decode_inputs=decode_inputs_ref,
 )
 

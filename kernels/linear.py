@@ -590,10 +590,17 @@ def linear_residual(x: torch.Tensor, w: torch.Tensor, residual: torch.Tensor, su
     return h, weighted
 
 
-def runs_on_triton(m: int, w: torch.Tensor) -> bool:
-    """Whether linear(x [m, K], w) runs here (not on cuBLAS): where linear_residual saves the
-    norm's launch."""
-    return pick_config(m, w.shape[0], w.shape[1]) is not None
+# Widest residual stream (o's and down's N) that defers its norms: measured faster at the 1.5B
+# (1,536: batch 1 1.44 -> 1.377 ms/token) and slower at the 7B (3,584: 5.00 -> 5.035 ms; there
+# o and down run 3,584 one-row programs at M = 1; spreading their atomics over 16 addresses
+# changed nothing).
+DEFER_NORM_MAX_N = 2048
+
+
+def defers_norm(m: int, w: torch.Tensor) -> bool:
+    """Whether the norm after linear_residual(x [m, K], w) is worth deferring: the projection
+    runs here (not on cuBLAS), so its epilogue takes the residual add, and N is narrow enough."""
+    return w.shape[0] <= DEFER_NORM_MAX_N and pick_config(m, w.shape[0], w.shape[1]) is not None
 
 
 def linear_rope_store(

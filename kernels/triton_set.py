@@ -13,7 +13,7 @@ from litelang.kernels.attention import decode_attention, extend_attention
 from litelang.kernels.decode_inputs import decode_inputs
 from litelang.kernels.greedy import greedy_sample
 from litelang.kernels.kv_store import store_kv
-from litelang.kernels.linear import linear, linear_residual, linear_rope_store, linear_silu_mul, runs_on_triton
+from litelang.kernels.linear import linear, linear_residual, linear_rope_store, linear_silu_mul, defers_norm
 from litelang.kernels.rmsnorm import rms_norm
 from litelang.kernels.rope import apply_rope
 from litelang.kernels.sampling import apply_penalties, sample
@@ -33,6 +33,6 @@ TRITON = KernelSet(
     linear_silu_mul=linear_silu_mul,
     linear_rope_store=linear_rope_store,
     linear_residual=linear_residual,
-    linear_residual_fused=runs_on_triton,
+    defers_norm=defers_norm,
     decode_inputs=decode_inputs,
 )

@@ -115,12 +115,12 @@ class Qwen2Model:
         return ks.linear(x, self.lm_head, norm=norm)
 
     def _residual_stream(self, batch: ForwardBatch, hidden: torch.Tensor) -> ResidualStream:
-        """The norms inside the projections where o and down run on Triton (decode batch sizes),
-        on one GPU, when every row reaches the lm_head; else norm kernels."""
+        """The norms inside the projections where the kernels say it pays (o and down on Triton,
+        at decode batch sizes), on one GPU, when every row reaches the lm_head; else norm kernels."""
         ks, eps, n = self.kernels, self.spec.rms_norm_eps, hidden.shape[0]
         w = self.layers[0]
-        if (self.tp.size == 1 and batch.logits_index is None and ks.linear_residual_fused(n, w.o_weight)
-                and ks.linear_residual_fused(n, w.down_weight)):
+        if (self.tp.size == 1 and batch.logits_index is None and ks.defers_norm(n, w.o_weight)
+                and ks.defers_norm(n, w.down_weight)):
             return DeferredNormStream(ks, self.tp, hidden, w.input_norm, eps, projections=2 * len(self.layers))
         return ResidualStream(ks, self.tp, hidden, w.input_norm, eps)
 
