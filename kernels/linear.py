@@ -38,8 +38,8 @@ from litelang.kernels.rope_store import apply_rope_and_store_kv, apply_rope_and_
 
 def linear_ref(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
                norm: DeferredNorm | None = None) -> torch.Tensor:
-    """x [M, K], w [N, K] (nn.Linear layout), bias [N] -> [M, N]. With norm, x is un-normed:
-    the projection of deferred_norm_ref(x, norm)."""
+    """x [M, K], w [N, K] (nn.Linear layout), bias [N] -> [M, N]. With norm, x is the residual
+    stream times the norm weight: the projection of deferred_norm_ref(x, norm)."""
     if norm is not None:
         x = deferred_norm_ref(x, norm)
     return F.linear(x, w, bias)
@@ -193,7 +193,8 @@ def _linear_kernel(
     inv_rms = tl.zeros([BLOCK_M], dtype=tl.float32)
     if NORM:
         sumsq = tl.load(SumSq + offs_m, mask=offs_m < M, other=0).to(tl.float32)
-        inv_rms = tl.where(offs_m < M, tl.rsqrt(sumsq / SUMSQ_UNIT / K + eps), 0.0)  # padding rows: 0, not 1/sqrt(eps)
+        # padding rows get 0, not 1/sqrt(eps)
+        inv_rms = tl.where(offs_m < M, tl.rsqrt(sumsq / SUMSQ_UNIT / K + eps), 0.0)
     residual = inv_rms
     if ADD_RESIDUAL and SPLITS == 1:
         residual = _load_residual(Residual, offs_m, offs_n, out_mask, stride_rm)
@@ -256,14 +257,14 @@ def _linear_kernel(
             if ADD_RESIDUAL:
                 split_residual = _load_residual(Residual, offs_m, offs_n, out_mask, stride_rm)
             tl.atomic_xchg(Counters + pid_n, 0)  # ready for the next launch
-            acc = _epilogue(acc, acc_up, inv_rms, split_residual, norm_w, Bias, Out, SumSq, Weighted, offs_m, offs_n, out_mask, M, N, stride_om,
-                            HAS_BIAS, SILU_MUL, ROPE, NORM, ADD_RESIDUAL, SUMSQ_UNIT)
+            acc = _epilogue(acc, acc_up, inv_rms, split_residual, norm_w, Bias, Out, SumSq, Weighted, offs_m, offs_n,
+                            out_mask, M, N, stride_om, HAS_BIAS, SILU_MUL, ROPE, NORM, ADD_RESIDUAL, SUMSQ_UNIT)
             if ROPE:
                 _rope_epilogue(acc, rope_in, Out, KPool, VPool, offs_m, pid_n, M, N, stride_om, stride_pk, stride_ph,
                                stride_pvk, stride_pvh, q_size, kv_size, BLOCK_M, BLOCK_N, HALF)
     else:
-        acc = _epilogue(acc, acc_up, inv_rms, residual, norm_w, Bias, Out, SumSq, Weighted, offs_m, offs_n, out_mask, M, N, stride_om,
-                        HAS_BIAS, SILU_MUL, ROPE, NORM, ADD_RESIDUAL, SUMSQ_UNIT)
+        acc = _epilogue(acc, acc_up, inv_rms, residual, norm_w, Bias, Out, SumSq, Weighted, offs_m, offs_n, out_mask,
+                        M, N, stride_om, HAS_BIAS, SILU_MUL, ROPE, NORM, ADD_RESIDUAL, SUMSQ_UNIT)
         if ROPE:
             _rope_epilogue(acc, rope_in, Out, KPool, VPool, offs_m, pid_n, M, N, stride_om, stride_pk, stride_ph,
                            stride_pvk, stride_pvh, q_size, kv_size, BLOCK_M, BLOCK_N, HALF)
@@ -296,8 +297,8 @@ def _epilogue(acc, acc_up, inv_rms, residual, norm_w, Bias, Out, SumSq, Weighted
         acc = (acc.to(dtype).to(tl.float32) + residual.to(tl.float32)).to(dtype).to(tl.float32)
         part = tl.sum(tl.where(out_mask, acc * acc, 0.0), axis=1)
         tl.atomic_add(SumSq + offs_m, (part * SUMSQ_UNIT + 0.5).to(tl.int64), mask=offs_m < M, sem="relaxed")
-        tl.store(Weighted + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :], (acc * norm_w[None, :]).to(dtype),
-                 mask=out_mask)
+        weighted = (acc * norm_w[None, :]).to(dtype)
+        tl.store(Weighted + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :], weighted, mask=out_mask)
     if not ROPE:
         tl.store(Out + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :], acc.to(dtype), mask=out_mask)
     return acc

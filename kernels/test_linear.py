@@ -260,7 +260,8 @@ def silu_and_mul_f32(y: torch.Tensor) -> torch.Tensor:
     return (F.silu(gate).to(y.dtype).float() * up).to(y.dtype)
 
 
-def run(x, w, bias, silu_mul: bool, config: LinearConfig | None = None, norm: DeferredNorm | None = None) -> torch.Tensor:
+def run(x, w, bias, silu_mul: bool, config: LinearConfig | None = None,
+        norm: DeferredNorm | None = None) -> torch.Tensor:
     return linear_silu_mul(x, w, config=config, norm=norm) if silu_mul else linear(x, w, bias, config=config, norm=norm)
 
 
@@ -295,7 +296,8 @@ def test_gpu_deferred_norm(name, n, k, has_bias, silu_mul, m):
         want = (float_ref(x, w, None, False).float() + residual.float()).bfloat16()
         torch.testing.assert_close(outs[0][0], want, atol=2e-2, rtol=2e-2)
         assert torch.equal(outs[0][1], outs[0][0] * norm_weight)
-        torch.testing.assert_close(sums[0].double() / SUMSQ_ONE, outs[0][0].double().pow(2).sum(-1), rtol=1e-6, atol=1e-3)
+        torch.testing.assert_close(sums[0].double() / SUMSQ_ONE, outs[0][0].double().pow(2).sum(-1),
+                                   rtol=1e-6, atol=1e-3)
         assert all(torch.equal(a, b) for a, b in zip(outs[0], outs[1])) and torch.equal(sums[0], sums[1])
     else:
         h = x * 3
