@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
 
 from litelang.kernels.linear import (  # noqa: E402
     M_MAX, LinearConfig, linear, linear_ref, linear_residual, linear_residual_ref, linear_rope_store,
@@ -175,16 +175,12 @@ def test_linear_residual_matches_reference(device, dtype, m, config):
     want, want_weighted = linear_residual_ref(x, w, residual, ref_sumsq, norm_weight)
     check(h, want)
     check(weighted, want_weighted)
-    programs = triton_cdiv(n, (config or LinearConfig(4, 16)).block_n)
+    programs = triton.cdiv(n, (config or LinearConfig(4, 16)).block_n)
     assert (sumsq - start > 0).all()
     assert ((sumsq - ref_sumsq).abs() <= programs + (h - want).abs().max().item() * 4 * n * SUMSQ_ONE).all()
     # the oracle's units: the sum of squares of the rows themselves
     torch.testing.assert_close((ref_sumsq - start).double() / SUMSQ_ONE, want.double().pow(2).sum(-1),
                                rtol=1e-5, atol=1e-5)
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def deferred_case(m: int, k: int, dtype, device, seed: int):

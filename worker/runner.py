@@ -311,9 +311,9 @@ class ModelRunner:
             decode_rows=decode_rows,
             decode_seq_lens=_t(plan.dec_lens, torch.int32, dev),
             # None when every row samples (decode-only steps): no gather, and the norms can move
-            # into the projections (worker/residual.py)
-            logits_index=None if plan.logits_index == list(range(len(positions))) else
-            _t(plan.logits_index, torch.long, dev),
+            # into the projections (worker/residual.py). The indices are distinct and increasing,
+            # so one per row means all of them.
+            logits_index=None if len(plan.logits_index) == len(positions) else _t(plan.logits_index, torch.long, dev),
         )
 
 
