@@ -75,6 +75,8 @@ def main() -> None:
         run_batch(runner, prompts(40, 600, spec_vocab, 4), 8)
         r = run_batch(runner, prompts(40, 600, spec_vocab, 5), 600)
         results["batch40"] = 40 * 600 / (r.prefill_s + r.decode_s)
+        print(f"batch40: prefill {r.prefill_s * 1000:.1f} ms, decode GPU {r.decode_gpu_ms / 599:.3f} ms/step, "
+              f"idle share {100 * r.decode_idle_share:.1f}%")
     if "prefill40" in work:
         r = run_batch(runner, prompts(40, 600, spec_vocab, 6), 1)
         r = run_batch(runner, prompts(40, 600, spec_vocab, 7), 1)
