@@ -167,7 +167,7 @@ def _extend_kernel(
         tl.store(Out + q_off * stride_ot + h * stride_oh + d[None, :], out.to(Out.dtype.element_ty), mask=q_mask)
 
 
-def _extend_config(head_dim: int, dtype: torch.dtype) -> dict:
+def _extend_config(dtype: torch.dtype) -> dict:
     """bf16/fp16: measured with bench/tune_extend.py on an H100 at head_dim 128 (12 q, 2 kv
     heads). 4 warps beat 8 on 128 x 64 tiles: 40 prompts x 600 tokens 240 vs 300 us, one 8k
     causal prompt 656 vs 775 us. (128 x 128 tiles with 8 warps ran the 8k prompt in 590 us but
@@ -207,7 +207,7 @@ def extend_attention(
         return out
     assert q.stride(-1) == 1 and k_pool.stride(-1) == 1 and v_pool.stride(-1) == 1
     assert req_to_slot.stride(-1) == 1
-    cfg = _extend_config(head_dim, q.dtype)
+    cfg = _extend_config(q.dtype)
     grid = (triton.cdiv(max_new_len, cfg["BLOCK_M"]), q_heads, batch)
     _extend_kernel[grid](
         q, k_pool, v_pool, out, req_to_slot, req_rows, cu_seqlens_q, prefix_lens, scale * _LOG2E,

@@ -562,7 +562,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
     capturable. config overrides pick_config (tests, tuning)."""
     cfg = config or pick_config(x.shape[0], w.shape[0], w.shape[1])
     if cfg is None:
-        return F.linear(x if norm is None else deferred_norm_ref(x, norm), w, bias)
+        return linear_ref(x, w, bias, norm)
     return _launch(x, w, bias, w.shape[0], False, cfg, norm=norm)
 
 
@@ -573,7 +573,7 @@ def linear_silu_mul(x: torch.Tensor, w_gate_up: torch.Tensor, config: LinearConf
     n = w_gate_up.shape[0] // 2
     cfg = config or pick_config(x.shape[0], n, w_gate_up.shape[1], True)
     if cfg is None:
-        return silu_and_mul(F.linear(x if norm is None else deferred_norm_ref(x, norm), w_gate_up))
+        return silu_and_mul(linear_ref(x, w_gate_up, norm=norm))
     return _launch(x, w_gate_up, None, n, True, cfg, norm=norm)
 
 

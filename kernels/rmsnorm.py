@@ -8,8 +8,9 @@ projection before it (o, down) adds the residual in its epilogue, adds each row'
 into an accumulator and writes the rows times the norm weight, and the projection after it
 (qkv, gate_up, lm_head) takes those and scales its sums by 1/rms (DeferredNorm). The sums of
 squares are integers in units of 1/SUMSQ_ONE: integer atomics are exact, so the total is the
-same whichever program adds first, and results stay deterministic. The unit covers sums up to 2**63 / SUMSQ_ONE ~ 8.8e12 (an RMS of 7.5e4 over
-1536 values) at a resolution far below the norm's epsilon.
+same whichever program adds first, and results stay deterministic. The unit covers sums up to
+2**63 / SUMSQ_ONE ~ 8.8e12 (an RMS of 7.5e4 over 1536 values) at a resolution far below the
+norm's epsilon.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ def _cases():
                                           HEADS_PAD=2), dict(num_warps=1)
     for dtype in (bf, f32):
         for head_dim, group in ((128, 6), (64, 7)):
-            cfg = attention._extend_config(head_dim, dtype)
+            cfg = attention._extend_config(dtype)
             strides = dict(stride_kt=2 * head_dim, stride_kh=head_dim, stride_vt=2 * head_dim, stride_vh=head_dim,
                            stride_r=32768)
             blocks = dict(BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"])
