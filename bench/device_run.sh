@@ -7,7 +7,7 @@ OUT=${OUT:-out}; mkdir -p "$OUT"
 TOKENIZER=${TOKENIZER:-$( [ -d .carry/tokenizer ] && echo .carry/tokenizer || echo models/qwen2.5-coder-0.5b-instruct )}
 for stage in "$@"; do
   case $stage in
-    tests)   python3 -m pytest -p no:cacheprovider -m gpu kernels tests -q -s -rf 2>&1 | grep -v "Warning\|warn(" | tail -n 80 > "$OUT/gpu_tests.log" ;;
+    tests)   LITELANG_TEST_TOKENIZER=$PWD/$TOKENIZER python3 -m pytest -p no:cacheprovider -m gpu kernels tests -q -s -rf 2>&1 | grep -v "Warning\|warn(" | tail -n 80 > "$OUT/gpu_tests.log" ;;
     kernels) python3 -m litelang.bench.bench_kernels 2>&1 | tail -n 80 > "$OUT/bench_kernels.md" ;;
     model15) python3 -m litelang.bench.bench_model --shape qwen2-1.5b --workloads decode1,batch40,prefill40 2>&1 | grep -v Warn | tail -n 12 > "$OUT/bench_1p5b.md" ;;
     model7)  python3 -m litelang.bench.bench_model --shape qwen2-7b --workloads decode1,decodeB --decode-batch 64 2>&1 | grep -v Warn | tail -n 10 > "$OUT/bench_7b.md" ;;

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import collections
 from pathlib import Path
 
 import torch
@@ -42,6 +43,35 @@ def main() -> None:
     print(table)
     total = sum(e.device_time_total for e in prof.key_averages()) / 1000
     print(f"kernel time per step: {total / steps:.3f} ms over {steps} steps")
+    print_critical_path(prof, steps)
+
+
+def print_critical_path(prof, steps: int) -> None:
+    """What each kernel adds to the chain: its end minus the end of the kernel before it (kernels
+    of a step run one after another, so these sum to the GPU time). Under PDL a kernel starts
+    before the one before it ends, so its own duration overstates what it costs."""
+    kernels = sorted((e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA),
+                     key=lambda e: e.time_range.start)
+    added = collections.defaultdict(list)
+    duration = collections.defaultdict(list)
+    last_end = None
+    for i, e in enumerate(kernels):
+        name = e.name[:60]
+        if "_linear_kernel" in name and i + 1 < len(kernels):  # which projection: say what follows it
+            name += " before " + kernels[i + 1].name[:24]
+        end = e.time_range.end
+        if last_end is not None and end > last_end:
+            gap = e.time_range.start - last_end
+            added[name].append(end - last_end if gap < 50 else end - e.time_range.start)  # (a new step: no chain)
+        duration[name].append(e.time_range.elapsed_us())
+        last_end = max(end, last_end or end)
+    rows = sorted(added, key=lambda n: -sum(added[n]))
+    print("| kernel | per step | added to the chain, us each | duration, us each | added per step, ms |")
+    print("| --- | --- | --- | --- | --- |")
+    for name in rows:
+        a, d = added[name], duration[name]
+        print(f"| {name} | {len(d) / steps:.0f} | {sum(a) / len(a):.2f} | {sum(d) / len(d):.2f} | "
+              f"{sum(a) / steps / 1000:.3f} |")
 
 
 if __name__ == "__main__":

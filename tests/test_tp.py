@@ -4,6 +4,7 @@ greedy tokens as HF transformers on the same checkpoint, and stop cleanly."""
 from __future__ import annotations
 
 import signal
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -66,6 +67,47 @@ def test_tp2_greedy_matches_hf_and_stops_cleanly(tiny_model, tmp_path):
             assert client.model_info().tp == 2
             got = [list(client.generate(p, max_new_tokens=12, temperature=0, ignore_eos=True).token_ids) for p in prompts]
         assert got == want
+        launch.stop_and_check(signal.SIGTERM)
+    finally:
+        launch.cleanup()
+
+
+@pytest.mark.gpu
+def test_tp2_on_two_gpus_matches_hf(tmp_path_factory, tmp_path):
+    """tp: 2 on CUDA, one GPU per rank: NCCL all-reduces inside the CUDA-graph decode steps and
+    the Triton kernels on each rank's shard give HF's greedy tokens. float32, so that the order
+    of the sums across ranks cannot flip a token. The tokenizer files come from
+    LITELANG_TEST_TOKENIZER (the device machine has no default model), else the default model."""
+    import os
+
+    from conftest import DEFAULT_MODEL_DIR
+    from helpers import make_tiny_qwen2_with_tokenizer
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip(f"needs two GPUs (this machine has {torch.cuda.device_count()}): run on nvidia-h200-x2")
+    tokenizer_dir = os.environ.get("LITELANG_TEST_TOKENIZER", str(DEFAULT_MODEL_DIR))
+    # head_dim 64, and one kv head per rank
+    model = make_tiny_qwen2_with_tokenizer(tmp_path_factory.mktemp("tiny_tp_gpu"), tokenizer_dir, hidden_size=256,
+                                           intermediate_size=512, num_attention_heads=4, num_key_value_heads=2)
+    prompts = [[9707, 11, 1879, 0, 220, 17], [785, 3974, 13876, 38835, 374, 264, 1632, 315, 6195, 11, 1221]]
+    hf = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
+    want = [
+        hf.generate(torch.tensor([p]), max_new_tokens=24, min_new_tokens=24, do_sample=False)[0, len(p):].tolist()
+        for p in prompts
+    ]
+    launch = TPLauncher(model, tmp_path, tp=2)
+    cfg = yaml.safe_load(launch.config.read_text())
+    cfg.update(device="cuda", dtype="float32", startup_timeout_s=600)
+    launch.config.write_text(yaml.safe_dump(cfg))
+    launch.start()
+    try:
+        launch.wait_line("litelang is serving", timeout=600)
+        with LitelangClient(launch.address, timeout=300) as client:
+            assert client.model_info().tp == 2
+            with ThreadPoolExecutor(len(prompts)) as pool:  # at once: decode steps of batch 2
+                got = list(pool.map(lambda p: list(client.generate(p, max_new_tokens=24, temperature=0,
+                                                                   ignore_eos=True).token_ids), prompts))
+        assert got == want, launch.output()[-3000:]
         launch.stop_and_check(signal.SIGTERM)
     finally:
         launch.cleanup()
