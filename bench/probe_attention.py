@@ -19,7 +19,8 @@ from litelang.kernels.attention import DecodeConfig, decode_attention, decode_nu
 @triton.jit
 def _gather_read_kernel(K, V, Out, ReqToSlot, ReqRows, SeqLens, num_splits, stride_kt, stride_kh, stride_r,
                         HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Reads what decode attention reads (same grid, slots, tiles) and sums it: no softmax, no dots."""
+    """Reads what decode attention reads (same grid, slots, tiles) and sums it: no softmax, no dots.
+    With stride_kh 0, HEAD_DIM the whole row and one kv-head program: whole token rows."""
     b, kvh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     seq_len = tl.load(SeqLens + b)
     row = ReqToSlot + tl.load(ReqRows + b).to(tl.int64) * stride_r
@@ -102,34 +103,13 @@ def main() -> None:
 
 
 
-@triton.jit
-def _gather_both_kernel(K, V, Out, ReqToSlot, ReqRows, SeqLens, num_splits, stride_kt, stride_r,
-                        ROW: tl.constexpr, BLOCK_N: tl.constexpr):
-    """_gather_read_kernel over whole token rows (every kv head: ROW elements, contiguous)."""
-    b, split = tl.program_id(0), tl.program_id(1)
-    seq_len = tl.load(SeqLens + b)
-    row = ReqToSlot + tl.load(ReqRows + b).to(tl.int64) * stride_r
-    per = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
-    start = split * per
-    end = tl.minimum(start + per, seq_len)
-    d = tl.arange(0, ROW)
-    acc = tl.zeros([BLOCK_N, ROW], tl.float32)
-    for n0 in range(start, end, BLOCK_N):
-        n = n0 + tl.arange(0, BLOCK_N)
-        mask = n < end
-        slot = tl.load(row + n, mask=mask, other=0).to(tl.int64)[:, None]
-        k = tl.load(K + slot * stride_kt + d[None, :], mask=mask[:, None], other=0.0)
-        v = tl.load(V + slot * stride_kt + d[None, :], mask=mask[:, None], other=0.0)
-        acc += k.to(tl.float32) + v.to(tl.float32)
-    tl.store(Out + (b * tl.num_programs(1) + split) * ROW + d, tl.sum(acc, 0))
-
-
 def both_reader(num_splits: int, block_n: int, warps: int, stages: int):
     def run(q, k, v, r2s, rows, lens, scale):
         out = torch.empty(len(lens) * num_splits * 256, device=q.device)
-        _gather_both_kernel[(len(lens), num_splits)](
-            k, v, out, r2s, rows, lens, num_splits, k.stride(0), r2s.stride(0),
-            ROW=256, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
+        # one program per (request, split) over whole token rows: both kv heads, 256 elements
+        _gather_read_kernel[(len(lens), 1, num_splits)](
+            k, v, out, r2s, rows, lens, num_splits, k.stride(0), 0, r2s.stride(0),
+            HEAD_DIM=256, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
         return q
     return run
 
