@@ -3,6 +3,7 @@ greedy tokens as HF transformers on the same checkpoint, and stop cleanly."""
 
 from __future__ import annotations
 
+import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
 
@@ -26,14 +27,15 @@ def tiny_model(tmp_path_factory, default_model_dir):
 
 
 class TPLauncher(Launcher):
-    def __init__(self, model, tmp, tp: int):
+    def __init__(self, model, tmp, tp: int, **config):
+        """config: more deploy.yaml keys (LitelangConfig fields)."""
         super().__init__(model, tmp)
         cfg = yaml.safe_load(self.config.read_text())
         base = free_ports(1)[0]
         while not _free_consecutive(base, tp):
             base = free_ports(1)[0]
         self.worker_port = base
-        cfg.update(tp=tp, worker_base_port=base, dist_port=free_ports(1)[0])
+        cfg.update(tp=tp, worker_base_port=base, dist_port=free_ports(1)[0], **config)
         self.config.write_text(yaml.safe_dump(cfg))
 
 
@@ -49,13 +51,19 @@ def _free_consecutive(base: int, n: int) -> bool:
     return True
 
 
+PROMPTS = [[9707, 11, 1879, 0, 220, 17], [785, 3974, 13876, 38835, 374, 264, 1632, 315, 6195, 11, 1221]]
+
+
+def hf_greedy(model, prompts: list[list[int]], n: int) -> list[list[int]]:
+    """The oracle: HF transformers' n greedy tokens for each prompt, float32 on CPU."""
+    hf = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
+    return [hf.generate(torch.tensor([p]), max_new_tokens=n, min_new_tokens=n, do_sample=False)[0, len(p):].tolist()
+            for p in prompts]
+
+
 def test_tp2_greedy_matches_hf_and_stops_cleanly(tiny_model, tmp_path):
-    prompts = [[9707, 11, 1879, 0, 220, 17], [785, 3974, 13876, 38835, 374, 264, 1632, 315, 6195, 11, 1221]]
-    hf = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
-    want = [
-        hf.generate(torch.tensor([p]), max_new_tokens=12, min_new_tokens=12, do_sample=False)[0, len(p):].tolist()
-        for p in prompts
-    ]
+    prompts = PROMPTS
+    want = hf_greedy(tiny_model, prompts, 12)
     launch = TPLauncher(tiny_model, tmp_path, tp=2).start()
     try:
         launch.wait_line("litelang is serving")
@@ -78,8 +86,6 @@ def test_tp2_on_two_gpus_matches_hf(tmp_path_factory, tmp_path):
     the Triton kernels on each rank's shard give HF's greedy tokens. float32, so that the order
     of the sums across ranks cannot flip a token. The tokenizer files come from
     LITELANG_TEST_TOKENIZER (the device machine has no default model), else the default model."""
-    import os
-
     from conftest import DEFAULT_MODEL_DIR
     from helpers import make_tiny_qwen2_with_tokenizer
 
@@ -89,17 +95,9 @@ def test_tp2_on_two_gpus_matches_hf(tmp_path_factory, tmp_path):
     # head_dim 64, and one kv head per rank
     model = make_tiny_qwen2_with_tokenizer(tmp_path_factory.mktemp("tiny_tp_gpu"), tokenizer_dir, hidden_size=256,
                                            intermediate_size=512, num_attention_heads=4, num_key_value_heads=2)
-    prompts = [[9707, 11, 1879, 0, 220, 17], [785, 3974, 13876, 38835, 374, 264, 1632, 315, 6195, 11, 1221]]
-    hf = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
-    want = [
-        hf.generate(torch.tensor([p]), max_new_tokens=24, min_new_tokens=24, do_sample=False)[0, len(p):].tolist()
-        for p in prompts
-    ]
-    launch = TPLauncher(model, tmp_path, tp=2)
-    cfg = yaml.safe_load(launch.config.read_text())
-    cfg.update(device="cuda", dtype="float32", startup_timeout_s=600)
-    launch.config.write_text(yaml.safe_dump(cfg))
-    launch.start()
+    prompts = PROMPTS
+    want = hf_greedy(model, prompts, 24)
+    launch = TPLauncher(model, tmp_path, tp=2, device="cuda", dtype="float32", startup_timeout_s=600).start()
     try:
         launch.wait_line("litelang is serving", timeout=600)
         with LitelangClient(launch.address, timeout=300) as client:
