@@ -12,7 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
+from litelang.bench.probes import stream_read_kernel
 from litelang.bench.tune_decode import KV_HEADS, Case, graph_us, launcher
+from litelang.bench.tune_linear import graph_time_us
 from litelang.kernels.attention import DecodeConfig, decode_attention, decode_num_splits
 
 
@@ -37,17 +39,6 @@ def _gather_read_kernel(K, V, Out, ReqToSlot, ReqRows, SeqLens, num_splits, stri
         v = tl.load(V + slot * stride_kt + kvh * stride_kh + d[None, :], mask=mask[:, None], other=0.0)
         acc += k.to(tl.float32) + v.to(tl.float32)
     tl.store(Out + ((b * tl.num_programs(1) + kvh) * tl.num_programs(2) + split) * HEAD_DIM + d, tl.sum(acc, 0))
-
-
-@triton.jit
-def _stream_read_kernel(X, Out, n_per_prog, BLOCK: tl.constexpr):
-    """Reads n_per_prog contiguous elements per program and sums them."""
-    p = tl.program_id(0)
-    acc = tl.zeros([BLOCK], tl.float32)
-    base = X + p.to(tl.int64) * n_per_prog
-    for i in range(0, n_per_prog, BLOCK):
-        acc += tl.load(base + i + tl.arange(0, BLOCK)).to(tl.float32)
-    tl.store(Out + p, tl.sum(acc, 0))
 
 
 def gather_reader(num_splits: int, block_n: int, warps: int, stages: int):
@@ -89,8 +80,7 @@ def main() -> None:
     for progs in (160, 320, 640):
         per = total // progs // 1024 * 1024
         out = torch.empty(progs, device="cuda")
-        from litelang.bench.tune_linear import graph_time_us
-        t = graph_time_us(lambda i: _stream_read_kernel[(progs,)](copies[i % 6], out, per, BLOCK=1024, num_warps=4),
+        t = graph_time_us(lambda i: stream_read_kernel[(progs,)](copies[i % 6], out, per, BLOCK=1024, num_warps=4),
                           60)
         print(f"cold: contiguous read {progs} programs ({per * progs * 2 / 1e6:.1f} MB): {t:.2f} us", flush=True)
     # served kernel against context length, batch 40 uniform

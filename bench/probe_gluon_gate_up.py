@@ -22,7 +22,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from litelang.bench.tune_linear import graph_time_us
+from litelang.bench.probes import timed_row
 from litelang.kernels.activation import silu_and_mul
 from litelang.kernels.linear import LinearConfig, linear_silu_mul
 
@@ -138,9 +138,7 @@ def main() -> None:
     print(f"## gate_up [{2 * inter}x{hidden}], M={args.m}\n\n| variant | us |\n| --- | --- |")
 
     def report(label, fn):
-        err = (fn(0).float() - ref).abs().max().item()
-        us = graph_time_us(fn, calls)
-        bad = "" if err <= 2e-2 * ref.abs().max().item() else f" WRONG (max err {err:.3g})"
+        us, bad = timed_row(fn, calls, ref, atol=2e-2 * ref.abs().max().item())
         print(f"| {label} | {us:.2f} |{bad}", flush=True)
 
     served = LinearConfig(64, 64, num_warps=4, num_stages=4, use_dot=True)  # the 1.5B config at M = 48

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from litelang.bench.probes import stream_read_kernel, timed_row
 from litelang.bench.tune_linear import graph_time_us
 from litelang.kernels.activation import silu_and_mul
 from litelang.kernels.linear import linear, linear_silu_mul
@@ -76,16 +77,6 @@ def _probe_kernel(X, W, Out, Partial, Counters, M, N, K, stride_xm, TILED: tl.co
         tl.store(Out + mn, acc.to(tl.bfloat16), mask=mask)
 
 
-@triton.jit
-def _read_kernel(W, Out, per_prog, BLOCK: tl.constexpr):
-    """A read-only floor: each program sums its contiguous per_prog elements."""
-    base = W + tl.program_id(0).to(tl.int64) * per_prog
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for i in range(0, per_prog, BLOCK):
-        acc += tl.load(base + i + tl.arange(0, BLOCK), eviction_policy="evict_first").to(tl.float32)
-    tl.store(Out + tl.program_id(0), tl.sum(acc))
-
-
 def tile_weight(w: torch.Tensor, bn: int, bk: int, silu: bool) -> torch.Tensor:
     """[N(*2), K] row-major -> [N / bn, K / bk, parts, bn, bk] contiguous (gate, up tiles adjacent)."""
     parts = [w[: w.shape[0] // 2], w[w.shape[0] // 2:]] if silu else [w]
@@ -119,10 +110,8 @@ def run_shape(name: str, n: int, k: int, silu: bool, m: int, variants: list) -> 
     print(f"\n## {name} [{rows}x{k}] M={m} ({gb * 1e3:.1f} MB)\n\n| variant | us | TB/s |\n| --- | --- | --- |")
 
     def report(label, fn):
-        err = (fn(0).float() - ref).abs().max().item()
-        us = graph_time_us(fn, calls)
-        ok = "" if err < 5e-2 * max(1.0, ref.abs().max().item()) else f" WRONG (max err {err:.3g})"
-        print(f"| {label} | {us:.2f} | {gb / us * 1e3:.2f} |{ok}", flush=True)
+        us, bad = timed_row(fn, calls, ref, atol=5e-2 * max(1.0, ref.abs().max().item()))
+        print(f"| {label} | {us:.2f} | {gb / us * 1e3:.2f} |{bad}", flush=True)
 
     base = (lambda i: silu_and_mul(F.linear(x, ws[i % copies]))) if silu else (lambda i: F.linear(x, ws[i % copies]))
     report("cuBLAS" + (" + silu_and_mul" if silu else ""), base)
@@ -133,7 +122,7 @@ def run_shape(name: str, n: int, k: int, silu: bool, m: int, variants: list) -> 
         per = rows * k // progs // block * block
 
         def read(i, progs=progs, per=per, block=block, warps=warps):
-            _read_kernel[(progs,)](ws[i % copies], sink, per, BLOCK=block, num_warps=warps)
+            stream_read_kernel[(progs,)](ws[i % copies], sink, per, BLOCK=block, EVICT_FIRST=True, num_warps=warps)
             return ref
         us = graph_time_us(read, calls)
         print(f"| read-only floor, {progs} programs | {us:.2f} | {progs * per * 2 / us / 1e6:.2f} |", flush=True)

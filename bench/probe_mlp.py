@@ -23,7 +23,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from litelang.bench.tune_linear import graph_time_us
+from litelang.bench.probes import timed_row
 from litelang.kernels.activation import silu_and_mul
 from litelang.kernels.linear import linear_silu_mul
 
@@ -159,9 +159,7 @@ def main() -> None:
     print(f"## 1.5B MLP, M={m}, {nprog} SMs, {mb:.1f} MB of weights\n\n| variant | us |\n| --- | --- |")
 
     def report(label, fn, check=True):
-        err = (fn(0).float() - ref).abs().max().item() if check else 0.0
-        us = graph_time_us(fn, calls)
-        bad = "" if err <= 2e-2 * ref.abs().max().item() else f" WRONG (max err {err:.3g} of {ref.abs().max().item():.3g})"
+        us, bad = timed_row(fn, calls, ref if check else None, atol=2e-2 * ref.abs().max().item())
         print(f"| {label} | {us:.2f} |{bad}", flush=True)
 
     report("served: Triton gate_up + cuBLAS down", lambda i: F.linear(linear_silu_mul(x, wgus[i % copies]), wds[i % copies]))
