@@ -17,7 +17,7 @@ from litelang.kernels.decode_inputs import decode_inputs_ref
 from litelang.kernels.greedy import greedy_sample_ref
 from litelang.kernels.kv_store import store_kv_ref
 from litelang.kernels.linear import linear_ref, linear_residual_ref, linear_rope_store_ref, linear_silu_mul_ref
-from litelang.kernels.rmsnorm import rms_norm_ref
+from litelang.kernels.rmsnorm import rms_norm_ref, rms_norm_sum_ref
 from litelang.kernels.rope import apply_rope_ref
 from litelang.kernels.sampling import apply_penalties_ref, sample_ref
 
@@ -26,6 +26,8 @@ from litelang.kernels.sampling import apply_penalties_ref, sample_ref
 class KernelSet:
     name: str
     rms_norm: Callable
+    # (partials [splits, tokens, hidden] float32, weight, eps, residual): rms_norm of their sum
+    rms_norm_sum: Callable
     apply_rope: Callable
     silu_and_mul: Callable
     store_kv: Callable
@@ -49,6 +51,9 @@ class KernelSet:
     # (m, w) -> whether to defer the norm after linear_residual(x [m, K], w): the add runs in the
     # projection's epilogue, and that measured faster than the norm kernel
     defers_norm: Callable
+    # (x, w) -> x @ w.T as float32 split-K partials [splits, M, N] for rms_norm_sum to add up, or
+    # None where the plain projection is faster (always None in the references)
+    linear_partials: Callable
     # (embed, last_tokens, req_to_slot, rows, slots, seq_lens) -> hidden: a decode-only step's
     # table write and embedding of each row's last sampled token
     decode_inputs: Callable
@@ -57,6 +62,7 @@ class KernelSet:
 REFERENCE = KernelSet(
     name="torch",
     rms_norm=rms_norm_ref,
+    rms_norm_sum=rms_norm_sum_ref,
     apply_rope=apply_rope_ref,
     silu_and_mul=silu_and_mul_ref,
     store_kv=store_kv_ref,
@@ -70,6 +76,7 @@ REFERENCE = KernelSet(
     linear_rope_store=linear_rope_store_ref,
     linear_residual=linear_residual_ref,
     defers_norm=lambda m, w: False,
+    linear_partials=lambda x, w: None,
     decode_inputs=decode_inputs_ref,
 )
 

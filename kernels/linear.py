@@ -45,6 +45,16 @@ def linear_ref(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = Non
     return F.linear(x, w, bias)
 
 
+def linear_partials_ref(x: torch.Tensor, w: torch.Tensor, splits: int) -> torch.Tensor:
+    """x @ w.T as float32 split-K partials [splits, M, N]: split s covers K columns
+    [s * K / splits, (s + 1) * K / splits) (K a multiple of splits)."""
+    m, k = x.shape
+    assert k % splits == 0
+    xs = x.view(m, splits, k // splits).transpose(0, 1).float()
+    ws = w.view(w.shape[0], splits, k // splits).transpose(0, 1).float()
+    return torch.bmm(xs, ws.transpose(1, 2))
+
+
 def linear_silu_mul_ref(x: torch.Tensor, w_gate_up: torch.Tensor, norm: DeferredNorm | None = None) -> torch.Tensor:
     """x [M, K], w_gate_up [2I, K] (gate rows, then up rows) -> silu(x @ gate.T) * (x @ up.T), [M, I].
     norm: as in linear_ref."""
@@ -575,6 +585,37 @@ def linear_silu_mul(x: torch.Tensor, w_gate_up: torch.Tensor, config: LinearConf
     if cfg is None:
         return silu_and_mul(linear_ref(x, w_gate_up, norm=norm))
     return _launch(x, w_gate_up, None, n, True, cfg, norm=norm)
+
+
+# Split count for the cuBLAS projections whose output only feeds the add + RMSNorm kernel (o and
+# down) at 16 < M <= M_MAX on a residual stream at most this wide: written as float32 partials by
+# one strided-batched GEMM, and summed by the norm kernel (rmsnorm.rms_norm_sum), so the GEMM
+# needs no split-K reduce of its own. At batch 40 (M = 48, the 1.5B) this took 2.225 -> 2.203 ms
+# per decode step; 3 or 4 splits for o measured 2.22 (bench/probe_down_partials.py has the
+# isolated pairs). At the 7B's width (o 3,584 x 3,584) every split count was slower.
+PARTIAL_SPLITS = 2
+PARTIALS_MAX_N = 2048
+
+
+def partial_splits(m: int, w: torch.Tensor) -> int:
+    """How many float32 split-K partials x [m, K] @ w.T is worth writing (0: a plain projection)."""
+    n, k = w.shape
+    if not 16 < m <= M_MAX or n > PARTIALS_MAX_N or k % PARTIAL_SPLITS or pick_config(m, n, k) is not None:
+        return 0
+    return PARTIAL_SPLITS
+
+
+def linear_partials(x: torch.Tensor, w: torch.Tensor, splits: int | None = None) -> torch.Tensor | None:
+    """CUDA version of linear_partials_ref: one strided-batched cuBLAS GEMM with float32 output and
+    no reduction. splits None: partial_splits' choice, and None where that is 0."""
+    m, k = x.shape
+    splits = partial_splits(m, w) if splits is None else splits
+    if not splits:
+        return None
+    assert k % splits == 0 and x.stride(-1) == 1 and w.is_contiguous()
+    xs = x.view(m, splits, k // splits).transpose(0, 1)
+    ws = w.view(w.shape[0], splits, k // splits).transpose(0, 1)
+    return torch.bmm(xs, ws.transpose(1, 2), out_dtype=torch.float32)
 
 
 def linear_residual(x: torch.Tensor, w: torch.Tensor, residual: torch.Tensor, sumsq: torch.Tensor,

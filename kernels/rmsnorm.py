@@ -64,26 +64,32 @@ def deferred_norm_ref(weighted: torch.Tensor, norm: DeferredNorm) -> torch.Tenso
 @triton.jit
 def _rms_norm_kernel(
     X, Residual, Weight, Out, NewResidual,
-    stride_x, stride_r, stride_o, stride_nr,
+    stride_x, stride_r, stride_o, stride_nr, stride_xs,
     hidden, eps,
-    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, SPLITS: tl.constexpr,
     PDL: tl.constexpr,
 ):
-    """One program per token row; the whole row sits in registers (hidden <= BLOCK)."""
+    """One program per token row; the whole row sits in registers (hidden <= BLOCK). SPLITS > 0:
+    X holds a projection's float32 split-K partials [SPLITS, rows, hidden], summed in split order
+    and rounded to the residual's dtype, as the projection's own output would be."""
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < hidden
     w = tl.load(Weight + offs, mask=mask, other=0.0)  # a weight: safe to read before the wait
     pdl_start(PDL)  # before reading x or the residual: see kernels/_triton.py
     x = tl.load(X + row * stride_x + offs, mask=mask, other=0.0)
+    if SPLITS > 0:
+        for s in tl.static_range(1, SPLITS):
+            x += tl.load(X + s * stride_xs + row * stride_x + offs, mask=mask, other=0.0)
+        x = x.to(Residual.dtype.element_ty)
     if HAS_RESIDUAL:
         r = tl.load(Residual + row * stride_r + offs, mask=mask, other=0.0)
         # round the sum to the activation dtype, as `x + residual` does in torch
-        x = (x.to(tl.float32) + r.to(tl.float32)).to(X.dtype.element_ty)
+        x = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
         tl.store(NewResidual + row * stride_nr + offs, x, mask=mask)
     xf = x.to(tl.float32)
     inv_rms = tl.rsqrt(tl.sum(xf * xf, axis=0) / hidden + eps)
-    normed = (xf * inv_rms).to(X.dtype.element_ty)
+    normed = (xf * inv_rms).to(x.dtype)
     out = w.to(tl.float32) * normed.to(tl.float32)
     tl.store(Out + row * stride_o + offs, out.to(Out.dtype.element_ty), mask=mask)
 
@@ -109,10 +115,38 @@ def rms_norm(
         block = triton.next_power_of_2(hidden)
         _rms_norm_kernel[(tokens,)](
             x2, res_in, weight, out, res_out,
-            x2.stride(0), res_in.stride(0), out.stride(0), res_out.stride(0),
+            x2.stride(0), res_in.stride(0), out.stride(0), res_out.stride(0), 0,
             hidden, eps,
-            HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=min(max(block // 512, 1), 8),
+            HAS_RESIDUAL=residual is not None, BLOCK=block, SPLITS=0, num_warps=min(max(block // 512, 1), 8),
             **pdl_launch(),
         )
     new_residual = x if residual is None else res_out.reshape(x.shape)
     return out.reshape(x.shape), new_residual
+
+
+def rms_norm_sum_ref(partials: torch.Tensor, weight: torch.Tensor, eps: float,
+                     residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """rms_norm_ref of a projection given as float32 split-K partials [splits, tokens, hidden]:
+    their sum, rounded to the residual's dtype, is the projection's output."""
+    return rms_norm_ref(partials.sum(0).to(residual.dtype), weight, eps, residual)
+
+
+def rms_norm_sum(partials: torch.Tensor, weight: torch.Tensor, eps: float,
+                 residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton version of rms_norm_sum_ref: the split-K sum inside the norm kernel, so the
+    projection before it needs no reduction of its own (kernels/linear.py linear_partials)."""
+    splits, tokens, hidden = partials.shape
+    assert partials.dtype == torch.float32 and partials.stride(-1) == 1 and partials.stride(1) == hidden
+    res_in = _rows(residual)
+    out = torch.empty(res_in.shape, dtype=torch.promote_types(weight.dtype, residual.dtype), device=residual.device)
+    res_out = torch.empty_like(res_in)
+    if tokens > 0:
+        block = triton.next_power_of_2(hidden)
+        _rms_norm_kernel[(tokens,)](
+            partials, res_in, weight, out, res_out,
+            partials.stride(1), res_in.stride(0), out.stride(0), res_out.stride(0), partials.stride(0),
+            hidden, eps,
+            HAS_RESIDUAL=True, BLOCK=block, SPLITS=splits, num_warps=min(max(block // 512, 1), 8),
+            **pdl_launch(),
+        )
+    return out, res_out

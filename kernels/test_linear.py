@@ -13,11 +13,15 @@ import torch.nn.functional as F
 
 triton = pytest.importorskip("triton")
 
+from litelang.kernels import linear as linear_module  # noqa: E402
 from litelang.kernels.linear import (  # noqa: E402
-    M_MAX, LinearConfig, linear, linear_ref, linear_residual, linear_residual_ref, linear_rope_store,
-    linear_rope_store_ref, linear_silu_mul, linear_silu_mul_ref, split_qkv,
+    M_MAX, LinearConfig, linear, linear_partials, linear_partials_ref, linear_ref, linear_residual,
+    linear_residual_ref, linear_rope_store, linear_rope_store_ref, linear_silu_mul, linear_silu_mul_ref,
+    partial_splits, split_qkv,
 )
-from litelang.kernels.rmsnorm import SUMSQ_ONE, DeferredNorm, rms_norm_ref, sumsq_ref  # noqa: E402
+from litelang.kernels.rmsnorm import (  # noqa: E402
+    SUMSQ_ONE, DeferredNorm, rms_norm, rms_norm_ref, rms_norm_sum, sumsq_ref,
+)
 from litelang.kernels.rope import rope_cos_sin_cache  # noqa: E402
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
@@ -41,6 +45,31 @@ def test_linear_matches_reference(device, dtype, m, has_bias):
     w = rand(n, k, seed=1, device=device, dtype=dtype, scale=k**-0.5)
     bias = rand(n, seed=2, device=device, dtype=dtype) if has_bias else None
     check(linear(x, w, bias), linear_ref(x, w, bias))
+
+
+@pytest.mark.parametrize("splits", [1, 2, 3])
+def test_linear_partials_ref_sums_to_the_projection(splits):
+    """The split-K partials cover K once: split s holds columns [s K / splits, (s + 1) K / splits)."""
+    x = rand(5, 72, seed=3, device="cpu", dtype=torch.float32)
+    w = rand(37, 72, seed=4, device="cpu", dtype=torch.float32)
+    parts = linear_partials_ref(x, w, splits)
+    assert parts.shape == (splits, 5, 37) and parts.dtype == torch.float32
+    torch.testing.assert_close(parts.sum(0), linear_ref(x, w), atol=1e-5, rtol=1e-5)
+    c = 72 // splits
+    torch.testing.assert_close(parts[-1], x[:, -c:] @ w[:, -c:].T)
+
+
+def test_partial_splits_policy(monkeypatch):
+    """Partials only where cuBLAS runs the projection at 16 < M <= M_MAX and the stream is narrow
+    (the 1.5B's o and down), never at M <= 16 (Triton defers the norm there) or the 7B's width."""
+    monkeypatch.setattr(linear_module, "INTERPRET", False)  # the GPU policy, not the CPU test blocks
+    o, down = torch.empty(1536, 1536), torch.empty(1536, 8960)
+    for m in (17, 24, 48, M_MAX):
+        assert partial_splits(m, o) == partial_splits(m, down) == linear_module.PARTIAL_SPLITS
+    for m in (1, 16, M_MAX + 1):
+        assert partial_splits(m, o) == partial_splits(m, down) == 0
+    assert partial_splits(48, torch.empty(3584, 3584)) == 0  # 7B o: measured slower
+    assert partial_splits(48, torch.empty(3584, 18944)) == 0  # 7B down: on Triton at this M
 
 
 @pytest.mark.parametrize("m", [M_MAX // 2 + 1, M_MAX])  # the largest M bucket, ragged and full
@@ -366,3 +395,27 @@ def test_gpu_cuda_graph_replay_equals_eager(m):
         torch.cuda.synchronize()
         for out, (case, s, c), f in zip(outs, cases, fresh):
             assert torch.equal(out, run(f, case[1], case[2], s, c))
+
+
+@pytest.mark.parametrize("m", [17, 24, 48, 64])
+@pytest.mark.parametrize("name,n,k", [("1.5b-o", 1536, 1536), ("1.5b-down", 1536, 8960)])
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_linear_partials_then_norm_sum(name, n, k, m):
+    """o and down as float32 split-K partials (one batched cuBLAS GEMM), summed by the norm kernel:
+    the partials against the float32 reference, and the norm of their sum against the norm of
+    the plain bf16 projection (bitwise the same every run)."""
+    x, w, _ = gpu_case(n, k, m, False, seed=m)
+    parts = linear_partials(x, w)
+    assert parts is not None and parts.shape == (linear_module.PARTIAL_SPLITS, m, n)
+    torch.testing.assert_close(parts, linear_partials_ref(x, w, parts.shape[0]), atol=1e-3, rtol=1e-3)
+    g = torch.Generator(device="cuda").manual_seed(m)
+    residual = torch.randn(m, n, device="cuda", generator=g).bfloat16()
+    weight = (torch.randn(n, device="cuda", generator=g) * 0.2 + 1).bfloat16()
+    out, new_res = rms_norm_sum(parts, weight, 1e-6, residual)
+    want_out, want_res = rms_norm_ref(float_ref(x, w, None, False), weight, 1e-6, residual)
+    torch.testing.assert_close(new_res, want_res, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(out, want_out, atol=3e-2, rtol=3e-2)
+    again = rms_norm_sum(linear_partials(x, w), weight, 1e-6, residual)
+    assert torch.equal(again[0], out) and torch.equal(again[1], new_res)
+    assert torch.equal(rms_norm(parts.sum(0).bfloat16(), weight, 1e-6, residual)[1], new_res)

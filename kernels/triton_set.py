@@ -13,14 +13,22 @@ from litelang.kernels.attention import decode_attention, extend_attention
 from litelang.kernels.decode_inputs import decode_inputs
 from litelang.kernels.greedy import greedy_sample
 from litelang.kernels.kv_store import store_kv
-from litelang.kernels.linear import linear, linear_residual, linear_rope_store, linear_silu_mul, defers_norm
-from litelang.kernels.rmsnorm import rms_norm
+from litelang.kernels.linear import (
+    defers_norm,
+    linear,
+    linear_partials,
+    linear_residual,
+    linear_rope_store,
+    linear_silu_mul,
+)
+from litelang.kernels.rmsnorm import rms_norm, rms_norm_sum
 from litelang.kernels.rope import apply_rope
 from litelang.kernels.sampling import apply_penalties, sample
 
 TRITON = KernelSet(
     name="triton",
     rms_norm=rms_norm,
+    rms_norm_sum=rms_norm_sum,
     apply_rope=apply_rope,
     silu_and_mul=silu_and_mul,
     store_kv=store_kv,
@@ -34,5 +42,6 @@ TRITON = KernelSet(
     linear_rope_store=linear_rope_store,
     linear_residual=linear_residual,
     defers_norm=defers_norm,
+    linear_partials=linear_partials,
     decode_inputs=decode_inputs,
 )

@@ -121,6 +121,32 @@ def test_triton_kernels_defer_norms_and_match_hf(tiny_qwen2, monkeypatch):
     assert len(deferred) == 2 * steps, "every decode step defers its norms"
 
 
+def test_split_k_partials_through_the_norm_match_hf(tiny_qwen2, monkeypatch):
+    """Where the kernels hand o and down back as float32 split-K partials (worker/residual.py; on
+    CUDA, at batch 17 to 64), the next norm sums them: the same greedy tokens as HF, with every
+    projection added to the stream taking that path."""
+    import dataclasses
+
+    from litelang import kernels
+    from litelang.kernels.linear import linear_partials_ref
+
+    calls = []
+
+    def partials(x, w):
+        calls.append(w.shape)
+        return linear_partials_ref(x, w, 2)
+
+    monkeypatch.setattr(kernels, "REFERENCE", dataclasses.replace(kernels.REFERENCE, linear_partials=partials))
+    runner = build_runner(LitelangConfig(model=str(tiny_qwen2), device="cpu", kv_slots=1000, max_batch_size=4,
+                                         max_input_length=64, max_output_length=64), rank=0)
+    prompts = {1: [5, 17, 99, 3, 250, 8, 1], 2: [42], 3: list(range(100, 140))}
+    got = run_greedy(runner, prompts, n=8)
+    for rid, p in prompts.items():
+        assert got[rid] == hf_greedy(tiny_qwen2, p, 8), f"request {rid}"
+    layers = len(runner.model.layers)
+    assert len(calls) == 2 * layers * 8  # o and down of every layer, every step (1 prefill + 7 decode)
+
+
 def test_chunked_prefill_matches_whole(tiny_qwen2):
     cfg = LitelangConfig(model=str(tiny_qwen2), device="cpu", kv_slots=1000, max_batch_size=4,
                          max_input_length=64, max_output_length=64)

@@ -1,7 +1,8 @@
 """The residual stream between a layer's projections, and where its RMSNorms run.
 
 Qwen2 adds each attention and MLP output to the residual stream, then normalizes the sum for
-the next projection. ResidualStream does that with the fused add + RMSNorm kernel.
+the next projection. ResidualStream does that with the fused add + RMSNorm kernel; where cuBLAS
+runs o or down at decode sizes, that kernel also sums the projection's split-K partials.
 DeferredNormStream (decode steps where o and down run on Triton, one GPU) moves the norm into the
 projections around it: o and down add the residual, each row's sum of squares and the norm
 weight in their epilogue, and qkv, gate_up and lm_head scale by 1/rms in theirs
@@ -32,13 +33,18 @@ class ResidualStream:
     def normed(self) -> tuple[torch.Tensor, DeferredNorm | None]:
         """The next projection's input: (x, None) with x normed, or (x, norm) for the projection to
         finish (the norm= argument of the linear kernels)."""
-        x, self.residual = self.kernels.rms_norm(self.pending, self.norm_weight, self.eps, self.residual)
+        if self.pending.dim() == 3:  # split-K partials of the projection: the norm kernel sums them
+            x, self.residual = self.kernels.rms_norm_sum(self.pending, self.norm_weight, self.eps, self.residual)
+        else:
+            x, self.residual = self.kernels.rms_norm(self.pending, self.norm_weight, self.eps, self.residual)
         return x, None
 
     def add_projection(self, x: torch.Tensor, w: torch.Tensor, norm_weight: torch.Tensor) -> None:
         """Add x @ w.T (all-reduced across tensor-parallel ranks) to the stream; the next read
-        (normed) is normed with norm_weight."""
-        self.pending = self.tp.all_reduce(self.kernels.linear(x, w))
+        (normed) is normed with norm_weight. On one GPU the projection may stay as float32 split-K
+        partials [splits, tokens, hidden] until that norm (kernels/linear.py partial_splits)."""
+        partials = self.kernels.linear_partials(x, w) if self.tp.size == 1 else None
+        self.pending = partials if partials is not None else self.tp.all_reduce(self.kernels.linear(x, w))
         self.norm_weight = norm_weight
 
 
