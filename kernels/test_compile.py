@@ -52,9 +52,11 @@ def _cases():
     from litelang.kernels._triton import triton
 
     bf, f32, i32, i64 = torch.bfloat16, torch.float32, torch.int32, torch.int64
-    yield rmsnorm._rms_norm_kernel, dict(PDL=True, X=bf, Residual=bf, Weight=bf, Out=bf, NewResidual=bf, stride_x=1536,
-                                         stride_r=1536, stride_o=1536, stride_nr=1536, hidden=1536, eps=1e-6,
-                                         HAS_RESIDUAL=True, BLOCK=2048), dict(num_warps=4)
+    for x, splits in ((bf, 0), (f32, 2)):  # rms_norm, and rms_norm_sum over a projection's split-K partials
+        yield rmsnorm._rms_norm_kernel, dict(PDL=True, X=x, Residual=bf, Weight=bf, Out=bf, NewResidual=bf,
+                                             stride_x=1536, stride_r=1536, stride_o=1536, stride_nr=1536,
+                                             stride_xs=48 * 1536 if splits else 0, hidden=1536, eps=1e-6,
+                                             HAS_RESIDUAL=True, BLOCK=2048, SPLITS=splits), dict(num_warps=4)
     yield rope._rope_kernel, dict(Q=bf, K=bf, Positions=i64, CosSin=f32, stride_qt=2048, stride_qh=128, stride_kt=2048,
                                   stride_kh=128, stride_cs=128, q_heads=12, k_heads=2, HALF=64, Q_HEADS_PAD=16,
                                   K_HEADS_PAD=2), {}
