@@ -45,14 +45,21 @@ def linear_ref(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = Non
     return F.linear(x, w, bias)
 
 
+def _k_splits(x: torch.Tensor, w: torch.Tensor, splits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Views of x [M, K] and w.T as `splits` batches over consecutive K ranges: [splits, M, K / splits]
+    and [splits, K / splits, N], no copies (K a multiple of splits, rows contiguous)."""
+    m, k = x.shape
+    assert k % splits == 0 and x.stride(-1) == 1 and w.is_contiguous()
+    xs = x.view(m, splits, k // splits).transpose(0, 1)
+    ws = w.view(w.shape[0], splits, k // splits).transpose(0, 1)
+    return xs, ws.transpose(1, 2)
+
+
 def linear_partials_ref(x: torch.Tensor, w: torch.Tensor, splits: int) -> torch.Tensor:
     """x @ w.T as float32 split-K partials [splits, M, N]: split s covers K columns
     [s * K / splits, (s + 1) * K / splits) (K a multiple of splits)."""
-    m, k = x.shape
-    assert k % splits == 0
-    xs = x.view(m, splits, k // splits).transpose(0, 1).float()
-    ws = w.view(w.shape[0], splits, k // splits).transpose(0, 1).float()
-    return torch.bmm(xs, ws.transpose(1, 2))
+    xs, wts = _k_splits(x, w, splits)
+    return torch.bmm(xs.float(), wts.float())
 
 
 def linear_silu_mul_ref(x: torch.Tensor, w_gate_up: torch.Tensor, norm: DeferredNorm | None = None) -> torch.Tensor:
@@ -608,14 +615,10 @@ def partial_splits(m: int, w: torch.Tensor) -> int:
 def linear_partials(x: torch.Tensor, w: torch.Tensor, splits: int | None = None) -> torch.Tensor | None:
     """CUDA version of linear_partials_ref: one strided-batched cuBLAS GEMM with float32 output and
     no reduction. splits None: partial_splits' choice, and None where that is 0."""
-    m, k = x.shape
-    splits = partial_splits(m, w) if splits is None else splits
+    splits = partial_splits(x.shape[0], w) if splits is None else splits
     if not splits:
         return None
-    assert k % splits == 0 and x.stride(-1) == 1 and w.is_contiguous()
-    xs = x.view(m, splits, k // splits).transpose(0, 1)
-    ws = w.view(w.shape[0], splits, k // splits).transpose(0, 1)
-    return torch.bmm(xs, ws.transpose(1, 2), out_dtype=torch.float32)
+    return torch.bmm(*_k_splits(x, w, splits), out_dtype=torch.float32)
 
 
 def linear_residual(x: torch.Tensor, w: torch.Tensor, residual: torch.Tensor, sumsq: torch.Tensor,
