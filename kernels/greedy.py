@@ -11,6 +11,10 @@ import torch
 
 from litelang.kernels._triton import INTERPRET, pdl_launch, pdl_start, tl, triton
 
+# programs the chunk kernel aims for (batch x chunks, at most 128 chunks a row)
+TARGET_PROGRAMS = 512
+BLOCK = 2048  # logits per program per loop step
+
 
 def greedy_sample_ref(logits: torch.Tensor, last_tokens: torch.Tensor | None = None,
                       rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,16 +91,15 @@ def greedy_sample(logits: torch.Tensor, last_tokens: torch.Tensor | None = None,
     logprobs = torch.empty(batch, dtype=torch.float32, device=logits.device)
     if batch == 0:
         return tokens, logprobs
-    block = 64 if INTERPRET else 2048
-    # enough programs to fill the GPU at batch 1, one chunk per row at large batches
-    chunks = max(1, min(128, 512 // batch, triton.cdiv(vocab, block)))
+    block = 64 if INTERPRET else BLOCK
+    chunks = max(1, min(128, TARGET_PROGRAMS // batch, triton.cdiv(vocab, block)))
     chunk = triton.cdiv(triton.cdiv(vocab, chunks), block) * block
     chunks = triton.cdiv(vocab, chunk)
     part_max = torch.empty((batch, chunks), dtype=torch.float32, device=logits.device)
     part_idx = torch.empty((batch, chunks), dtype=torch.int32, device=logits.device)
     part_sum = torch.empty_like(part_max)
     _greedy_chunk_kernel[(batch, chunks)](
-        logits, part_max, part_idx, part_sum, vocab, logits.stride(0), chunk, chunks, BLOCK=block, num_warps=8,
+        logits, part_max, part_idx, part_sum, vocab, logits.stride(0), chunk, chunks, BLOCK=block, num_warps=max(1, min(8, block // 256)),
         **pdl_launch(),
     )
     _greedy_merge_kernel[(batch,)](
