@@ -2,9 +2,9 @@
 graph recaptured per variant, variants alternating over rounds (host-to-host spread is as large
 as the effects; isolated kernel timings have disagreed with the model before).
 
-    python -m litelang.bench.sweep_decode --rounds 2 [--only base,no_pdl_cublas]
+    python -m litelang.bench.sweep_decode --rounds 2 [--only base,greedy_4096]
 
-A variant sets module knobs (kernels/linear.py CONFIGS, kernels/greedy.py, worker/cuda_graph.py)
+A variant sets module knobs (kernels/linear.py CONFIGS, kernels/greedy.py)
 before its capture; the base is the served code. Every variant must give the base's tokens.
 """
 
@@ -22,14 +22,12 @@ from litelang.bench.driver import run_batch
 from litelang.bench.shapes import random_checkpoint
 from litelang.kernels import greedy, linear
 from litelang.kernels.linear import _dot
-from litelang.worker import cuda_graph
 from litelang.worker.cuda_graph import DecodeGraphs
 
 GATE_UP, QKV, LM_HEAD = (8960, 1536, True, 64), (2048, 1536, False, 64), (151936, 1536, False, 64)
 
 VARIANTS: dict[str, dict] = {
     "base": {},
-    "no_pdl_cublas": {"pdl_cublas": False},
     "greedy_4096": {"greedy": (4096, 2048)},
     "greedy_4096_b1024": {"greedy": (4096, 1024)},
     "gate_up_32x64s4": {"configs": {GATE_UP: _dot(32, 64, stages=4)}},
@@ -54,7 +52,6 @@ def apply(variant: dict, served: dict) -> None:
     linear.CONFIGS.update(served["configs"])
     linear.CONFIGS.update(variant.get("configs", {}))
     greedy.TARGET_PROGRAMS, greedy.BLOCK = variant.get("greedy", served["greedy"])
-    cuda_graph.PDL_INTO_CUBLAS = variant.get("pdl_cublas", served["pdl_cublas"])
 
 
 def main() -> None:
@@ -65,8 +62,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=40)
     args = ap.parse_args()
     names = ["base"] + [n for n in (args.only.split(",") if args.only else VARIANTS) if n and n != "base"]
-    served = {"configs": dict(linear.CONFIGS), "greedy": (greedy.TARGET_PROGRAMS, greedy.BLOCK),
-              "pdl_cublas": cuda_graph.PDL_INTO_CUBLAS}
+    served = {"configs": dict(linear.CONFIGS), "greedy": (greedy.TARGET_PROGRAMS, greedy.BLOCK)}
     path = random_checkpoint(args.shape, Path("/tmp/litelang-bench") / args.shape)
     runner = litelang_runner(path, max_batch=64, max_context=2048, cuda_graphs=False)
     vocab = runner.model.spec.vocab_size

@@ -54,9 +54,6 @@ class KernelSet:
     # (x, w) -> x @ w.T as float32 split-K partials [splits, M, N] for rms_norm_sum to add up, or
     # None where the plain projection is faster (always None in the references)
     linear_partials: Callable
-    # (m, w) -> whether linear(x [m, K], w) runs on cuBLAS: the kernel before it then passes
-    # release_at_end=True (decode_attention, linear_silu_mul; worker/graph_pdl.py says why)
-    runs_on_cublas: Callable
     # (embed, last_tokens, req_to_slot, rows, slots, seq_lens) -> hidden: a decode-only step's
     # table write and embedding of each row's last sampled token
     decode_inputs: Callable
@@ -80,7 +77,6 @@ REFERENCE = KernelSet(
     linear_residual=linear_residual_ref,
     defers_norm=lambda m, w: False,
     linear_partials=lambda x, w: None,
-    runs_on_cublas=lambda m, w: False,
     decode_inputs=decode_inputs_ref,
 )
 

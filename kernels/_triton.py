@@ -57,9 +57,7 @@ INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # The step's inputs (positions, slots, lengths) are copied before its first kernel, and the
 # req->slot table is written by that first kernel (kernels/decode_inputs.py, with the embedding)
 # or before it, so layer kernels may read them early too: the earliest such read is layer 0's
-# attention, the step's fourth kernel. LITELANG_PDL=0 turns it off. cuBLAS GEMMs neither wait nor
-# release: worker/graph_pdl.py makes the graph edges into them programmatic where the kernel
-# before them releases only after its stores (pdl_release_after_stores).
+# attention, the step's fourth kernel. LITELANG_PDL=0 turns it off.
 _pdl: bool | None = None
 
 
@@ -109,19 +107,6 @@ def pdl_release(PDL: tl.constexpr):
         gdc_launch_dependents()
 
 
-@triton.jit
-def pdl_release_after_stores(PDL: tl.constexpr):
-    """Let the next kernel launch once every store of this program is visible GPU-wide. For a next
-    kernel that reads without waiting on the GPU: a cuBLAS GEMM behind a programmatic graph edge
-    (worker/graph_pdl.py) starts when the last program of this kernel gets here, before the
-    kernel has formally ended. Each thread fences its own stores, then the program meets."""
-    if PDL:
-        tl.inline_asm_elementwise("fence.acq_rel.gpu;\n mov.u32 $0, $1;", "=r,r", [tl.program_id(0)],
-                                  dtype=tl.int32, is_pure=False, pack=1)
-        tl.debug_barrier()
-        gdc_launch_dependents()
-
-
 class LaunchCounters:
     """Per-device int32 counters for kernels whose last program to finish does the final step (the
     split-K reduction in linear, the split merge in decode attention). They are zero between
@@ -149,5 +134,4 @@ class LaunchCounters:
         return buf
 
 
-__all__ = ["INTERPRET", "LATE_RELEASE", "LaunchCounters", "pdl_enabled", "pdl_launch", "pdl_release",
-           "pdl_release_after_stores", "pdl_start", "tl", "triton"]
+__all__ = ["INTERPRET", "LATE_RELEASE", "LaunchCounters", "pdl_enabled", "pdl_launch", "pdl_release", "pdl_start", "tl", "triton"]

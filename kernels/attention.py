@@ -15,9 +15,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from litelang.kernels._triton import (
-    INTERPRET, LATE_RELEASE, LaunchCounters, pdl_launch, pdl_release, pdl_release_after_stores, pdl_start, tl, triton,
-)
+from litelang.kernels._triton import INTERPRET, LATE_RELEASE, LaunchCounters, pdl_launch, pdl_release, pdl_start, tl, triton
 
 
 def _context(pool: torch.Tensor, req_to_slot: torch.Tensor, row: int, length: int) -> torch.Tensor:
@@ -67,11 +65,9 @@ def decode_attention_ref(
     req_rows: torch.Tensor,
     seq_lens: torch.Tensor,
     scale: float,
-    release_at_end: bool = False,
 ) -> torch.Tensor:
     """One new token per request (q [batch, q_heads, head_dim]) over its whole context of
-    seq_lens[b] tokens (the new token included). release_at_end: a launch option of the Triton
-    kernel, nothing to do here."""
+    seq_lens[b] tokens (the new token included)."""
     out = torch.empty_like(q)
     group = q.shape[1] // k_pool.shape[1]
     for b, (row, length) in enumerate(zip(req_rows.tolist(), seq_lens.tolist())):
@@ -291,7 +287,7 @@ def _decode_split_kernel(
     stride_qb, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ob, stride_oh, stride_r,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
     DOT_F32: tl.constexpr, PREFETCH: tl.constexpr, FUSED_MERGE: tl.constexpr, MERGE_G: tl.constexpr,
-    MERGE_CHUNK: tl.constexpr, LATE_RELEASE: tl.constexpr, END_RELEASE: tl.constexpr,
+    MERGE_CHUNK: tl.constexpr, LATE_RELEASE: tl.constexpr,
     PDL: tl.constexpr,
 ):
     """Program (request, kv head, split): every query head of the kv head's group against one
@@ -317,7 +313,7 @@ def _decode_split_kernel(
         next_slot = tl.load(slot_row + n, mask=n < end, other=0)
     # before reading q, K or V (kernels/_triton.py); programs hold 72 KB of shared memory: the next
     # kernel launches after the main loop
-    pdl_start(PDL, RELEASE=not (LATE_RELEASE or END_RELEASE))
+    pdl_start(PDL, RELEASE=not LATE_RELEASE)
     g = tl.arange(0, GROUP_PAD)
     d = tl.arange(0, HEAD_DIM)
     heads = kvh * GROUP + g
@@ -343,7 +339,7 @@ def _decode_split_kernel(
             s = _mma(q, tl.trans(k), DOT_F32) * qk_scale
             s = tl.where(n_mask[None, :], s, float("-inf"))
             m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc, DOT_F32)
-        if LATE_RELEASE and not END_RELEASE:
+        if LATE_RELEASE:
             pdl_release(PDL)  # (splits past the context release by exiting)
 
         if n_splits <= 1:
@@ -365,8 +361,6 @@ def _decode_split_kernel(
                     tl.atomic_xchg(Counters + pair, 0)  # ready for the next launch
                     _merge_splits(PartAcc, PartMax, PartSum, Out + b.to(tl.int64) * stride_ob + kvh * GROUP * stride_oh,
                                   stride_oh, first_part, GROUP, n_splits, num_splits, MERGE_G, MERGE_CHUNK, HEAD_DIM)
-        if END_RELEASE:  # a next kernel that does not wait on the GPU (decode_attention)
-            pdl_release_after_stores(PDL)
 
 
 @triton.jit
@@ -451,17 +445,13 @@ def decode_attention(
     req_rows: torch.Tensor,
     seq_lens: torch.Tensor,
     scale: float,
-    release_at_end: bool = False,
     split_size: int | None = None,
 ) -> torch.Tensor:
     """Triton version of decode_attention_ref: flash-decoding, no host sync, graph-capturable.
 
     seq_lens must not exceed req_to_slot.shape[1]; a request with seq_len 0 (a padding row)
-    gets zeros. release_at_end: the next kernel (o on cuBLAS) may be launched behind a programmatic
-    graph edge and does not wait on the GPU, so the programs let it launch only after their last
-    store (kernels/_triton.py pdl_release_after_stores). split_size (a power of two >= 16), for
-    tests and tuning, overrides the policy: num_splits = cdiv(req_to_slot.shape[1], split_size),
-    so no split is longer than it.
+    gets zeros. split_size (a power of two >= 16), for tests and tuning, overrides the policy:
+    num_splits = cdiv(req_to_slot.shape[1], split_size), so no split is longer than it.
     """
     cfg = _decode_config(q.dtype)
     width = max(req_to_slot.shape[1], 1)
@@ -471,11 +461,11 @@ def decode_attention(
         num_splits = triton.cdiv(width, split_size)
     else:
         num_splits = decode_num_splits(q.shape[0], k_pool.shape[1], width, cfg.block_n)
-    return _decode_launch(q, k_pool, v_pool, req_to_slot, req_rows, seq_lens, scale, cfg, num_splits, release_at_end)
+    return _decode_launch(q, k_pool, v_pool, req_to_slot, req_rows, seq_lens, scale, cfg, num_splits)
 
 
 def _decode_launch(q, k_pool, v_pool, req_to_slot, req_rows, seq_lens, scale: float, cfg: DecodeConfig,
-                   num_splits: int, release_at_end: bool = False) -> torch.Tensor:
+                   num_splits: int) -> torch.Tensor:
     """decode_attention with an explicit config and split count (bench/tune_decode.py sweeps them)."""
     batch, q_heads, head_dim = q.shape
     kv_heads = k_pool.shape[1]
@@ -503,7 +493,7 @@ def _decode_launch(q, k_pool, v_pool, req_to_slot, req_rows, seq_lens, scale: fl
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK_N=cfg.block_n, DOT_F32=INTERPRET or q.dtype == torch.float32, PREFETCH=cfg.prefetch,
         FUSED_MERGE=fused, MERGE_G=triton.next_power_of_2(group), MERGE_CHUNK=min(splits_pad, FUSED_MERGE_CHUNK) if fused else 1,
-        LATE_RELEASE=LATE_RELEASE, END_RELEASE=release_at_end,
+        LATE_RELEASE=LATE_RELEASE,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_launch(),
     )
     if num_splits > 1 and not fused:  # every request fits one split otherwise: already written

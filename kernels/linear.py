@@ -30,9 +30,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from litelang.kernels._triton import (
-    INTERPRET, LATE_RELEASE, LaunchCounters, pdl_launch, pdl_release, pdl_release_after_stores, pdl_start, tl, triton,
-)
+from litelang.kernels._triton import INTERPRET, LATE_RELEASE, LaunchCounters, pdl_launch, pdl_release, pdl_start, tl, triton
 from litelang.kernels.activation import silu_and_mul, silu_and_mul_ref
 from litelang.kernels.rmsnorm import SUMSQ_ONE, DeferredNorm, deferred_norm_ref, sumsq_ref
 from litelang.kernels.rope_store import apply_rope_and_store_kv, apply_rope_and_store_kv_ref
@@ -64,10 +62,9 @@ def linear_partials_ref(x: torch.Tensor, w: torch.Tensor, splits: int) -> torch.
     return torch.bmm(xs.float(), wts.float())
 
 
-def linear_silu_mul_ref(x: torch.Tensor, w_gate_up: torch.Tensor, norm: DeferredNorm | None = None,
-                        release_at_end: bool = False) -> torch.Tensor:
+def linear_silu_mul_ref(x: torch.Tensor, w_gate_up: torch.Tensor, norm: DeferredNorm | None = None) -> torch.Tensor:
     """x [M, K], w_gate_up [2I, K] (gate rows, then up rows) -> silu(x @ gate.T) * (x @ up.T), [M, I].
-    norm: as in linear_ref. release_at_end: a launch option of the Triton kernel, nothing here."""
+    norm: as in linear_ref."""
     return silu_and_mul_ref(linear_ref(x, w_gate_up, norm=norm))
 
 
@@ -147,7 +144,7 @@ def _linear_kernel(
     USE_DOT: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, VEC: tl.constexpr, PREFETCH: tl.constexpr, ROPE: tl.constexpr, HALF: tl.constexpr,
     NORM: tl.constexpr, ADD_RESIDUAL: tl.constexpr, SUMSQ_UNIT: tl.constexpr, LATE_RELEASE: tl.constexpr,
-    END_RELEASE: tl.constexpr, PDL: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """Program (row block, split): out[:, rows] over K columns [k_per_split * split, ...). With
     SILU_MUL the rows are gate rows and rows + up_row their up rows. ROPE: the q||k||v
@@ -155,8 +152,7 @@ def _linear_kernel(
     can rotate them (_rope_epilogue). NORM: x is the residual stream times the norm weight; the
     sums are scaled by 1/rms from SumSq (DeferredNorm). ADD_RESIDUAL: Out = the projection +
     Residual, whose rows' sums of squares are added into SumSq, and Weighted = Out * NormW
-    (linear_residual). END_RELEASE: the next kernel (a cuBLAS GEMM) does not wait on the GPU, so
-    dependents launch only after this program's stores (pdl_release_after_stores).
+    (linear_residual).
 
     Two inner products. USE_DOT: tensor cores, x padded to BLOCK_M >= 16 rows. Else float32
     FMAs on [BLOCK_M, BLOCK_N, BLOCK_K // VEC, VEC] tiles, VEC columns (16 bytes) per thread:
@@ -208,7 +204,7 @@ def _linear_kernel(
         norm_w = tl.load(NormW + offs_n, mask=n_valid, other=0.0).to(tl.float32)
     # before reading anything an earlier kernel writes (kernels/_triton.py); the tensor-core
     # path's programs hold ~100 KB of shared memory: the next kernel launches after its loop
-    pdl_start(PDL, RELEASE=not (USE_DOT and LATE_RELEASE) and not END_RELEASE)
+    pdl_start(PDL, RELEASE=not (USE_DOT and LATE_RELEASE))
     out_mask = (offs_m < M)[:, None] & n_valid[None, :]
     # loaded before the loop, so their latency hides behind it
     inv_rms = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -247,7 +243,7 @@ def _linear_kernel(
             if SILU_MUL:
                 acc_up += tl.sum(u.to(tl.float32) * x, axis=3)
     if USE_DOT:
-        if LATE_RELEASE and not END_RELEASE:
+        if LATE_RELEASE:
             pdl_release(PDL)
         acc = tl.trans(acc)
         acc_up = tl.trans(acc_up)
@@ -289,8 +285,6 @@ def _linear_kernel(
         if ROPE:
             _rope_epilogue(acc, rope_in, Out, KPool, VPool, offs_m, pid_n, M, N, stride_om, stride_pk, stride_ph,
                            stride_pvk, stride_pvh, q_size, kv_size, BLOCK_M, BLOCK_N, HALF)
-    if END_RELEASE:  # a next kernel that does not wait on the GPU (linear_silu_mul)
-        pdl_release_after_stores(PDL)
 
 
 @triton.jit
@@ -534,8 +528,7 @@ class _Rope(NamedTuple):
 def _launch(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, n: int, silu_mul: bool,
             cfg: LinearConfig, rope: _Rope | None = None, norm: DeferredNorm | None = None,
             residual: torch.Tensor | None = None, sumsq: torch.Tensor | None = None,
-            norm_weight: torch.Tensor | None = None, weighted: torch.Tensor | None = None,
-            release_at_end: bool = False) -> torch.Tensor:
+            norm_weight: torch.Tensor | None = None, weighted: torch.Tensor | None = None) -> torch.Tensor:
     m, k = x.shape
     if x.stride(-1) != 1:
         x = x.contiguous()
@@ -573,7 +566,7 @@ def _launch(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, n: int,
         USE_DOT=cfg.use_dot, DOT_F32=INTERPRET or x.dtype == torch.float32, BLOCK_M=block_m,
         BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, VEC=16 // x.element_size(), PREFETCH=PREFETCH,
         ROPE=rope is not None, HALF=rope.k_pool.shape[-1] // 2 if rope else 1, NORM=norm is not None,
-        ADD_RESIDUAL=residual is not None, SUMSQ_UNIT=SUMSQ_ONE, LATE_RELEASE=LATE_RELEASE, END_RELEASE=release_at_end,
+        ADD_RESIDUAL=residual is not None, SUMSQ_UNIT=SUMSQ_ONE, LATE_RELEASE=LATE_RELEASE,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_launch(),
     )
     return out
@@ -591,21 +584,14 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
 
 
 def linear_silu_mul(x: torch.Tensor, w_gate_up: torch.Tensor, config: LinearConfig | None = None,
-                    norm: DeferredNorm | None = None, release_at_end: bool = False) -> torch.Tensor:
+                    norm: DeferredNorm | None = None) -> torch.Tensor:
     """Triton version of linear_silu_mul_ref: gate and up rows in the same program, so the
-    [M, 2I] intermediate is never written. release_at_end: as in attention.decode_attention (the
-    next kernel, down on cuBLAS, does not wait on the GPU)."""
+    [M, 2I] intermediate is never written."""
     n = w_gate_up.shape[0] // 2
     cfg = config or pick_config(x.shape[0], n, w_gate_up.shape[1], True)
     if cfg is None:
         return silu_and_mul(linear_ref(x, w_gate_up, norm=norm))
-    return _launch(x, w_gate_up, None, n, True, cfg, norm=norm, release_at_end=release_at_end)
-
-
-def runs_on_cublas(m: int, w: torch.Tensor) -> bool:
-    """Whether linear(x [m, K], w) (and linear_partials) run on cuBLAS, whose kernels read their
-    inputs without waiting on the GPU (worker/graph_pdl.py)."""
-    return pick_config(m, w.shape[0], w.shape[1]) is None
+    return _launch(x, w_gate_up, None, n, True, cfg, norm=norm)
 
 
 # Split count for the cuBLAS projections whose output only feeds the add + RMSNorm kernel (o and

@@ -90,8 +90,7 @@ def _cases():
                     stride_qb=2 * group * head_dim, stride_qh=head_dim, stride_ob=group * head_dim, stride_oh=head_dim,
                     GROUP=group, GROUP_PAD=16, HEAD_DIM=head_dim, BLOCK_N=cfg.block_n, DOT_F32=dtype == f32,
                     PREFETCH=cfg.prefetch, FUSED_MERGE=fused, MERGE_G=triton.next_power_of_2(group),
-                    MERGE_CHUNK=min(8, triton.next_power_of_2(num_splits)) if fused else 1, LATE_RELEASE=True,
-                    END_RELEASE=num_splits == 6, **strides,  # o on cuBLAS next: release after the stores
+                    MERGE_CHUNK=min(8, triton.next_power_of_2(num_splits)) if fused else 1, LATE_RELEASE=True, **strides,
                 ), dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         yield attention._decode_merge_kernel, dict(PDL=True, PartAcc=f32, PartMax=f32, PartSum=f32, Out=dtype, SeqLens=i32,
                                                    stride_ob=1536, stride_oh=128, num_splits=51, HEAD_DIM=128,
@@ -123,7 +122,7 @@ def _cases():
             stride_cs=128, stride_pk=256, stride_ph=128, stride_pvk=256, stride_pvh=128, q_size=1536, kv_size=256,
             HAS_BIAS=not silu, SILU_MUL=silu, SPLITS=cfg.split_k, EVEN_K=k % cfg.block_k == 0, USE_DOT=cfg.use_dot,
             DOT_F32=False, BLOCK_M=block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, VEC=8, PREFETCH=prefetch,
-            ROPE=rope, HALF=64 if rope else 1, LATE_RELEASE=True, END_RELEASE=m == 64 and silu,  # down on cuBLAS next
+            ROPE=rope, HALF=64 if rope else 1, LATE_RELEASE=True,
         ), dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     yield greedy._greedy_chunk_kernel, dict(PDL=True, Logits=bf, PartMax=f32, PartIdx=i32, PartSum=f32, vocab=151936,
                                             stride_b=151936, chunk=4096, num_chunks=38, BLOCK=2048), dict(num_warps=8)

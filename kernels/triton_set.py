@@ -2,8 +2,7 @@
 
 Optional keywords beyond the shared signatures: extend_attention(max_new_len=) (pass it: without
 it the grid size costs a host sync) and sample(needs_filter=) (the references accept both and
-ignore them); decode_attention(split_size=) for tests and tuning only. decode_attention and
-linear_silu_mul take release_at_end= (the references too, ignoring it).
+ignore them); decode_attention(split_size=) for tests and tuning only.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ from litelang.kernels.linear import (
     linear_residual,
     linear_rope_store,
     linear_silu_mul,
-    runs_on_cublas,
 )
 from litelang.kernels.rmsnorm import rms_norm, rms_norm_sum
 from litelang.kernels.rope import apply_rope
@@ -45,6 +43,5 @@ TRITON = KernelSet(
     linear_residual=linear_residual,
     defers_norm=defers_norm,
     linear_partials=linear_partials,
-    runs_on_cublas=runs_on_cublas,
     decode_inputs=decode_inputs,
 )

@@ -10,7 +10,6 @@ from litelang.bench.driver import greedy, run_batch
 from litelang.bench.shapes import random_checkpoint
 from litelang.configs.schema import LitelangConfig
 from litelang.proto import worker_pb2
-from litelang.worker.sampler import GREEDY
 from litelang.worker.setup import build_runner
 
 pytestmark = pytest.mark.gpu
@@ -87,27 +86,6 @@ def test_teacher_forced_logits_match_hf(ckpt, copies):
           f"top-1 agreement with HF fp32: litelang {agree}/{total}, HF bf16 {hf_agree}/{total}")
     assert our_err <= 1.5 * hf_err + 1e-3
     assert agree >= hf_agree - 0.05 * total
-
-
-@pytest.mark.parametrize("batch, programmatic", [(40, 56), (100, 28)], ids=["batch40", "batch100"])
-def test_programmatic_gemm_edges_keep_the_tokens(ckpt, batch, programmatic, monkeypatch):
-    """At batch 40 (bucket 48) o and down are cuBLAS GEMMs after attention and gate_up, at 100
-    (bucket 128) o is: the graph edges into them are programmatic (worker/graph_pdl.py). The
-    same graphs without that rewrite are the reference: the tokens must not change."""
-    from litelang.worker import cuda_graph
-
-    lengths = torch.randint(5, 200, (batch,), generator=torch.Generator().manual_seed(batch)).tolist()
-    prompts = random_prompts(lengths, seed=batch)
-    runner = make_runner(ckpt, cuda_graphs=True, max_batch=128)
-    bucket = next(b for b in runner.graphs.buckets if b >= batch)
-    assert runner.graphs.programmatic_edges[(bucket, GREEDY)] == programmatic
-    rewritten = run_batch(runner, prompts, 32).tokens
-    del runner
-    torch.cuda.empty_cache()
-    monkeypatch.setattr(cuda_graph, "PDL_INTO_CUBLAS", False)
-    runner = make_runner(ckpt, cuda_graphs=True, max_batch=128)
-    assert not runner.graphs.programmatic_edges
-    assert run_batch(runner, prompts, 32).tokens == rewritten
 
 
 def test_cuda_graph_decode_equals_eager(ckpt):

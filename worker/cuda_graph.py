@@ -15,16 +15,11 @@ import logging
 
 import torch
 
-from litelang.kernels._triton import pdl_enabled
 from litelang.worker.forward_batch import ForwardBatch
-from litelang.worker.graph_pdl import programmatic_edges_into_gemms
 from litelang.worker.runner import ModelRunner, StepPlan
 from litelang.worker.sampler import FULL_SAMPLING, GREEDY, SamplingMode, SamplingTensors, sample_and_record
 
 log = logging.getLogger("litelang.worker")
-
-# edges into cuBLAS GEMMs made programmatic after capture (worker/graph_pdl.py)
-PDL_INTO_CUBLAS = True
 
 # rows of the packed int64 input buffer
 ROWS, POSITIONS, SLOTS, SEQ_LENS = range(4)
@@ -50,8 +45,6 @@ class DecodeGraphs:
         self._pad_floats = self.floats[:, :1].cpu().numpy()
         self.inputs = PinnedInputs(self.ints, self.floats)
         self.graphs: dict[tuple[int, SamplingMode], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
-        # per graph, how many edges into cuBLAS GEMMs were made programmatic (worker/graph_pdl.py)
-        self.programmatic_edges: dict[tuple[int, SamplingMode], int] = {}
 
     def fits(self, batch_size: int) -> bool:
         return batch_size <= self.buckets[-1]
@@ -101,24 +94,13 @@ class DecodeGraphs:
                 for b in reversed(self.buckets):  # largest first: smaller graphs reuse its memory
                     for _ in range(2):  # warm up (Triton compiles, cuBLAS picks algorithms)
                         self._body(b, mode)
-                    rewrite = PDL_INTO_CUBLAS and pdl_enabled()
-                    graph = torch.cuda.CUDAGraph(keep_graph=rewrite)
+                    graph = torch.cuda.CUDAGraph()
                     with torch.cuda.graph(graph, pool=pool, stream=stream):
                         tokens, logprobs = self._body(b, mode)
-                    if rewrite:  # o and down start while attention and gate_up drain
-                        self._make_gemm_edges_programmatic(graph, (b, mode))
                     self.graphs[(b, mode)] = (graph, tokens, logprobs)
         torch.cuda.current_stream().wait_stream(stream)
         torch.cuda.synchronize()
         log.info("captured decode CUDA graphs for batch sizes %s (greedy and full sampling)", self.buckets)
-
-    def _make_gemm_edges_programmatic(self, graph: torch.cuda.CUDAGraph, key: tuple[int, SamplingMode]) -> None:
-        """worker/graph_pdl.py; on a driver without the graph-edge API, the graph stays as captured."""
-        try:
-            self.programmatic_edges[key] = len(programmatic_edges_into_gemms(graph.raw_cuda_graph()))
-        except (OSError, AttributeError, RuntimeError) as e:
-            log.warning("decode graph for batch %d kept plain edges into cuBLAS: %s", key[0], e)
-        graph.instantiate()
 
     def run(self, plan: StepPlan, mode: SamplingMode) -> tuple[torch.Tensor, torch.Tensor]:
         n = len(plan.dec_rows)

@@ -108,9 +108,7 @@ class Qwen2Model:
             x, norm = stream.normed()
             stream.add_projection(self._attention(w, x, norm, batch, k_pools[i], v_pools[i]), w.o_weight, w.post_norm)
             x, norm = stream.normed()
-            gate_up = ks.linear_silu_mul(x, w.gate_up_weight, norm=norm,
-                                         release_at_end=ks.runs_on_cublas(x.shape[0], w.down_weight))
-            stream.add_projection(gate_up, w.down_weight, next_norm)
+            stream.add_projection(ks.linear_silu_mul(x, w.gate_up_weight, norm=norm), w.down_weight, next_norm)
         x, norm = stream.normed()
         if batch.logits_index is not None:
             x = x[batch.logits_index]  # (a ResidualStream: norm is None)
@@ -147,10 +145,8 @@ class Qwen2Model:
                 batch.extend_cu_seqlens, batch.extend_prefix_lens, self.scale, max_new_len=batch.extend_max_new_len,
             ))
         if batch.num_decodes:
-            # attention is o's input only when the step is decode-only (else torch.cat is)
             parts.append(ks.decode_attention(
-                q[e:], k_pool, v_pool, batch.req_to_slot, batch.decode_rows, batch.decode_seq_lens, self.scale,
-                release_at_end=not batch.num_extends and ks.runs_on_cublas(n, w.o_weight),
+                q[e:], k_pool, v_pool, batch.req_to_slot, batch.decode_rows, batch.decode_seq_lens, self.scale
             ))
         out = parts[0] if len(parts) == 1 else torch.cat(parts)
         return out.reshape(n, q_size)
