@@ -4,8 +4,8 @@ as the effects; isolated kernel timings have disagreed with the model before).
 
     python -m litelang.bench.sweep_decode --rounds 2 [--only base,greedy_4096]
 
-A variant sets module knobs (kernels/linear.py CONFIGS, kernels/greedy.py)
-before its capture; the base is the served code. Every variant must give the base's tokens.
+A variant sets module knobs (kernels/linear.py CONFIGS, kernels/greedy.py) before its capture;
+the base is the served code. Each run's tokens are checked against the base's ("TOKENS DIFFER").
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ import torch
 
 from litelang.kernels._triton import INTERPRET, pdl_launch, pdl_start, tl, triton
 
-# programs the chunk kernel aims for (batch x chunks, at most 128 chunks a row)
+# programs the chunk kernel aims for (batch x chunks, at most 128 chunks a row): enough to fill the
+# GPU at batch 1, one chunk per row at large batches (bench/sweep_decode.py varies both)
 TARGET_PROGRAMS = 512
 BLOCK = 2048  # logits per program per loop step
 
@@ -99,7 +100,8 @@ def greedy_sample(logits: torch.Tensor, last_tokens: torch.Tensor | None = None,
     part_idx = torch.empty((batch, chunks), dtype=torch.int32, device=logits.device)
     part_sum = torch.empty_like(part_max)
     _greedy_chunk_kernel[(batch, chunks)](
-        logits, part_max, part_idx, part_sum, vocab, logits.stride(0), chunk, chunks, BLOCK=block, num_warps=max(1, min(8, block // 256)),
+        logits, part_max, part_idx, part_sum, vocab, logits.stride(0), chunk, chunks, BLOCK=block,
+        num_warps=max(1, min(8, block // 256)),
         **pdl_launch(),
     )
     _greedy_merge_kernel[(batch,)](
