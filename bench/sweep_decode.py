@@ -22,7 +22,7 @@ from litelang.bench.driver import run_batch
 from litelang.bench.shapes import random_checkpoint
 from litelang.kernels import greedy, linear
 from litelang.kernels.linear import _dot
-from litelang.worker.cuda_graph import DecodeGraphs
+from litelang.worker.cuda_graph import DecodeGraphs, batch_buckets
 
 GATE_UP, QKV, LM_HEAD = (8960, 1536, True, 64), (2048, 1536, False, 64), (151936, 1536, False, 64)
 
@@ -66,7 +66,7 @@ def main() -> None:
     path = random_checkpoint(args.shape, Path("/tmp/litelang-bench") / args.shape)
     runner = litelang_runner(path, max_batch=64, max_context=2048, cuda_graphs=False)
     vocab = runner.model.spec.vocab_size
-    bucket = next(b for b in (8, 16, 24, 32, 48, 64) if b >= args.batch)
+    bucket = next(b for b in batch_buckets(64) if b >= args.batch)  # the served graph's bucket
     results: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
     base_tokens = None  # every variant must give the base's tokens
     for rnd in range(args.rounds):
