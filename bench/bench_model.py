@@ -26,10 +26,11 @@ def prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]]:
     return torch.randint(0, vocab, (n, length), generator=g).tolist()
 
 
-def litelang_runner(path: Path, max_batch: int, max_context: int, cuda_graphs: bool = True):
+def litelang_runner(path: Path, max_batch: int, max_context: int, cuda_graphs: bool = True,
+                    deterministic: bool = False):
     cfg = LitelangConfig(
         model=str(path), device="cuda", max_batch_size=max_batch, max_input_length=max_context // 2,
-        max_output_length=max_context // 2, mem_usage=0.5, cuda_graphs=cuda_graphs,
+        max_output_length=max_context // 2, mem_usage=0.5, cuda_graphs=cuda_graphs, deterministic=deterministic,
     )
     return build_runner(cfg, rank=0)
 
@@ -52,13 +53,15 @@ def main() -> None:
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--workloads", default="decode1,batch40,prefill40")
     ap.add_argument("--decode-batch", type=int, default=64, help="batch for the decode-batch workload")
+    ap.add_argument("--deterministic", action="store_true", help="the batch-invariant kernels (config deterministic)")
     args = ap.parse_args()
     path = random_checkpoint(args.shape, Path(args.dir) / args.shape)
     spec_vocab = 151936 if args.shape == "qwen2-1.5b" else 152064
     work = args.workloads.split(",")
     rows = []
 
-    runner = litelang_runner(path, max_batch=max(64, args.decode_batch), max_context=2048)
+    runner = litelang_runner(path, max_batch=max(64, args.decode_batch), max_context=2048,
+                             deterministic=args.deterministic)
     results = {}
     if "decode1" in work:
         run_batch(runner, prompts(1, 32, spec_vocab, 1), 16)  # warm up

@@ -85,6 +85,58 @@ def run_batch(
     return Result(out, prefill_s, decode_s, gpu_ms, gap_ms)
 
 
+@dataclass
+class Scheduled:
+    """One request of run_staggered: its prompt, the step its prefill starts at, and the tokens
+    its prompt is prefilled in per step (None: all in one step)."""
+    prompt: list[int]
+    arrival: int = 0
+    chunk: int | None = None
+
+
+def run_staggered(runner: ModelRunner, requests: list[Scheduled], new_tokens: int,
+                  sampling: worker_pb2.Sampling | None = None, first_rid: int = 1,
+                  ) -> dict[int, list[tuple[int, float]]]:
+    """Step requests that arrive at different steps and prefill in chunks, so their prefills
+    share steps with other requests' decodes (mixed steps), as the scheduler runs them. Returns
+    each rid's (token, logprob) pairs; every request stops after new_tokens tokens."""
+    sampling = sampling or greedy()
+    rids = list(range(first_rid, first_rid + len(requests)))
+    prefilled = dict.fromkeys(rids, 0)  # prompt tokens in the cache so far
+    out: dict[int, list[tuple[int, float]]] = {rid: [] for rid in rids}
+    next_slot, step, finished = 0, 0, []
+
+    def take(n: int) -> list[int]:
+        nonlocal next_slot
+        next_slot += n
+        return list(range(next_slot - n, next_slot))
+
+    with torch.no_grad():
+        while any(len(out[rid]) < new_tokens for rid in rids):
+            req = worker_pb2.StepRequest(step_id=step, release=finished)
+            finished = []
+            for rid, r in zip(rids, requests):
+                done, n = prefilled[rid], len(r.prompt)
+                if step < r.arrival or len(out[rid]) >= new_tokens:
+                    continue
+                if done < n:
+                    part = r.prompt[done : done + (r.chunk or n)]
+                    req.extends.add(rid=rid, token_ids=part, slots=take(len(part)), sample=done + len(part) == n,
+                                    is_new=done == 0, prefix_len=done, sampling=sampling)
+                    prefilled[rid] += len(part)
+                else:
+                    req.decode_rids.append(rid)
+                    req.decode_slots.extend(take(1))
+            reply = runner.step(req)
+            for rid, token, logprob in zip(reply.rids, reply.token_ids, reply.logprobs):
+                out[rid].append((token, logprob))
+                if len(out[rid]) == new_tokens:
+                    finished.append(rid)
+            step += 1
+        runner.step(worker_pb2.StepRequest(step_id=step, release=finished))
+    return out
+
+
 class _Timer:
     def __init__(self, sync):
         import time

@@ -44,6 +44,7 @@ class LitelangConfig:
     busy_scale: float = 0.5             # admission optimism: see docs/ARCHITECTURE.md
     use_radix_cache: bool = True        # reuse KV of shared prefixes across requests
     cuda_graphs: bool = True            # capture decode steps in CUDA graphs (GPU only)
+    deterministic: bool = False         # batch-invariant kernels: a request's output does not depend on its batch (slower)
     warmup: bool = True                 # run prefill/mixed steps of every kernel shape at start-up (GPU only)
     stream_interval: int = 1            # tokens per stream message (larger: fewer messages, burstier streams)
     pipeline_depth: int = 3             # steps in flight to the workers (see docs/ARCHITECTURE.md, overlap)
@@ -73,6 +74,9 @@ class LitelangConfig:
             p.append(f"busy_scale must be in [0, 1] (got {self.busy_scale})")
         if self.kv_slots < 0:
             p.append(f"kv_slots must be >= 0 (got {self.kv_slots})")
+        if self.deterministic and self.tp > 1:
+            p.append("deterministic needs tp 1: NCCL's all-reduce order depends on the message size, so on "
+                     "more ranks a request's output would still depend on its batch")
         if self.device not in ("auto", "cuda", "cpu"):
             p.append(f"device must be auto, cuda or cpu (got {self.device!r})")
         if self.dtype not in ("auto", "bfloat16", "float16", "float32"):

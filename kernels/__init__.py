@@ -1,7 +1,8 @@
 """Kernels used by the worker's model, each beside its plain-torch reference.
 
-`kernel_set(use_triton)` picks the implementation once, at model construction: Triton kernels
-on CUDA, the torch references on CPU (and whenever Triton is unavailable). Every pair has the
+`kernel_set(use_triton, deterministic)` picks the implementation once, at model construction:
+Triton kernels on CUDA, the torch references on CPU (and whenever Triton is unavailable), each
+with a batch-invariant variant (kernels/batch_invariant.py). Every pair has the
 same signature, so the model code never branches on the device.
 """
 
@@ -88,9 +89,15 @@ def triton_kernel_set() -> KernelSet:
     return TRITON
 
 
-def kernel_set(use_triton: bool) -> KernelSet:
-    """LITELANG_KERNELS=torch|triton overrides the choice (for debugging and comparisons)."""
+def kernel_set(use_triton: bool, deterministic: bool = False) -> KernelSet:
+    """LITELANG_KERNELS=torch|triton overrides the choice (for debugging and comparisons).
+    deterministic: the batch-invariant variant (kernels/batch_invariant.py)."""
     forced = os.environ.get("LITELANG_KERNELS")
     if forced:
         use_triton = forced == "triton"
-    return triton_kernel_set() if use_triton else REFERENCE
+    ks = triton_kernel_set() if use_triton else REFERENCE
+    if deterministic:
+        from litelang.kernels.batch_invariant import batch_invariant
+
+        ks = batch_invariant(ks)
+    return ks

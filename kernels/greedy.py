@@ -83,9 +83,10 @@ def _greedy_merge_kernel(PartMax, PartIdx, PartSum, Tokens, Logprobs, LastTokens
 
 
 def greedy_sample(logits: torch.Tensor, last_tokens: torch.Tensor | None = None,
-                  rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  rows: torch.Tensor | None = None, chunks: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton version of greedy_sample_ref (the last_tokens store in the merge kernel, no extra
-    launch); no host sync, CUDA-graph capturable."""
+    launch); no host sync, CUDA-graph capturable. chunks: vocabulary chunks per row (default: by
+    batch size, to fill the GPU); fixed, a row's log-sum-exp does not depend on the batch."""
     batch, vocab = logits.shape
     assert logits.stride(-1) == 1
     tokens = torch.empty(batch, dtype=torch.int64, device=logits.device)
@@ -93,7 +94,7 @@ def greedy_sample(logits: torch.Tensor, last_tokens: torch.Tensor | None = None,
     if batch == 0:
         return tokens, logprobs
     block = 64 if INTERPRET else BLOCK
-    chunks = max(1, min(128, TARGET_PROGRAMS // batch, triton.cdiv(vocab, block)))
+    chunks = max(1, min(128, chunks or TARGET_PROGRAMS // batch, triton.cdiv(vocab, block)))
     chunk = triton.cdiv(triton.cdiv(vocab, chunks), block) * block
     chunks = triton.cdiv(vocab, chunk)
     part_max = torch.empty((batch, chunks), dtype=torch.float32, device=logits.device)

@@ -47,8 +47,8 @@ def _compile(kernel, args: dict, num_warps: int = 4, num_stages: int = 2):
 
 def _cases():
     """(kernel, args, launch options) for the configurations the wrappers use on a GPU."""
-    from litelang.kernels import activation, attention, decode_inputs, greedy, kv_store, linear, rmsnorm, rope, rope_store, \
-        sampling
+    from litelang.kernels import activation, attention, batch_invariant, decode_inputs, greedy, kv_store, linear, rmsnorm, \
+        rope, rope_store, sampling
     from litelang.kernels._triton import triton
 
     bf, f32, i32, i64 = torch.bfloat16, torch.float32, torch.int32, torch.int64
@@ -123,6 +123,13 @@ def _cases():
             HAS_BIAS=not silu, SILU_MUL=silu, SPLITS=cfg.split_k, EVEN_K=k % cfg.block_k == 0, USE_DOT=cfg.use_dot,
             DOT_F32=False, BLOCK_M=block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, VEC=8, PREFETCH=prefetch,
             ROPE=rope, HALF=64 if rope else 1, LATE_RELEASE=True,
+        ), dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    # the batch-invariant projection: narrow and wide bf16 tiles with a bias, float32 (M is never specialized)
+    for dtype, n, k, bias in ((bf, 2048, 1536, True), (bf, 17920, 1536, False), (f32, 1536, 8960, False)):
+        cfg = batch_invariant.tile_config(n, k, dtype)
+        yield batch_invariant._linear_kernel, dict(
+            X=dtype, W=dtype, Bias=dtype, Out=dtype, M=37, N=n, K=k, stride_xm=k, stride_om=n, HAS_BIAS=bias,
+            DOT_F32=dtype == f32, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         ), dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     yield greedy._greedy_chunk_kernel, dict(PDL=True, Logits=bf, PartMax=f32, PartIdx=i32, PartSum=f32, vocab=151936,
                                             stride_b=151936, chunk=4096, num_chunks=38, BLOCK=2048), dict(num_warps=8)

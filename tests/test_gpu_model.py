@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from litelang.bench.driver import greedy, run_batch
+from litelang.bench.driver import Scheduled, greedy, run_batch, run_staggered
 from litelang.bench.shapes import random_checkpoint
 from litelang.configs.schema import LitelangConfig
 from litelang.proto import worker_pb2
@@ -23,9 +23,9 @@ def ckpt(tmp_path_factory):
     return random_checkpoint("qwen2-1.5b", tmp_path_factory.mktemp("q15") / "ckpt")
 
 
-def make_runner(path, cuda_graphs: bool, max_batch: int = 16):
+def make_runner(path, cuda_graphs: bool, max_batch: int = 16, deterministic: bool = False):
     cfg = LitelangConfig(model=str(path), device="cuda", max_batch_size=max_batch, max_input_length=1024,
-                         max_output_length=1024, kv_slots=40000, cuda_graphs=cuda_graphs)
+                         max_output_length=1024, kv_slots=40000, cuda_graphs=cuda_graphs, deterministic=deterministic)
     return build_runner(cfg, rank=0)
 
 
@@ -125,6 +125,43 @@ def test_seeded_sampling_same_in_any_batch(ckpt):
     print(f"seeded sampling, batch of 1 vs batch of 6: first {same}/16 tokens identical")
     other_seed = worker_pb2.Sampling(temperature=0.9, top_p=0.95, top_k=50, seed=999)
     assert run_batch(runner, [target], 16, other_seed).tokens[1] != alone
+
+
+@pytest.mark.parametrize("sampling", [greedy(), worker_pb2.Sampling(temperature=0.9, top_p=0.95, top_k=50, seed=11)],
+                         ids=["greedy", "seeded"])
+def test_deterministic_mode_is_batch_invariant(ckpt, sampling):
+    """deterministic: true: one request's tokens and logprobs, bit for bit, alone (CUDA graph of
+    batch 1), in a batch of 40 (the graph of 48), beside requests whose chunked prefills share
+    its decode steps (eager mixed steps), with its own prompt in chunks, and on eager decode.
+    The default kernels are measured on the same schedules, not asserted (they pick their
+    work split by batch size)."""
+    target = random_prompts([50], seed=21)[0]
+    companions = random_prompts([7, 300, 64, 129] * 10, seed=22)[:39]
+    schedules = {
+        "alone": [Scheduled(target)],
+        "batch 40": [Scheduled(target)] + [Scheduled(p) for p in companions],
+        "staggered": [Scheduled(target)] + [Scheduled(p, arrival=1 + i % 5, chunk=48) for i, p in enumerate(companions[:12])],
+        "chunked": [Scheduled(p, arrival=0) for p in companions[:3]] + [Scheduled(target, chunk=16)],
+    }
+
+    def run(runner) -> dict[str, list]:
+        out = {}
+        for name, requests in schedules.items():
+            rid = next(i for i, r in enumerate(requests) if r.prompt is target) + 1
+            out[name] = run_staggered(runner, requests, 16, sampling)[rid]
+        return out
+
+    graphed = run(make_runner(ckpt, cuda_graphs=True, max_batch=48, deterministic=True))
+    torch.cuda.empty_cache()
+    eager = run(make_runner(ckpt, cuda_graphs=False, max_batch=48, deterministic=True))
+    torch.cuda.empty_cache()
+    for name in schedules:
+        assert graphed[name] == graphed["alone"], f"deterministic, graphs: {name} differs from alone"
+        assert eager[name] == graphed["alone"], f"deterministic, eager: {name} differs from alone"
+    default = run(make_runner(ckpt, cuda_graphs=True, max_batch=48))
+    for name in schedules:
+        same = sum(a == b for a, b in zip(default[name], default["alone"]))
+        print(f"default kernels, {name}: {same}/16 (token, logprob) pairs equal to alone")
 
 
 def _compiles_after_start_up(path: str, warmup: bool, queue) -> None:

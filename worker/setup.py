@@ -71,7 +71,7 @@ def build_runner(cfg: LitelangConfig, rank: int) -> ModelRunner:
             "max_input_length + max_output_length = %d exceeds the model's %d positions: requests are "
             "limited to %d tokens of prompt and output together", cfg.max_context, context, context,
         )
-    kernels = kernel_set(use_triton=device.type == "cuda")
+    kernels = kernel_set(use_triton=device.type == "cuda", deterministic=cfg.deterministic)
     model = Qwen2Model(spec, kernels, tp, device, dtype)
     model.load(CheckpointReader(cfg.model))
     per_slot = bytes_per_slot(spec.num_layers, model.num_local_kv_heads, spec.head_dim, dtype)

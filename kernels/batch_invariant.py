@@ -1,0 +1,182 @@
+"""Batch-invariant kernels: a row's result does not depend on the other rows of its batch.
+
+The served kernels pick their work split from the batch: the projections a config (or cuBLAS,
+which picks its own kernel) by M, decode attention its split count by batch size, the greedy
+sampler its vocabulary chunks by batch size. Each choice changes the float32 summation order,
+so a request's logits (and, at near-ties, its tokens) move with what else runs in its step.
+In `deterministic` mode (configs/schema.py) the worker swaps in the kernels here: one tile
+shape per weight for every M, no split-K; a split count fixed by the server's max context; a
+fixed number of vocabulary chunks. The norms, RoPE, the KV store, SiLU * up and both attention
+kernels' per-row work are already row-local, and extend attention walks keys in blocks of
+absolute position, so how a prompt is chunked does not change its keys' sums either.
+
+The CPU references get the same property from F.linear over fixed blocks of rows (the CPU BLAS
+picks its blocking by M as well), and from attending each prompt token as a decode row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from litelang.kernels import KernelSet
+from litelang.kernels.activation import silu_and_mul, silu_and_mul_ref
+from litelang.kernels.attention import decode_attention_ref
+from litelang.kernels.linear import split_qkv
+from litelang.kernels.rmsnorm import DeferredNorm
+from litelang.kernels.rope_store import apply_rope_and_store_kv, apply_rope_and_store_kv_ref
+from litelang.kernels._triton import INTERPRET, tl, triton
+
+# rows per F.linear call in the CPU reference: every call has this shape, whatever M is
+REF_BLOCK_ROWS = 16
+# decode attention's split programs per (request, kv head) in this mode; a context uses as many
+# as it has blocks
+DECODE_SPLITS = 16
+# greedy sampling's vocabulary chunks per row in this mode
+GREEDY_CHUNKS = 32
+
+
+def linear_invariant_ref(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
+                         norm: DeferredNorm | None = None) -> torch.Tensor:
+    """F.linear(x, w, bias), computed REF_BLOCK_ROWS rows at a time (zero-padded), so each call
+    has the same shape and a row's result does not depend on M."""
+    assert norm is None, "batch-invariant mode runs its norms as kernels (defers_norm is False)"
+    m = x.shape[0]
+    pad = -m % REF_BLOCK_ROWS
+    if pad:
+        x = torch.cat([x, x.new_zeros(pad, x.shape[1])])
+    out = torch.cat([F.linear(block, w, bias) for block in x.split(REF_BLOCK_ROWS)]) if x.shape[0] else \
+        x.new_empty(0, w.shape[0])
+    return out[:m]
+
+
+def extend_attention_invariant_ref(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
+                                   req_to_slot: torch.Tensor, req_rows: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                                   prefix_lens: torch.Tensor, scale: float, max_new_len: int | None = None
+                                   ) -> torch.Tensor:
+    """extend_attention_ref with every new token attended as a decode row of its own (its
+    position + 1 keys): torch's attention blocks its sums by the chunk's shape, so a prompt split
+    into other chunks would change them. A prompt token is then computed exactly as a decode
+    token at that position."""
+    counts = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).long()
+    rows = req_rows.repeat_interleave(counts)
+    first = torch.repeat_interleave(cu_seqlens_q[:-1].long(), counts)
+    positions = prefix_lens.long().repeat_interleave(counts) + torch.arange(q.shape[0], device=q.device) - first
+    return decode_attention_ref(q, k_pool, v_pool, req_to_slot, rows, positions + 1, scale)
+
+
+# --- Triton ----------------------------------------------------------------------------------
+
+
+class TileConfig(NamedTuple):
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+
+
+def tile_config(n: int, k: int, dtype: torch.dtype) -> TileConfig:
+    """The one tile shape for a weight [n, k]: from the weight alone, never from M. Narrow
+    weights (qkv, o, down) take 64-column tiles, so a decode batch still has 24+ programs at
+    hidden 1536."""
+    if INTERPRET:  # small tiles: CPU tests at small shapes still cross several tiles
+        return TileConfig(16, 16, 16, 4, 1)
+    if dtype == torch.float32:
+        return TileConfig(64, 64, 32, 4, 3)
+    return TileConfig(64, 64 if n < 8192 else 128, 64, 4, 4)
+
+
+@triton.jit(do_not_specialize=["M"])  # one compile, one instruction sequence, for every M
+def _linear_kernel(X, W, Bias, Out, M, N, K, stride_xm, stride_om, HAS_BIAS: tl.constexpr,
+                   DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_K: tl.constexpr):
+    """Program (column block, row block): Out[rows, cols] = X[rows] @ W[cols].T (+ bias), the K
+    loop in one fixed order. Rows past M load zeros and are never stored."""
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    ks = tl.arange(0, BLOCK_K)
+    x_ptrs = X + rows.to(tl.int64)[:, None] * stride_xm + ks[None, :]
+    w_ptrs = W + cols.to(tl.int64)[:, None] * K + ks[None, :]
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k_ok = (k0 + ks) < K
+        x = tl.load(x_ptrs + k0, mask=(rows < M)[:, None] & k_ok[None, :], other=0.0)
+        w = tl.load(w_ptrs + k0, mask=(cols < N)[:, None] & k_ok[None, :], other=0.0)
+        if DOT_F32:
+            acc = tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(x, tl.trans(w), acc)
+    if HAS_BIAS:
+        acc += tl.load(Bias + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+    out_ptrs = Out + rows.to(tl.int64)[:, None] * stride_om + cols[None, :]
+    tl.store(out_ptrs, acc.to(Out.dtype.element_ty), mask=(rows < M)[:, None] & (cols < N)[None, :])
+
+
+def linear_invariant(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
+                     norm: DeferredNorm | None = None) -> torch.Tensor:
+    """Triton version of linear_invariant_ref: x [M, K] (row-strided views allowed) @ w[N, K].T,
+    one tile config per weight, so a row's bits do not depend on M or on the other rows."""
+    assert norm is None, "batch-invariant mode runs its norms as kernels (defers_norm is False)"
+    m, k = x.shape
+    n = w.shape[0]
+    assert x.stride(-1) == 1 and w.is_contiguous()
+    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if m == 0:
+        return out
+    cfg = tile_config(n, k, x.dtype)
+    grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m))
+    _linear_kernel[grid](
+        x, w, bias if bias is not None else w, out, m, n, k, x.stride(0), out.stride(0),
+        HAS_BIAS=bias is not None, DOT_F32=INTERPRET or x.dtype == torch.float32,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out
+
+
+# --- the kernel set --------------------------------------------------------------------------
+
+
+def _linear_silu_mul(linear, silu_mul, x, w_gate_up, norm=None):
+    return silu_mul(linear(x, w_gate_up, norm=norm))
+
+
+def _linear_rope_store(linear, rope_store, x, w_qkv, bias, positions, cos_sin, k_pool, v_pool, slots, q_heads,
+                       kv_heads, norm=None):
+    """The projection, then RoPE on q and k and the KV store as their own (row-local) kernel."""
+    qkv = linear(x, w_qkv, bias, norm=norm)
+    q, k, v = split_qkv(qkv, q_heads, kv_heads, k_pool.shape[-1])
+    rope_store(q, k, v, positions, cos_sin, k_pool, v_pool, slots)
+    return qkv
+
+
+def batch_invariant(ks: KernelSet) -> KernelSet:
+    """ks with every batch-dependent choice replaced (see the module docstring)."""
+    if ks.name == "torch":
+        linear, silu_mul, rope_store = linear_invariant_ref, silu_and_mul_ref, apply_rope_and_store_kv_ref
+        extend, decode, greedy = extend_attention_invariant_ref, ks.decode_attention, ks.greedy_sample
+    else:
+        linear, silu_mul, rope_store = linear_invariant, silu_and_mul, apply_rope_and_store_kv
+        extend = ks.extend_attention  # keys in blocks of absolute position: chunking changes nothing
+        decode = functools.partial(ks.decode_attention, num_splits=DECODE_SPLITS)
+        greedy = functools.partial(ks.greedy_sample, chunks=GREEDY_CHUNKS)
+    return dataclasses.replace(
+        ks,
+        name=ks.name + "-invariant",
+        linear=linear,
+        linear_silu_mul=functools.partial(_linear_silu_mul, linear, silu_mul),
+        linear_rope_store=functools.partial(_linear_rope_store, linear, rope_store),
+        linear_residual=None,  # never called: defers_norm is False
+        defers_norm=lambda m, w: False,
+        linear_partials=lambda x, w: None,
+        extend_attention=extend,
+        decode_attention=decode,
+        greedy_sample=greedy,
+    )

@@ -1,0 +1,52 @@
+"""`deterministic: true` on CPU: a request's tokens and logprobs, bit for bit, do not depend on
+what shares its steps: alone, beside requests that arrive later (their prefills in its decode
+steps), with its own prompt prefilled in chunks. The oracle is the request run alone. GPU:
+tests/test_gpu_model.py::test_deterministic_mode_is_batch_invariant."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from litelang.bench.driver import Scheduled, greedy, run_staggered
+from litelang.configs.schema import LitelangConfig
+from litelang.proto import worker_pb2
+from litelang.worker.setup import build_runner
+
+
+def prompts(lengths: list[int], seed: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(256) for _ in range(n)] for n in lengths]
+
+
+SCHEDULES = {
+    # the target (first) alone, then among companions of other lengths arriving later, so the
+    # target decodes in steps with their prefills; the target's prompt in chunks of 7
+    "alone": lambda target: [Scheduled(target)],
+    "companions": lambda target: [Scheduled(target)] + [Scheduled(p, arrival=a, chunk=c) for p, a, c in
+                                                         zip(prompts([40, 3, 25, 60], 1), [0, 2, 3, 5], [None, None, 9, 16])],
+    "chunked": lambda target: [Scheduled(p, arrival=1) for p in prompts([30, 12], 2)] + [Scheduled(target, chunk=7)],
+}
+
+
+@pytest.mark.parametrize("sampling", [greedy(), worker_pb2.Sampling(temperature=0.8, top_p=0.9, top_k=40, seed=7)],
+                         ids=["greedy", "seeded"])
+def test_deterministic_mode_is_batch_invariant(tiny_qwen2, sampling):
+    cfg = LitelangConfig(model=str(tiny_qwen2), device="cpu", kv_slots=4000, max_batch_size=8, deterministic=True)
+    runner = build_runner(cfg, rank=0)
+    assert runner.kernels.name == "torch-invariant"
+    target = prompts([33], 0)[0]
+    runs = {}
+    for name, schedule in SCHEDULES.items():
+        requests = schedule(target)
+        rid = next(i for i, r in enumerate(requests) if r.prompt is target) + 1
+        runs[name] = run_staggered(runner, requests, 12, sampling)[rid]
+    assert runs["companions"] == runs["alone"]
+    assert runs["chunked"] == runs["alone"]
+    assert len({lp for _, lp in runs["alone"]}) > 1  # every step computed, not one value repeated
+
+
+def test_deterministic_needs_one_rank():
+    with pytest.raises(ValueError, match="deterministic needs tp 1"):
+        LitelangConfig(tp=2, deterministic=True)
