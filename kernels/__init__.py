@@ -20,7 +20,7 @@ from litelang.kernels.kv_store import store_kv_ref
 from litelang.kernels.linear import linear_ref, linear_residual_ref, linear_rope_store_ref, linear_silu_mul_ref
 from litelang.kernels.rmsnorm import rms_norm_ref, rms_norm_sum_ref
 from litelang.kernels.rope import apply_rope_ref
-from litelang.kernels.sampling import apply_penalties_ref, sample_ref
+from litelang.kernels.sampling import apply_penalties_ref, sample_ref, token_logprobs_ref
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,8 @@ class KernelSet:
     # last_tokens[rows] = tokens when given
     greedy_sample: Callable
     apply_penalties: Callable
+    # (float32 logits [batch, vocab], tokens [batch]) -> each token's log-softmax
+    token_logprobs: Callable
     # The projections take norm=DeferredNorm | None (kernels/rmsnorm.py): x is the residual
     # stream times the norm weight, and the projection scales by 1/rms
     linear: Callable  # (x, w, bias=None, norm=None): F.linear; Triton for small M
@@ -72,6 +74,7 @@ REFERENCE = KernelSet(
     sample=sample_ref,
     greedy_sample=greedy_sample_ref,
     apply_penalties=apply_penalties_ref,
+    token_logprobs=token_logprobs_ref,
     linear=linear_ref,
     linear_silu_mul=linear_silu_mul_ref,
     linear_rope_store=linear_rope_store_ref,

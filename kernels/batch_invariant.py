@@ -5,8 +5,8 @@ which picks its own kernel) by M, decode attention its split count by batch size
 sampler its vocabulary chunks by batch size. Each choice changes the float32 summation order,
 so a request's logits (and, at near-ties, its tokens) move with what else runs in its step.
 In `deterministic` mode (configs/schema.py) the worker swaps in the kernels here: one tile
-shape per weight for every M, no split-K; a split count fixed by the server's max context; a
-fixed number of vocabulary chunks. The norms, RoPE, the KV store, SiLU * up and both attention
+shape per weight for every M, no split-K; a fixed decode split count; a fixed number of
+vocabulary chunks for the greedy token and every logprob; top-p's cumsum never on a lone row. The norms, RoPE, the KV store, SiLU * up and both attention
 kernels' per-row work are already row-local, and extend attention walks keys in blocks of
 absolute position, so how a prompt is chunked does not change its keys' sums either.
 
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from litelang.kernels import KernelSet
 from litelang.kernels.activation import silu_and_mul, silu_and_mul_ref
 from litelang.kernels.attention import decode_attention_ref
+from litelang.kernels.greedy import greedy_sample
 from litelang.kernels.linear import split_qkv
 from litelang.kernels.rmsnorm import DeferredNorm
 from litelang.kernels.rope_store import apply_rope_and_store_kv, apply_rope_and_store_kv_ref
@@ -141,6 +142,22 @@ def linear_invariant(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None
     return out
 
 
+def token_logprobs_invariant(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """token_logprobs_ref through the greedy kernel's fixed chunks: torch's logsumexp splits a
+    row over more blocks when there are fewer rows. logprob(t) = (x_t - max) + logprob(argmax)."""
+    top, top_logprob = greedy_sample(logits, chunks=GREEDY_CHUNKS)
+    return (logits.gather(1, tokens[:, None])[:, 0] - logits.gather(1, top[:, None])[:, 0]) + top_logprob
+
+
+def _sample_as_two_rows(sample, logits, temperature, top_k, top_p, min_p, seeds, positions, needs_filter=True):
+    """sample, with a batch of one run as two copies of its row: torch's cumsum (the top-p mass)
+    scans a single row with another algorithm than each row of a batch."""
+    if logits.shape[0] != 1:
+        return sample(logits, temperature, top_k, top_p, min_p, seeds, positions, needs_filter=needs_filter)
+    twice = [torch.cat([t, t]) for t in (logits, temperature, top_k, top_p, min_p, seeds, positions)]
+    return sample(*twice, needs_filter=needs_filter)[:1]
+
+
 # --- the kernel set --------------------------------------------------------------------------
 
 
@@ -162,11 +179,13 @@ def batch_invariant(ks: KernelSet) -> KernelSet:
     if ks.name == "torch":
         linear, silu_mul, rope_store = linear_invariant_ref, silu_and_mul_ref, apply_rope_and_store_kv_ref
         extend, decode, greedy = extend_attention_invariant_ref, ks.decode_attention, ks.greedy_sample
+        sample, logprobs = ks.sample, ks.token_logprobs  # row by row on the CPU already
     else:
         linear, silu_mul, rope_store = linear_invariant, silu_and_mul, apply_rope_and_store_kv
         extend = ks.extend_attention  # keys in blocks of absolute position: chunking changes nothing
         decode = functools.partial(ks.decode_attention, num_splits=DECODE_SPLITS)
         greedy = functools.partial(ks.greedy_sample, chunks=GREEDY_CHUNKS)
+        sample, logprobs = functools.partial(_sample_as_two_rows, ks.sample), token_logprobs_invariant
     return dataclasses.replace(
         ks,
         name=ks.name + "-invariant",
@@ -179,4 +198,6 @@ def batch_invariant(ks: KernelSet) -> KernelSet:
         extend_attention=extend,
         decode_attention=decode,
         greedy_sample=greedy,
+        sample=sample,
+        token_logprobs=logprobs,
     )

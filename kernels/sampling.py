@@ -109,6 +109,12 @@ def sample_ref(
     return torch.where(temperature > 0, sampled, greedy)
 
 
+def token_logprobs_ref(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log-softmax of float32 logits [batch, vocab] at tokens [batch]: logit - logsumexp, one
+    reduction and no [batch, vocab] softmax."""
+    return logits.gather(1, tokens[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
+
+
 def apply_penalties_ref(
     logits: torch.Tensor,
     output_counts: torch.Tensor,

@@ -11,8 +11,14 @@ import torch.nn.functional as F
 pytest.importorskip("triton")
 
 from litelang.kernels.attention import decode_attention  # noqa: E402
-from litelang.kernels.batch_invariant import GREEDY_CHUNKS, linear_invariant, linear_invariant_ref  # noqa: E402
+from litelang.kernels.batch_invariant import (  # noqa: E402
+    GREEDY_CHUNKS,
+    linear_invariant,
+    linear_invariant_ref,
+    token_logprobs_invariant,
+)
 from litelang.kernels.greedy import greedy_sample  # noqa: E402
+from litelang.kernels.sampling import token_logprobs_ref  # noqa: E402
 from litelang.kernels.test_attention import make_pool  # noqa: E402
 
 
@@ -63,6 +69,19 @@ def test_greedy_fixed_chunks_is_row_invariant(device):
     rows_in_other_batches(lambda t: torch.stack(greedy_sample(t, chunks=GREEDY_CHUNKS)[1:], 1), logits, [1, 2, 7])
     tokens, _ = greedy_sample(logits, chunks=GREEDY_CHUNKS)
     assert torch.equal(tokens, logits.argmax(-1))
+
+
+def test_token_logprobs_invariant(device):
+    """Sampled tokens' logprobs (any token, not only the argmax), rows with -inf (suppressed) logits."""
+    g = torch.Generator().manual_seed(7)
+    logits = (torch.randn(12, 3000, generator=g) * 4).to(device)
+    logits[3, :2000] = float("-inf")
+    tokens = torch.randint(2000, 3000, (12,), generator=g).to(device)
+    out = token_logprobs_invariant(logits, tokens)
+    torch.testing.assert_close(out, token_logprobs_ref(logits, tokens), atol=1e-4, rtol=1e-5)
+    for idx in ([5], [0, 1], [11, 3, 3, 0], list(range(7))):
+        i = torch.tensor(idx, device=device)
+        assert torch.equal(token_logprobs_invariant(logits[i], tokens[i]), out[i]), f"rows {idx} differ"
 
 
 def test_decode_fixed_splits_is_row_invariant(device):

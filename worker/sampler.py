@@ -155,8 +155,7 @@ def sample_and_record(
         sampling.positions, needs_filter=mode.filtered,
     )
     tokens = model.tp.broadcast(tokens)  # every rank continues from rank 0's draw
-    # logprob = logit - logsumexp: one reduction, no [batch, vocab] softmax
-    logprobs = logits.gather(1, tokens[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
+    logprobs = kernels.token_logprobs(logits, tokens)
     last_tokens[sampler_rows] = tokens
     if mode.penalties:
         penalties.output_counts.index_put_((sampler_rows, tokens), torch.ones_like(tokens, dtype=torch.int32), accumulate=True)
