@@ -446,15 +446,12 @@ def decode_attention(
     seq_lens: torch.Tensor,
     scale: float,
     split_size: int | None = None,
-    num_splits: int | None = None,
 ) -> torch.Tensor:
     """Triton version of decode_attention_ref: flash-decoding, no host sync, graph-capturable.
 
     seq_lens must not exceed req_to_slot.shape[1]; a request with seq_len 0 (a padding row)
     gets zeros. split_size (a power of two >= 16), for tests and tuning, overrides the policy:
     num_splits = cdiv(req_to_slot.shape[1], split_size), so no split is longer than it.
-    num_splits fixes the split count instead of deriving it from the batch size (the
-    batch-invariant kernels, kernels/batch_invariant.py).
     """
     cfg = _decode_config(q.dtype)
     width = max(req_to_slot.shape[1], 1)
@@ -462,7 +459,7 @@ def decode_attention(
         assert split_size >= 16 and split_size & (split_size - 1) == 0, "split_size: a power of two >= 16"
         cfg = cfg._replace(block_n=min(cfg.block_n, split_size))
         num_splits = triton.cdiv(width, split_size)
-    elif not num_splits:
+    else:
         num_splits = decode_num_splits(q.shape[0], k_pool.shape[1], width, cfg.block_n)
     return _decode_launch(q, k_pool, v_pool, req_to_slot, req_rows, seq_lens, scale, cfg, num_splits)
 

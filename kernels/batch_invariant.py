@@ -11,7 +11,7 @@ kernels' per-row work are already row-local, and extend attention walks keys in 
 absolute position, so how a prompt is chunked does not change its keys' sums either.
 
 The CPU references get the same property from F.linear over fixed blocks of rows (the CPU BLAS
-picks its blocking by M as well), and from attending each prompt token as a decode row.
+picks its blocking by M as well), and from attending each prompt token as a decode row (the same function for both).
 """
 
 from __future__ import annotations
@@ -34,9 +34,6 @@ from litelang.kernels._triton import INTERPRET, tl, triton
 
 # rows per F.linear call in the CPU reference: every call has this shape, whatever M is
 REF_BLOCK_ROWS = 16
-# decode attention's split programs per (request, kv head) in this mode; a context uses as many
-# as it has blocks
-DECODE_SPLITS = 16
 # greedy sampling's vocabulary chunks per row in this mode
 GREEDY_CHUNKS = 32
 
@@ -180,6 +177,14 @@ def _linear_rope_store(linear, rope_store, x, w_qkv, bias, positions, cos_sin, k
     return qkv
 
 
+def _decode_as_extend(extend, q, k_pool, v_pool, req_to_slot, req_rows, seq_lens, scale):
+    """Decode attention as extend attention of one new token per request: a generated token is
+    then computed exactly as the same token in a prompt (a retracted request's recompute, or a
+    prefix-cache hit on another request's output)."""
+    cu_seqlens = torch.arange(q.shape[0] + 1, dtype=torch.int32, device=q.device)
+    return extend(q, k_pool, v_pool, req_to_slot, req_rows, cu_seqlens, seq_lens - 1, scale, max_new_len=1)
+
+
 def batch_invariant(ks: KernelSet) -> KernelSet:
     """ks with every batch-dependent choice replaced (see the module docstring)."""
     if ks.name == "torch":
@@ -189,7 +194,7 @@ def batch_invariant(ks: KernelSet) -> KernelSet:
     else:
         linear, silu_mul, rope_store = linear_invariant, silu_and_mul, apply_rope_and_store_kv
         extend = ks.extend_attention  # keys in blocks of absolute position: chunking changes nothing
-        decode = functools.partial(ks.decode_attention, num_splits=DECODE_SPLITS)
+        decode = functools.partial(_decode_as_extend, ks.extend_attention)
         greedy = functools.partial(ks.greedy_sample, chunks=GREEDY_CHUNKS)
         sample, logprobs = functools.partial(_sample_as_two_rows, ks.sample), token_logprobs_invariant
     return dataclasses.replace(

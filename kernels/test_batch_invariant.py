@@ -4,15 +4,18 @@ On CPU the Triton kernels run in the interpreter; `-m gpu` repeats them at real 
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 pytest.importorskip("triton")
 
-from litelang.kernels.attention import decode_attention  # noqa: E402
+from litelang.kernels.attention import decode_attention_ref, extend_attention  # noqa: E402
 from litelang.kernels.batch_invariant import (  # noqa: E402
     GREEDY_CHUNKS,
+    _decode_as_extend,
     linear_invariant,
     linear_invariant_ref,
     token_logprobs_invariant,
@@ -84,21 +87,32 @@ def test_token_logprobs_invariant(device):
         assert torch.equal(token_logprobs_invariant(logits[i], tokens[i]), out[i]), f"rows {idx} differ"
 
 
-def test_decode_fixed_splits_is_row_invariant(device):
-    """A request's attention output with a fixed split count, alone and in batches of other
-    sizes (the default policy splits by batch size)."""
+def test_decode_as_extend_equals_the_token_in_a_prompt(device):
+    """Decode attention in this mode: each request's output equals, bit for bit, its last token
+    attended inside a whole-prompt extend, and is the same alone and in other batches."""
     contexts = [150, 1, 97, 200, 33, 64, 120]
     k_pool, v_pool, r2s, rows = make_pool(device, torch.float32, 2, 16, contexts, seed=5)
     seq_lens = torch.tensor(contexts, device=device, dtype=torch.int32)
     q = torch.randn(len(contexts), 12, 16, generator=torch.Generator().manual_seed(6)).to(device)
+    decode = functools.partial(_decode_as_extend, extend_attention)
 
     def attend(idx: list[int]) -> torch.Tensor:
         i = torch.tensor(idx, device=device)
-        return decode_attention(q[i], k_pool, v_pool, r2s, rows[i], seq_lens[i], 0.25, num_splits=4)
+        return decode(q[i], k_pool, v_pool, r2s, rows[i], seq_lens[i], 0.25)
 
     full = attend(list(range(len(contexts))))
+    torch.testing.assert_close(full, decode_attention_ref(q, k_pool, v_pool, r2s, rows, seq_lens, 0.25),
+                               atol=2e-5, rtol=2e-5)
     for idx in ([0], [3], [3, 0], [6, 5, 4, 3, 2, 1, 0], [0, 0, 0, 3]):
         assert torch.equal(attend(idx), full[idx]), f"requests {idx} differ from the full batch"
+    for b in (0, 3):  # the request's whole context as a prompt: its last row is the decode token
+        n = contexts[b]
+        prompt_q = torch.randn(n, 12, 16, generator=torch.Generator().manual_seed(b)).to(device)
+        prompt_q[-1] = q[b]
+        out = extend_attention(prompt_q, k_pool, v_pool, r2s, rows[b : b + 1],
+                               torch.tensor([0, n], device=device, dtype=torch.int32),
+                               torch.zeros(1, device=device, dtype=torch.int32), 0.25)
+        assert torch.equal(out[-1], full[b]), f"request {b}: decode differs from its token in a prompt"
 
 
 # --- GPU, real shapes ------------------------------------------------------------------------

@@ -47,6 +47,18 @@ def test_deterministic_mode_is_batch_invariant(tiny_qwen2, sampling):
     assert len({lp for _, lp in runs["alone"]}) > 1  # every step computed, not one value repeated
 
 
+def test_deterministic_mode_recomputes_generated_tokens_exactly(tiny_qwen2):
+    """A prompt that ends with a request's first 5 generated tokens (as after a retraction, or a
+    prefix-cache miss on another request's output) continues with the same bits: a prompt
+    token is computed exactly as the same token generated."""
+    cfg = LitelangConfig(model=str(tiny_qwen2), device="cpu", kv_slots=4000, max_batch_size=8, deterministic=True)
+    runner = build_runner(cfg, rank=0)
+    target = prompts([33], 0)[0]
+    first = run_staggered(runner, [Scheduled(target)], 12)[1]
+    again = run_staggered(runner, [Scheduled(target + [t for t, _ in first[:5]], chunk=10)], 7)[1]
+    assert again == first[5:]
+
+
 def test_deterministic_needs_one_rank():
     with pytest.raises(ValueError, match="deterministic needs tp 1"):
         LitelangConfig(tp=2, deterministic=True)

@@ -132,7 +132,8 @@ def test_seeded_sampling_same_in_any_batch(ckpt):
 def test_deterministic_mode_is_batch_invariant(ckpt, sampling):
     """deterministic: true: one request's tokens and logprobs, bit for bit, alone (CUDA graph of
     batch 1), in a batch of 40 (the graph of 48), beside requests whose chunked prefills share
-    its decode steps (eager mixed steps), with its own prompt in chunks, and on eager decode.
+    its decode steps (eager mixed steps), with its own prompt in chunks, and on eager decode;
+    greedy, a prompt ending in its first generated tokens continues with the same bits.
     The default kernels are measured on the same schedules, not asserted (they pick their
     work split by batch size)."""
     target = random_prompts([50], seed=21)[0]
@@ -158,6 +159,12 @@ def test_deterministic_mode_is_batch_invariant(ckpt, sampling):
     for name in schedules:
         assert graphed[name] == graphed["alone"], f"deterministic, graphs: {name} differs from alone"
         assert eager[name] == graphed["alone"], f"deterministic, eager: {name} differs from alone"
+    if not sampling.temperature:  # a prompt ending in 5 generated tokens continues with the same bits
+        runner = make_runner(ckpt, cuda_graphs=True, max_batch=48, deterministic=True)
+        resumed = target + [t for t, _ in graphed["alone"][:5]]
+        assert run_staggered(runner, [Scheduled(resumed, chunk=20)], 11)[1] == graphed["alone"][5:]
+        del runner
+        torch.cuda.empty_cache()
     default = run(make_runner(ckpt, cuda_graphs=True, max_batch=48))
     for name in schedules:
         same = sum(a == b for a, b in zip(default[name], default["alone"]))
