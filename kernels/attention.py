@@ -118,9 +118,11 @@ def _extend_kernel(
     Q, K, V, Out, ReqToSlot, ReqRows, CuSeqlens, PrefixLens, qk_scale,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_r,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    DOT_F32: tl.constexpr,
+    DOT_F32: tl.constexpr, HEAD_ROWS: tl.constexpr = False,
 ):
-    """Program (m-block, q head, request): BLOCK_M new tokens of one request against its context."""
+    """Program (m-block, q head, request): BLOCK_M new tokens of one request against its context.
+    HEAD_ROWS (one new token per request): program (0, kv head, request), the tile's rows that
+    token's GROUP query heads; each row runs exactly as it would as a token of a q head's tile."""
     # the largest m-blocks (most keys under the causal mask) launch first
     mb = tl.num_programs(0) - 1 - tl.program_id(0)
     h = tl.program_id(1)
@@ -131,12 +133,20 @@ def _extend_kernel(
     if m_start < n_new:
         prefix = tl.load(PrefixLens + b).to(tl.int32)
         slot_row = ReqToSlot + tl.load(ReqRows + b).to(tl.int64) * stride_r
-        kvh = h // GROUP
-        m = m_start + tl.arange(0, BLOCK_M)
         d = tl.arange(0, HEAD_DIM)
-        q_mask = (m < n_new)[:, None]
+        r = tl.arange(0, BLOCK_M)
+        if HEAD_ROWS:
+            kvh = h
+            heads = (kvh * GROUP + r)[:, None]
+            m = tl.zeros([BLOCK_M], tl.int32)  # every row is the request's one new token
+            q_mask = (r < GROUP)[:, None]
+        else:
+            kvh = h // GROUP
+            heads = h
+            m = m_start + r
+            q_mask = (m < n_new)[:, None]
         q_off = (q_start + m).to(tl.int64)[:, None]
-        q = tl.load(Q + q_off * stride_qt + h * stride_qh + d[None, :], mask=q_mask, other=0.0)
+        q = tl.load(Q + q_off * stride_qt + heads * stride_qh + d[None, :], mask=q_mask, other=0.0)
         pos = prefix + m  # absolute position of each query row
 
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -164,7 +174,7 @@ def _extend_kernel(
             m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc, DOT_F32)
         # every row sees key 0, so l_i > 0
         out = acc / l_i[:, None]
-        tl.store(Out + q_off * stride_ot + h * stride_oh + d[None, :], out.to(Out.dtype.element_ty), mask=q_mask)
+        tl.store(Out + q_off * stride_ot + heads * stride_oh + d[None, :], out.to(Out.dtype.element_ty), mask=q_mask)
 
 
 def _extend_config(dtype: torch.dtype) -> dict:
@@ -189,8 +199,14 @@ def extend_attention(
     prefix_lens: torch.Tensor,
     scale: float,
     max_new_len: int | None = None,
+    head_rows: bool = False,
 ) -> torch.Tensor:
     """Triton version of extend_attention_ref.
+
+    head_rows (one new token per request, max_new_len 1): one program per (kv head, request)
+    with the group's query heads as the tile's rows, so the context is read once per kv head;
+    each row's result is bit for bit the one its token would get inside a longer extend (the
+    batch-invariant decode, kernels/batch_invariant.py).
 
     max_new_len: the longest request's new-token count (max of cu_seqlens_q's differences), which
     sizes the grid. Pass it: the caller knows it on the host. When None it is read from
@@ -209,11 +225,15 @@ def extend_attention(
     assert req_to_slot.stride(-1) == 1
     cfg = _extend_config(q.dtype)
     grid = (triton.cdiv(max_new_len, cfg["BLOCK_M"]), q_heads, batch)
+    group = q_heads // k_pool.shape[1]
+    if head_rows:
+        assert max_new_len == 1 and group <= cfg["BLOCK_M"], "head_rows: one new token per request"
+        grid = (1, k_pool.shape[1], batch)
     _extend_kernel[grid](
         q, k_pool, v_pool, out, req_to_slot, req_rows, cu_seqlens_q, prefix_lens, scale * _LOG2E,
         q.stride(0), q.stride(1), k_pool.stride(0), k_pool.stride(1), v_pool.stride(0), v_pool.stride(1),
         out.stride(0), out.stride(1), req_to_slot.stride(0),
-        GROUP=q_heads // k_pool.shape[1], HEAD_DIM=head_dim, DOT_F32=INTERPRET or q.dtype == torch.float32,
+        GROUP=group, HEAD_DIM=head_dim, DOT_F32=INTERPRET or q.dtype == torch.float32, HEAD_ROWS=head_rows,
         **cfg,
     )
     return out

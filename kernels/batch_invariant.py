@@ -178,11 +178,12 @@ def _linear_rope_store(linear, rope_store, x, w_qkv, bias, positions, cos_sin, k
 
 
 def _decode_as_extend(extend, q, k_pool, v_pool, req_to_slot, req_rows, seq_lens, scale):
-    """Decode attention as extend attention of one new token per request: a generated token is
-    then computed exactly as the same token in a prompt (a retracted request's recompute, or a
-    prefix-cache hit on another request's output)."""
+    """Decode attention as extend attention of one new token per request (its query heads as one
+    tile's rows): a generated token is then computed exactly as the same token in a prompt (a
+    retracted request's recompute, or a prefix-cache hit on another request's output)."""
     cu_seqlens = torch.arange(q.shape[0] + 1, dtype=torch.int32, device=q.device)
-    return extend(q, k_pool, v_pool, req_to_slot, req_rows, cu_seqlens, seq_lens - 1, scale, max_new_len=1)
+    return extend(q, k_pool, v_pool, req_to_slot, req_rows, cu_seqlens, seq_lens - 1, scale, max_new_len=1,
+                  head_rows=True)
 
 
 def batch_invariant(ks: KernelSet) -> KernelSet:

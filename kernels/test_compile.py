@@ -80,6 +80,7 @@ def _cases():
                 Q=dtype, K=dtype, V=dtype, Out=dtype, ReqToSlot=i32, ReqRows=i32, CuSeqlens=i32, PrefixLens=i32,
                 qk_scale=0.1, stride_qt=2 * group * head_dim, stride_qh=head_dim, stride_ot=2 * group * head_dim,
                 stride_oh=head_dim, GROUP=group, HEAD_DIM=head_dim, DOT_F32=dtype == f32, **strides, **blocks,
+                HEAD_ROWS=head_dim == 128,  # and the batch-invariant decode's variant
             ), dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
             cfg = attention._decode_config(dtype)
             for num_splits in (64, 6):  # the fused merge in chunks of 8 splits; in one chunk
