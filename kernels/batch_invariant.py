@@ -4,14 +4,17 @@ The served kernels pick their work split from the batch: the projections a confi
 which picks its own kernel) by M, decode attention its split count by batch size, the greedy
 sampler its vocabulary chunks by batch size. Each choice changes the float32 summation order,
 so a request's logits (and, at near-ties, its tokens) move with what else runs in its step.
-In `deterministic` mode (configs/schema.py) the worker swaps in the kernels here: one tile
-shape per weight for every M, no split-K; a fixed decode split count; a fixed number of
-vocabulary chunks for the greedy token and every logprob; top-p's cumsum never on a lone row. The norms, RoPE, the KV store, SiLU * up and both attention
-kernels' per-row work are already row-local, and extend attention walks keys in blocks of
-absolute position, so how a prompt is chunked does not change its keys' sums either.
+In `deterministic` mode (configs/schema.py) the worker swaps in the kernels here:
+- one tile shape per weight for every M, with no split-K;
+- a fixed number of vocabulary chunks for the greedy token and for every logprob;
+- top-p's cumsum never on a lone row.
+The norms, RoPE, the KV store and SiLU * up are already row-local. Extend attention walks each
+query's keys in blocks of absolute position, so how a prompt is chunked does not change its
+sums. Decode attention runs as extend attention of one token, so a token computes the same
+whether it was generated or read in a prompt.
 
-The CPU references get the same property from F.linear over fixed blocks of rows (the CPU BLAS
-picks its blocking by M as well), and from attending each prompt token as a decode row (the same function for both).
+The CPU references get the same from F.linear over fixed blocks of rows (the CPU BLAS picks its
+blocking by M as well), and from attending every token, prompt or generated, as a decode row.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from litelang.kernels import KernelSet
+from litelang.kernels import REFERENCE, KernelSet
 from litelang.kernels.activation import silu_and_mul, silu_and_mul_ref
 from litelang.kernels.attention import decode_attention_ref
 from litelang.kernels.greedy import greedy_sample
@@ -44,12 +47,9 @@ def linear_invariant_ref(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | 
     has the same shape and a row's result does not depend on M."""
     assert norm is None, "batch-invariant mode runs its norms as kernels (defers_norm is False)"
     m = x.shape[0]
-    pad = -m % REF_BLOCK_ROWS
-    if pad:
-        x = torch.cat([x, x.new_zeros(pad, x.shape[1])])
-    out = torch.cat([F.linear(block, w, bias) for block in x.split(REF_BLOCK_ROWS)]) if x.shape[0] else \
-        x.new_empty(0, w.shape[0])
-    return out[:m]
+    padded = torch.cat([x, x.new_zeros(-m % REF_BLOCK_ROWS, x.shape[1])])
+    blocks = [F.linear(block, w, bias) for block in padded.split(REF_BLOCK_ROWS)]
+    return torch.cat(blocks)[:m] if blocks else x.new_empty(0, w.shape[0])
 
 
 def extend_attention_invariant_ref(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
@@ -188,7 +188,7 @@ def _decode_as_extend(extend, q, k_pool, v_pool, req_to_slot, req_rows, seq_lens
 
 def batch_invariant(ks: KernelSet) -> KernelSet:
     """ks with every batch-dependent choice replaced (see the module docstring)."""
-    if ks.name == "torch":
+    if ks is REFERENCE:
         linear, silu_mul, rope_store = linear_invariant_ref, silu_and_mul_ref, apply_rope_and_store_kv_ref
         extend, decode, greedy = extend_attention_invariant_ref, ks.decode_attention, ks.greedy_sample
         sample, logprobs = ks.sample, ks.token_logprobs  # row by row on the CPU already
