@@ -27,13 +27,13 @@ import torch
 import torch.nn.functional as F
 
 from litelang.kernels import REFERENCE, KernelSet
+from litelang.kernels._triton import INTERPRET, tl, triton
 from litelang.kernels.activation import silu_and_mul, silu_and_mul_ref
 from litelang.kernels.attention import decode_attention_ref
 from litelang.kernels.greedy import greedy_sample
 from litelang.kernels.linear import split_qkv
 from litelang.kernels.rmsnorm import DeferredNorm
 from litelang.kernels.rope_store import apply_rope_and_store_kv, apply_rope_and_store_kv_ref
-from litelang.kernels._triton import INTERPRET, tl, triton
 
 # rows per F.linear call in the CPU reference: every call has this shape, whatever M is
 REF_BLOCK_ROWS = 16

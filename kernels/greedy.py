@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from litelang.kernels._triton import INTERPRET, pdl_launch, pdl_start, tl, triton
+from litelang.kernels.sampling import token_logprobs_ref
 
 # programs the chunk kernel aims for (batch x chunks, at most 128 chunks a row): enough to fill the
 # GPU at batch 1, one chunk per row at large batches (bench/sweep_decode.py varies both)
@@ -26,7 +27,7 @@ def greedy_sample_ref(logits: torch.Tensor, last_tokens: torch.Tensor | None = N
     tokens = x.argmax(dim=-1)
     if last_tokens is not None:
         last_tokens[rows.long()] = tokens
-    return tokens, x.gather(1, tokens[:, None])[:, 0] - torch.logsumexp(x, dim=-1)
+    return tokens, token_logprobs_ref(x, tokens)
 
 
 # --- Triton ----------------------------------------------------------------------------------
