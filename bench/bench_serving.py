@@ -1,6 +1,7 @@
 """Serving benchmarks through the full gRPC path (client -> scheduler -> worker), on a GPU.
 
     python -m litelang.bench.bench_serving --shape qwen2-1.5b --tokenizer DIR [--only single,batch128,prefix,poisson]
+        [--tp 1,2]   (--only also takes `top`: the cost of top_logprobs)
 
 Launches real processes with litelang-launch on a random-weight checkpoint at the given shape
 (the tokenizer files are copied in from DIR), drives them with the asyncio client, and prints
@@ -69,10 +70,10 @@ def gpu_idle_share(before, after) -> str:
     return f"{100 * gap / max(busy + gap, 1e-9):.1f}% idle over {steps} steps ({busy / max(steps, 1):.2f} ms GPU/step)"
 
 
-async def stream_one(client: AsyncLitelangClient, ids: list[int], new: int, record: dict) -> None:
+async def stream_one(client: AsyncLitelangClient, ids: list[int], new: int, record: dict, **sampling) -> None:
     t0 = time.perf_counter()
     times = []
-    async for chunk in client.generate_stream(ids, max_new_tokens=new, ignore_eos=True, temperature=0):
+    async for chunk in client.generate_stream(ids, max_new_tokens=new, ignore_eos=True, temperature=0, **sampling):
         now = time.perf_counter()
         times.extend([now] * len(chunk.token_ids))
         if chunk.finish_reason:
@@ -89,7 +90,8 @@ def rand_ids(rng: random.Random, n: int) -> list[int]:
     return [rng.randrange(1000, 150000) for _ in range(n)]
 
 
-async def run_concurrent(address: str, prompts: list[list[int]], new: int, arrivals: list[float] | None = None) -> dict:
+async def run_concurrent(address: str, prompts: list[list[int]], new: int, arrivals: list[float] | None = None,
+                         **sampling) -> dict:
     record: dict = {}
     async with AsyncLitelangClient(address) as client:
         t0 = time.perf_counter()
@@ -97,7 +99,7 @@ async def run_concurrent(address: str, prompts: list[list[int]], new: int, arriv
         async def delayed(i, p):
             if arrivals:
                 await asyncio.sleep(arrivals[i])
-            await stream_one(client, p, new, record)
+            await stream_one(client, p, new, record, **sampling)
 
         await asyncio.gather(*(delayed(i, p) for i, p in enumerate(prompts)))
         record["wall"] = time.perf_counter() - t0
@@ -132,6 +134,22 @@ def bench_batch(server: Server, rows: list[str], batch: int) -> None:
         after = c.stats()
     rows.append(f"| {batch} concurrent streams, 32-token prompts, 256 new | {sum(rec['tokens']) / rec['wall']:,.0f} out tok/s, "
                 f"p50 ITL {pct(rec['itl'], 0.5) * 1000:.1f} ms | GPU {gpu_idle_share(before, after)} |")
+
+
+def bench_top_logprobs(server: Server, rows: list[str], batch: int = 16) -> None:
+    """The cost of asking for alternatives: the same greedy batch with logprobs alone, then with
+    top_logprobs=5 (every step leaves the greedy kernel and takes a top-k after its graph)."""
+    for asked in (dict(logprobs=True), dict(logprobs=True, top_logprobs=5)):
+        rng = random.Random(3)
+        with LitelangClient(server.address) as c:
+            asyncio.run(run_concurrent(server.address, [rand_ids(rng, 32) for _ in range(batch)], 16, **asked))
+            before = c.stats()
+            rec = asyncio.run(run_concurrent(server.address, [rand_ids(rng, 32) for _ in range(batch)], 256, **asked))
+            after = c.stats()
+        label = ", ".join(f"{k}={v}" for k, v in asked.items())
+        rows.append(f"| {batch} concurrent streams, 32-token prompts, 256 new, {label} | "
+                    f"{sum(rec['tokens']) / rec['wall']:,.0f} out tok/s, p50 ITL {pct(rec['itl'], 0.5) * 1000:.1f} ms "
+                    f"| GPU {gpu_idle_share(before, after)} |")
 
 
 def bench_prefix(model: Path, rows: list[str], modes: tuple[bool, ...] = (True, False)) -> None:
@@ -180,6 +198,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--prefix-cache", default="on,off", help="radix cache settings for the prefix workload")
     ap.add_argument("--stream-interval", type=int, default=1, help="server's tokens per stream message")
+    ap.add_argument("--tp", default="1", help="tensor-parallel sizes, comma-separated: the single, batch and "
+                                              "Poisson workloads run on a server of each (one GPU per rank)")
     args = ap.parse_args()
     Server.device = args.device
     Server.overrides = {"stream_interval": args.stream_interval}
@@ -189,9 +209,11 @@ def main() -> None:
         if src.exists():
             shutil.copy(src, model / name)
     only = args.only.split(",")
+    tps = [int(t) for t in args.tp.split(",")]
     rows = ["| workload (full gRPC path) | litelang | notes |", "| --- | --- | --- |"]
-    if {"single", "batch1", "batch128", "poisson"} & set(only):
-        server = Server(model)
+    for tp in tps if {"single", "batch1", "batch128", "poisson", "top"} & set(only) else []:
+        server = Server(model, tp=tp)
+        start = len(rows)
         try:
             if "single" in only:
                 bench_single(server, rows)
@@ -199,8 +221,12 @@ def main() -> None:
                 bench_batch(server, rows, 128)
             if "poisson" in only:
                 bench_poisson(server, rows, [float(r) for r in args.rates.split(",")], args.poisson_requests)
+            if "top" in only:
+                bench_top_logprobs(server, rows)
         finally:
             server.stop()
+        if tps != [1]:  # label the rows with their server's tp
+            rows[start:] = [row.replace("| ", f"| tp {tp}: ", 1) for row in rows[start:]]
     if "prefix" in only:
         bench_prefix(model, rows, tuple(m == "on" for m in args.prefix_cache.split(",")))
     print("\n".join(rows), flush=True)

@@ -109,3 +109,59 @@ def test_tp2_on_two_gpus_matches_hf(tmp_path_factory, tmp_path):
         launch.stop_and_check(signal.SIGTERM)
     finally:
         launch.cleanup()
+
+
+def teacher_forced_logprobs(model, prompt: list[int], tokens: list[int], dtype: torch.dtype) -> torch.Tensor:
+    """log_softmax of HF transformers' logits at each of tokens' positions [len(tokens), vocab],
+    the prompt plus the generated tokens fed at once (CPU)."""
+    hf = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).eval()
+    with torch.no_grad():
+        logits = hf(torch.tensor([prompt + tokens])).logits[0, len(prompt) - 1 : -1]
+    return torch.log_softmax(logits.float(), -1)
+
+
+@pytest.mark.gpu
+def test_tp2_bf16_on_two_gpus_close_to_hf(tmp_path_factory, tmp_path):
+    """tp: 2 in bfloat16: each generated token's logprob against HF float32 fed the same tokens.
+    The sums across ranks may reorder, so tokens are not compared one for one: the error must
+    stay within twice HF's own bfloat16 error, and HF float32's top-1 must agree with the tokens
+    (nearly) as often as HF bfloat16's does. head_dim 128, one kv head per rank, logits spread
+    enough (initializer range 0.1) that top-1 means something."""
+    from conftest import DEFAULT_MODEL_DIR
+    from helpers import make_tiny_qwen2_with_tokenizer
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip(f"needs two GPUs (this machine has {torch.cuda.device_count()}): run on nvidia-h200-x2")
+    tokenizer_dir = os.environ.get("LITELANG_TEST_TOKENIZER", str(DEFAULT_MODEL_DIR))
+    model = make_tiny_qwen2_with_tokenizer(tmp_path_factory.mktemp("tiny_tp_bf16"), tokenizer_dir, hidden_size=512,
+                                           intermediate_size=1024, num_attention_heads=4, num_key_value_heads=2,
+                                           initializer_range=0.1)
+    prompts, n = PROMPTS, 32
+    launch = TPLauncher(model, tmp_path, tp=2, device="cuda", dtype="bfloat16", startup_timeout_s=600).start()
+    try:
+        launch.wait_line("litelang is serving", timeout=600)
+        with LitelangClient(launch.address, timeout=300) as client:
+            with ThreadPoolExecutor(len(prompts)) as pool:  # at once: decode steps of batch 2
+                got = list(pool.map(lambda p: client.generate(p, max_new_tokens=n, temperature=0, ignore_eos=True,
+                                                              logprobs=True), prompts))
+        launch.stop_and_check(signal.SIGTERM)
+    finally:
+        launch.cleanup()
+    ours_err = hf_bf16_err = 0.0
+    ours_agree = hf_bf16_agree = 0
+    for prompt, r in zip(prompts, got):
+        tokens = list(r.token_ids)
+        assert len(tokens) == len(r.logprobs) == n
+        oracle = teacher_forced_logprobs(model, prompt, tokens, torch.float32)
+        hf_bf16 = teacher_forced_logprobs(model, prompt, tokens, torch.bfloat16)
+        ids = torch.tensor(tokens)[:, None]
+        want = oracle.gather(1, ids)[:, 0]
+        ours_err = max(ours_err, (torch.tensor(list(r.logprobs)) - want).abs().max().item())
+        hf_bf16_err = max(hf_bf16_err, (hf_bf16.gather(1, ids)[:, 0] - want).abs().max().item())
+        ours_agree += int((oracle.argmax(-1) == ids[:, 0]).sum())
+        hf_bf16_agree += int((oracle.argmax(-1) == hf_bf16.argmax(-1)).sum())
+    report = (f"tp 2 bf16: max |logprob error| {ours_err:.4f} (HF bf16 {hf_bf16_err:.4f}), "
+              f"top-1 agreement {ours_agree}/{n * len(prompts)} (HF bf16 {hf_bf16_agree})")
+    print(report)
+    assert ours_err <= max(2 * hf_bf16_err, 0.02), report
+    assert ours_agree >= hf_bf16_agree - 2, report
