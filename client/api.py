@@ -5,6 +5,10 @@
         print(c.generate("def fibonacci(n):", max_new_tokens=48).text)
         for piece in c.generate_stream("Hello", max_new_tokens=16):
             print(piece.text, end="", flush=True)
+
+Replies are the proto messages. With logprobs=True each token_ids entry has its logprobs entry;
+top_logprobs=N (needs logprobs) adds top_logprobs[i].token_ids / .logprobs, the N most likely
+tokens at that position, most likely first (GenerateResponse, GenerateStreamChunk, TurnChunk).
 """
 
 from __future__ import annotations

@@ -121,17 +121,26 @@ def _extend_kernel(
     DOT_F32: tl.constexpr, HEAD_ROWS: tl.constexpr = False,
 ):
     """Program (m-block, q head, request): BLOCK_M new tokens of one request against its context.
-    HEAD_ROWS (one new token per request): program (0, kv head, request), the tile's rows that
-    token's GROUP query heads; each row runs exactly as it would as a token of a q head's tile."""
+    HEAD_ROWS (decode: one new token per request, q row b, the last of its seq_lens[b] tokens;
+    PrefixLens holds seq_lens, CuSeqlens is unused): program (0, kv head, request), the tile's
+    rows that token's GROUP query heads; each row runs exactly as it would as a token of a q
+    head's tile."""
     # the largest m-blocks (most keys under the causal mask) launch first
     mb = tl.num_programs(0) - 1 - tl.program_id(0)
     h = tl.program_id(1)
     b = tl.program_id(2)
-    q_start = tl.load(CuSeqlens + b).to(tl.int32)
-    n_new = tl.load(CuSeqlens + b + 1).to(tl.int32) - q_start
+    if HEAD_ROWS:
+        q_start = b
+        n_new = 1
+    else:
+        q_start = tl.load(CuSeqlens + b).to(tl.int32)
+        n_new = tl.load(CuSeqlens + b + 1).to(tl.int32) - q_start
     m_start = mb * BLOCK_M
     if m_start < n_new:
-        prefix = tl.load(PrefixLens + b).to(tl.int32)
+        if HEAD_ROWS:
+            prefix = tl.load(PrefixLens + b).to(tl.int32) - 1
+        else:
+            prefix = tl.load(PrefixLens + b).to(tl.int32)
         slot_row = ReqToSlot + tl.load(ReqRows + b).to(tl.int64) * stride_r
         d = tl.arange(0, HEAD_DIM)
         r = tl.arange(0, BLOCK_M)
@@ -199,36 +208,58 @@ def extend_attention(
     prefix_lens: torch.Tensor,
     scale: float,
     max_new_len: int | None = None,
-    head_rows: bool = False,
 ) -> torch.Tensor:
     """Triton version of extend_attention_ref.
-
-    head_rows (one new token per request, max_new_len 1): one program per (kv head, request)
-    with the group's query heads as the tile's rows, so the context is read once per kv head;
-    each row's result is bit for bit the one its token would get inside a longer extend (the
-    batch-invariant decode, kernels/batch_invariant.py).
 
     max_new_len: the longest request's new-token count (max of cu_seqlens_q's differences), which
     sizes the grid. Pass it: the caller knows it on the host. When None it is read from
     cu_seqlens_q, a host sync (acceptable in eager extend steps, never inside a CUDA graph).
     """
-    tokens, q_heads, head_dim = q.shape
+    tokens = q.shape[0]
     batch = cu_seqlens_q.shape[0] - 1
-    out = torch.empty_like(q)
     if tokens == 0 or batch == 0:
-        return out
+        return torch.empty_like(q)
     if max_new_len is None:
         max_new_len = int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max())
     if max_new_len == 0:
-        return out
+        return torch.empty_like(q)
+    return _launch_extend(q, k_pool, v_pool, req_to_slot, req_rows, cu_seqlens_q, prefix_lens, scale, max_new_len,
+                          head_rows=False)
+
+
+def decode_attention_as_extend(
+    q: torch.Tensor,
+    k_pool: torch.Tensor,
+    v_pool: torch.Tensor,
+    req_to_slot: torch.Tensor,
+    req_rows: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """decode_attention's contract (q [batch, q_heads, head_dim], one new token per request, the
+    last of its seq_lens) run by the extend kernel: one program per (kv head, request) with the
+    group's query heads as the tile's rows, so the context is read once per kv head, and each
+    row's result is bit for bit the one its token gets inside a longer extend (the
+    batch-invariant decode, kernels/batch_invariant.py). The kernel reads the row and the prefix
+    from seq_lens itself: no helper launches per layer."""
+    if q.shape[0] == 0:
+        return torch.empty_like(q)
+    return _launch_extend(q, k_pool, v_pool, req_to_slot, req_rows, seq_lens, seq_lens, scale, 1, head_rows=True)
+
+
+def _launch_extend(q, k_pool, v_pool, req_to_slot, req_rows, cu_seqlens_q, prefix_lens, scale: float,
+                   max_new_len: int, head_rows: bool) -> torch.Tensor:
+    q_heads, head_dim = q.shape[1:]
+    out = torch.empty_like(q)
     assert q.stride(-1) == 1 and k_pool.stride(-1) == 1 and v_pool.stride(-1) == 1
     assert req_to_slot.stride(-1) == 1
     cfg = _extend_config(q.dtype)
-    grid = (triton.cdiv(max_new_len, cfg["BLOCK_M"]), q_heads, batch)
     group = q_heads // k_pool.shape[1]
     if head_rows:
-        assert max_new_len == 1 and group <= cfg["BLOCK_M"], "head_rows: one new token per request"
-        grid = (1, k_pool.shape[1], batch)
+        assert group <= cfg["BLOCK_M"], "head_rows: a kv head's query heads must fit one tile"
+        grid = (1, k_pool.shape[1], q.shape[0])
+    else:
+        grid = (triton.cdiv(max_new_len, cfg["BLOCK_M"]), q_heads, cu_seqlens_q.shape[0] - 1)
     _extend_kernel[grid](
         q, k_pool, v_pool, out, req_to_slot, req_rows, cu_seqlens_q, prefix_lens, scale * _LOG2E,
         q.stride(0), q.stride(1), k_pool.stride(0), k_pool.stride(1), v_pool.stride(0), v_pool.stride(1),

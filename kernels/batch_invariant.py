@@ -29,11 +29,12 @@ import torch.nn.functional as F
 from litelang.kernels import REFERENCE, KernelSet
 from litelang.kernels._triton import INTERPRET, tl, triton
 from litelang.kernels.activation import silu_and_mul, silu_and_mul_ref
-from litelang.kernels.attention import decode_attention_ref
+from litelang.kernels.attention import decode_attention_as_extend, decode_attention_ref
 from litelang.kernels.greedy import greedy_sample
 from litelang.kernels.linear import split_qkv
 from litelang.kernels.rmsnorm import DeferredNorm
 from litelang.kernels.rope_store import apply_rope_and_store_kv, apply_rope_and_store_kv_ref
+from litelang.kernels.sampling import top_by_value_then_id
 
 # rows per F.linear call in the CPU reference: every call has this shape, whatever M is
 REF_BLOCK_ROWS = 16
@@ -152,6 +153,14 @@ def token_logprobs_invariant(logits: torch.Tensor, tokens: torch.Tensor) -> torc
     return (logits.gather(1, tokens[:, None])[:, 0] - logits.gather(1, top[:, None])[:, 0]) + top_logprob
 
 
+def top_logprobs_invariant(logits: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """top_logprobs_ref in token_logprobs_invariant's arithmetic ((x - max) + logprob(argmax),
+    fixed chunks): batch-invariant, and a sampled token's entry equals its logprob bit for bit."""
+    top, top_logprob = greedy_sample(logits, chunks=GREEDY_CHUNKS)
+    values, ids = top_by_value_then_id(logits, n)
+    return ids, (values - logits.gather(1, top[:, None])) + top_logprob[:, None]
+
+
 def _sample_as_two_rows(sample, logits, temperature, top_k, top_p, min_p, seeds, positions, needs_filter=True):
     """sample, with a batch of one run as two copies of its row: torch's cumsum (the top-p mass)
     scans a single row with another algorithm than each row of a batch."""
@@ -177,27 +186,20 @@ def _linear_rope_store(linear, rope_store, x, w_qkv, bias, positions, cos_sin, k
     return qkv
 
 
-def _decode_as_extend(extend, q, k_pool, v_pool, req_to_slot, req_rows, seq_lens, scale):
-    """Decode attention as extend attention of one new token per request (its query heads as one
-    tile's rows): a generated token is then computed exactly as the same token in a prompt (a
-    retracted request's recompute, or a prefix-cache hit on another request's output)."""
-    cu_seqlens = torch.arange(q.shape[0] + 1, dtype=torch.int32, device=q.device)
-    return extend(q, k_pool, v_pool, req_to_slot, req_rows, cu_seqlens, seq_lens - 1, scale, max_new_len=1,
-                  head_rows=True)
-
-
 def batch_invariant(ks: KernelSet) -> KernelSet:
     """ks with every batch-dependent choice replaced (see the module docstring)."""
     if ks is REFERENCE:
         linear, silu_mul, rope_store = linear_invariant_ref, silu_and_mul_ref, apply_rope_and_store_kv_ref
         extend, decode, greedy = extend_attention_invariant_ref, ks.decode_attention, ks.greedy_sample
         sample, logprobs = ks.sample, ks.token_logprobs  # row by row on the CPU already
+        top_logprobs = ks.top_logprobs
     else:
         linear, silu_mul, rope_store = linear_invariant, silu_and_mul, apply_rope_and_store_kv
         extend = ks.extend_attention  # keys in blocks of absolute position: chunking changes nothing
-        decode = functools.partial(_decode_as_extend, ks.extend_attention)
+        decode = decode_attention_as_extend  # a generated token computes as the same token in a prompt
         greedy = functools.partial(ks.greedy_sample, chunks=GREEDY_CHUNKS)
         sample, logprobs = functools.partial(_sample_as_two_rows, ks.sample), token_logprobs_invariant
+        top_logprobs = top_logprobs_invariant
     return dataclasses.replace(
         ks,
         name=ks.name + "-invariant",
@@ -212,4 +214,5 @@ def batch_invariant(ks: KernelSet) -> KernelSet:
         greedy_sample=greedy,
         sample=sample,
         token_logprobs=logprobs,
+        top_logprobs=top_logprobs,
     )

@@ -115,6 +115,25 @@ def token_logprobs_ref(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tens
     return logits.gather(1, tokens[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
 
 
+def top_logprobs_ref(logits: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token ids [batch, n] int64, their log-softmax [batch, n] float32), most likely first, of
+    float32 logits [batch, vocab]: topk minus the logsumexp token_logprobs_ref subtracts, so a
+    sampled token among them has exactly the logprob token_logprobs_ref gives it."""
+    values, ids = top_by_value_then_id(logits, n)
+    return ids, values - torch.logsumexp(logits, dim=-1)[:, None]
+
+
+def top_by_value_then_id(logits: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits.topk(n) with tied values in token-id order, as argmax and the stable sort of the
+    filters break ties: the first entry is the greedy token unless more than n tokens tie for the
+    top. Which of several tokens tied at the n-th value make the cut is topk's choice. No host
+    sync."""
+    values, ids = logits.topk(n, dim=-1)
+    ids, order = ids.sort(dim=-1)
+    values, order = values.gather(1, order).sort(dim=-1, descending=True, stable=True)
+    return values, ids.gather(1, order)
+
+
 def apply_penalties_ref(
     logits: torch.Tensor,
     output_counts: torch.Tensor,

@@ -4,7 +4,6 @@ On CPU the Triton kernels run in the interpreter; `-m gpu` repeats them at real 
 
 from __future__ import annotations
 
-import functools
 
 import pytest
 import torch
@@ -12,10 +11,9 @@ import torch.nn.functional as F
 
 pytest.importorskip("triton")
 
-from litelang.kernels.attention import decode_attention_ref, extend_attention  # noqa: E402
+from litelang.kernels.attention import decode_attention_as_extend, decode_attention_ref, extend_attention  # noqa: E402
 from litelang.kernels.batch_invariant import (  # noqa: E402
     GREEDY_CHUNKS,
-    _decode_as_extend,
     linear_invariant,
     linear_invariant_ref,
     token_logprobs_invariant,
@@ -94,7 +92,7 @@ def test_decode_as_extend_equals_the_token_in_a_prompt(device):
     k_pool, v_pool, r2s, rows = make_pool(device, torch.float32, 2, 16, contexts, seed=5)
     seq_lens = torch.tensor(contexts, device=device, dtype=torch.int32)
     q = torch.randn(len(contexts), 12, 16, generator=torch.Generator().manual_seed(6)).to(device)
-    decode = functools.partial(_decode_as_extend, extend_attention)
+    decode = decode_attention_as_extend
 
     def attend(idx: list[int]) -> torch.Tensor:
         i = torch.tensor(idx, device=device)

@@ -19,6 +19,8 @@ from litelang.kernels.sampling import (  # noqa: E402
     apply_penalties_ref,
     sample,
     sample_ref,
+    token_logprobs_ref,
+    top_logprobs_ref,
 )
 
 SAMPLERS = [sample, sample_ref]
@@ -222,3 +224,80 @@ def test_uniforms_strictly_inside_unit_interval():
     assert 0.0 < u.min().item() and u.max().item() < 1.0
     scaled = u.double() * 2**23 - 0.5
     assert torch.equal(scaled, scaled.round()), "uniforms must be (k + 0.5) / 2**23, exact in float32"
+
+
+# ------------------------------------------------------------------------------ top_logprobs
+
+
+def top_logprobs_invariant(logits, n):
+    from litelang.kernels.batch_invariant import top_logprobs_invariant
+
+    return top_logprobs_invariant(logits, n)
+
+
+def token_logprobs_invariant(logits, tokens):
+    from litelang.kernels.batch_invariant import token_logprobs_invariant
+
+    return token_logprobs_invariant(logits, tokens)
+
+
+# implementation -> (top-N, the token logprob it must agree with)
+TOP_LOGPROBS = {
+    "ref": (top_logprobs_ref, token_logprobs_ref),
+    "invariant": (top_logprobs_invariant, token_logprobs_invariant),
+}
+
+
+@pytest.mark.parametrize("impl", sorted(TOP_LOGPROBS))
+@pytest.mark.parametrize("n", [1, 5, 20])
+def test_top_logprobs_are_log_softmax_topk(device, impl, n):
+    """Against torch.log_softmax(...).topk(n) in float64: same ids in the same (descending) order,
+    values within float32 rounding; -inf (suppressed) logits never crowd out real tokens."""
+    top_logprobs, _ = TOP_LOGPROBS[impl]
+    logits = torch.randn(7, 1000, generator=torch.Generator().manual_seed(n)) * 4
+    logits[2, :990] = float("-inf")  # a row with only ten candidates
+    logits = logits.to(device)
+    ids, values = top_logprobs(logits, n)
+    want = torch.log_softmax(logits.double(), dim=-1).topk(n)
+    assert ids.shape == values.shape == (7, n) and values.dtype == torch.float32
+    finite = want.values.isfinite()  # which -inf (never likely) tokens fill row 2 is arbitrary
+    assert ids[finite].tolist() == want.indices[finite].tolist()
+    torch.testing.assert_close(values.double(), want.values, atol=1e-5, rtol=1e-5)
+    assert (values[:, :-1] >= values[:, 1:]).all(), "most likely first"
+
+
+@pytest.mark.parametrize("impl", sorted(TOP_LOGPROBS))
+def test_top_logprobs_agree_with_the_sampled_tokens_logprob(device, impl):
+    """A sampled token among the top-N carries exactly (bit for bit) the logprob token_logprobs
+    gives it: both subtract the same logsumexp. Greedy rows find their token first."""
+    top_logprobs, token_logprobs = TOP_LOGPROBS[impl]
+    logits, (temp, top_k, top_p, min_p, seeds) = mixed_batch(device)
+    tokens = sample_ref(logits, temp, top_k, top_p, min_p, seeds, torch.arange(8, device=device))
+    ids, values = top_logprobs(logits, 20)
+    lp = token_logprobs(logits, tokens)
+    found = 0
+    for row in range(8):
+        hit = (ids[row] == tokens[row]).nonzero()
+        if temp[row] == 0:
+            assert hit.flatten().tolist() == [0], "the greedy token comes first"
+        if len(hit):
+            found += 1
+            assert values[row, hit[0, 0]].item() == lp[row].item()
+    assert found >= 6, "most sampled tokens should be among the 20 most likely"
+
+
+def test_top_logprobs_break_ties_by_token_id(device):
+    """Tied values come in token-id order, as argmax breaks them: the greedy token is first."""
+    logits = tied_logits(device)  # 17, 40 and 299 tie for the top
+    for fn, _ in TOP_LOGPROBS.values():
+        ids, values = fn(logits, 4)
+        assert ids[:, :3].tolist() == [[17, 40, 299]] * 6
+        assert (values[:, 0] == values[:, 2]).all()
+
+
+def test_top_logprobs_invariant_rows_do_not_depend_on_the_batch(device):
+    logits = (torch.randn(9, 700, generator=torch.Generator().manual_seed(3)) * 3).to(device)
+    ids, values = top_logprobs_invariant(logits, 6)
+    for rows in ([0], [4], [2, 3], list(range(5)), [8, 1, 7]):
+        sub_ids, sub_values = top_logprobs_invariant(logits[rows], 6)
+        assert torch.equal(sub_ids, ids[rows]) and torch.equal(sub_values, values[rows]), rows

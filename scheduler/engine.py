@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
 import os
 import time
@@ -30,7 +31,7 @@ from litelang.scheduler.admission import PeakCheck
 from litelang.scheduler.kv_allocator import SlotAllocator
 from litelang.scheduler.metrics import Metrics
 from litelang.scheduler.radix_cache import RadixCache
-from litelang.scheduler.request import OutcomeDetails, OutputEvent, Phase, Request
+from litelang.scheduler.request import OutcomeDetails, OutputEvent, Phase, Request, TopLogprobs
 from litelang.scheduler.tokenizer import Tokenizer
 from litelang.scheduler.worker_client import WorkerError, WorkerGroup
 from litelang.tools.profiling import StepTrace
@@ -416,7 +417,7 @@ class Engine:
             ext.sampling.CopyFrom(worker_pb2.Sampling(
                 temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p,
                 repetition_penalty=s.repetition_penalty, frequency_penalty=s.frequency_penalty,
-                presence_penalty=s.presence_penalty, seed=s.seed,
+                presence_penalty=s.presence_penalty, seed=s.seed, top_logprobs=s.top_logprobs,
             ))
             if s.min_new_tokens:  # the worker masks stop tokens until the minimum is reached
                 ext.sampling.suppress_until = len(r.prompt_ids) + s.min_new_tokens
@@ -446,18 +447,21 @@ class Engine:
         self.stats["gpu_busy_ms"] += reply.gpu_ms
         self.stats["gpu_gap_ms"] += reply.gpu_gap_ms
         now, accepted, by_rid = time.monotonic(), 0, self.by_rid
-        for rid, token, logprob in zip(reply.rids, reply.token_ids, reply.logprobs):
+        tops = _top_rows(reply) if reply.top_n else itertools.repeat(None)
+        for rid, token, logprob, top in zip(reply.rids, reply.token_ids, reply.logprobs, tops):
             r = by_rid.get(rid)
             if r is not None and r.phase is Phase.RUNNING:  # else stale: stopped or retracted meanwhile
                 r.pending_samples -= 1
-                self._append_token(r, token, logprob, now)
+                self._append_token(r, token, logprob, now, top)
                 accepted += 1
         self.stats["generated_tokens"] += accepted
         self.metrics.generated_tokens.inc(accepted)
 
-    def _append_token(self, r: Request, token: int, logprob: float, now: float) -> None:
+    def _append_token(self, r: Request, token: int, logprob: float, now: float,
+                      top: TopLogprobs | None = None) -> None:
         """Per token of every running request, between two steps: kept to the few checks each
-        token needs (the stop set is resolved at submit, the output limit at admission)."""
+        token needs (the stop set is resolved at submit, the output limit at admission).
+        top: the step's alternatives at this position (top_n of them, when any were asked for)."""
         s = r.sampling
         if r.first_token is None:
             r.first_token = now
@@ -478,6 +482,9 @@ class Engine:
         r.unsent_ids.append(token)
         if s.logprobs:
             r.unsent_logprobs.append(logprob)
+            if s.top_logprobs:
+                n = s.top_logprobs
+                r.unsent_top_logprobs.append((top[0][:n], top[1][:n]))
         if finish:
             self._finish(r, finish)
             return
@@ -485,9 +492,10 @@ class Engine:
             return
         # hold back the text a stop string may be forming in
         end = max(r.emitted_chars, len(r.text) - r.stop_hold) if r.stop_hold else len(r.text)
-        self._emit(r, OutputEvent(text=r.text[r.emitted_chars : end], token_ids=r.unsent_ids, logprobs=r.unsent_logprobs))
+        self._emit(r, OutputEvent(text=r.text[r.emitted_chars : end], token_ids=r.unsent_ids, logprobs=r.unsent_logprobs,
+                                  top_logprobs=r.unsent_top_logprobs))
         r.emitted_chars = end
-        r.unsent_ids, r.unsent_logprobs = [], []
+        r.unsent_ids, r.unsent_logprobs, r.unsent_top_logprobs = [], [], []
 
     def _cut_stop_string(self, r: Request, before: int) -> bool:
         longest = max(len(x) for x in r.sampling.stop)
@@ -517,9 +525,9 @@ class Engine:
         self.stats["cached_prompt_tokens"] += r.cached_tokens
         self.metrics.finished(r, pb.FinishReason.Name(reason).removeprefix("FINISH_REASON_").lower())
         outcome = OutcomeDetails(usage=r.usage(), timings=r.timings(), text=r.text, stop_string=r.stop_string)
-        self._emit(r, OutputEvent(text=text, token_ids=r.unsent_ids, logprobs=r.unsent_logprobs, finish_reason=reason,
-                                  outcome=outcome))
-        r.unsent_ids, r.unsent_logprobs = [], []
+        self._emit(r, OutputEvent(text=text, token_ids=r.unsent_ids, logprobs=r.unsent_logprobs,
+                                  top_logprobs=r.unsent_top_logprobs, finish_reason=reason, outcome=outcome))
+        r.unsent_ids, r.unsent_logprobs, r.unsent_top_logprobs = [], [], []
 
     def _forget(self, r: Request) -> None:
         self.by_id.pop(r.request_id, None)
@@ -558,3 +566,9 @@ class Engine:
 
 def _to_queue(r: Request, ev: OutputEvent) -> None:
     r.events.put_nowait(ev)
+
+
+def _top_rows(reply: worker_pb2.StepResponse) -> list[TopLogprobs]:
+    """The reply's [len(rids), top_n] row-major alternatives (worker.proto), one row per token."""
+    n, ids, values = reply.top_n, list(reply.top_ids), list(reply.top_logprobs)
+    return [(ids[i : i + n], values[i : i + n]) for i in range(0, len(ids), n)]

@@ -29,6 +29,11 @@ class SamplingConfig:
     seed: int = 0
     skip_special_tokens: bool = False
     logprobs: bool = False
+    top_logprobs: int = 0  # alternatives per token (needs logprobs)
+
+
+# one position's most likely tokens: (token ids, their logprobs), most likely first
+TopLogprobs = tuple[list[int], list[float]]
 
 
 class Phase(enum.Enum):
@@ -55,6 +60,7 @@ class OutputEvent:
     text: str
     token_ids: list[int]
     logprobs: list[float] = field(default_factory=list)  # one per token id (if asked for)
+    top_logprobs: list[TopLogprobs] = field(default_factory=list)  # one per token id (if asked for)
     finish_reason: int = pb.FINISH_REASON_UNSPECIFIED
     error: tuple[int, str] | None = None  # (grpc.StatusCode value, message) when the request failed
     outcome: OutcomeDetails | None = None  # set on the final event of a request that finished
@@ -86,6 +92,7 @@ class Request:
     emitted_chars: int = 0                # how much of text the client has been sent
     unsent_ids: list[int] = field(default_factory=list)       # generated, not yet in an event
     unsent_logprobs: list[float] = field(default_factory=list)
+    unsent_top_logprobs: list[TopLogprobs] = field(default_factory=list)
     finish_reason: int = pb.FINISH_REASON_UNSPECIFIED
     stop_string: str = ""
     aborted: bool = False

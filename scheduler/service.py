@@ -19,7 +19,7 @@ from litelang.proto import litelang_pb2 as pb
 from litelang.proto import litelang_pb2_grpc
 from litelang.scheduler.engine import RejectedError
 from litelang.scheduler.engine_process import EngineClient
-from litelang.scheduler.request import OutputEvent, Request
+from litelang.scheduler.request import OutputEvent, Request, TopLogprobs
 from litelang.scheduler.tokenizer import Tokenizer
 from litelang.scheduler.validation import InvalidRequest, check_prompt, resolve_sampling
 
@@ -82,20 +82,22 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
 
     async def Generate(self, request, context):
         req = await self._start(request, context)
-        ids, logprobs = [], []
+        ids, logprobs, tops = [], [], []
         async for ev in self._events(req, context):
             ids.extend(ev.token_ids)
             logprobs.extend(ev.logprobs)
+            tops.extend(ev.top_logprobs)
         out = ev.outcome
         return pb.GenerateResponse(
             request_id=req.request_id, text=out.text, token_ids=ids, logprobs=logprobs, finish_reason=ev.finish_reason,
-            usage=out.usage, timings=out.timings, stop_string=out.stop_string,
+            usage=out.usage, timings=out.timings, stop_string=out.stop_string, top_logprobs=_top_messages(tops),
         )
 
     async def GenerateStream(self, request, context):
         req = await self._start(request, context)
         async for ev in self._events(req, context):
-            chunk = pb.GenerateStreamChunk(request_id=req.request_id, text=ev.text, token_ids=ev.token_ids, logprobs=ev.logprobs)
+            chunk = pb.GenerateStreamChunk(request_id=req.request_id, text=ev.text, token_ids=ev.token_ids,
+                                           logprobs=ev.logprobs, top_logprobs=_top_messages(ev.top_logprobs))
             if ev.finish_reason != pb.FINISH_REASON_UNSPECIFIED:
                 chunk.finish_reason = ev.finish_reason
                 chunk.usage.CopyFrom(ev.outcome.usage)
@@ -138,8 +140,13 @@ async def next_events(req: Request) -> OutputEvent:
         if nxt.error is not None:
             return nxt
         ev = OutputEvent(text=ev.text + nxt.text, token_ids=ev.token_ids + nxt.token_ids,
-                         logprobs=ev.logprobs + nxt.logprobs, finish_reason=nxt.finish_reason, outcome=nxt.outcome)
+                         logprobs=ev.logprobs + nxt.logprobs, top_logprobs=ev.top_logprobs + nxt.top_logprobs,
+                         finish_reason=nxt.finish_reason, outcome=nxt.outcome)
     return ev
+
+
+def _top_messages(tops: list[TopLogprobs]) -> list[pb.TopLogprobs]:
+    return [pb.TopLogprobs(token_ids=ids, logprobs=values) for ids, values in tops]
 
 
 def _code(value: int) -> tuple:
@@ -234,7 +241,10 @@ class ChatSession:
                     self.out.put_nowait(pb.ChatServerMessage(error=pb.TurnError(turn=self.turn, code=ev.error[0], message=ev.error[1])))
                     return
                 if ev.text or ev.token_ids:
-                    self.out.put_nowait(pb.ChatServerMessage(chunk=pb.TurnChunk(turn=self.turn, text=ev.text, token_ids=ev.token_ids)))
+                    self.out.put_nowait(pb.ChatServerMessage(chunk=pb.TurnChunk(
+                        turn=self.turn, text=ev.text, token_ids=ev.token_ids, logprobs=ev.logprobs,
+                        top_logprobs=_top_messages(ev.top_logprobs),
+                    )))
                 if ev.finish_reason != pb.FINISH_REASON_UNSPECIFIED:
                     out = ev.outcome
                     if ev.finish_reason != pb.FINISH_REASON_ABORTED:  # a cancelled turn leaves no trace

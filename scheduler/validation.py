@@ -11,6 +11,8 @@ from litelang.scheduler.request import SamplingConfig
 
 # the worker masks stop tokens before min_new_tokens with a fixed-width table: EOS ids + these
 MAX_STOP_TOKEN_IDS = 14
+# alternatives per generated token, as OpenAI allows
+MAX_TOP_LOGPROBS = 20
 
 
 class InvalidRequest(ValueError):
@@ -73,7 +75,18 @@ def resolve_sampling(params: pb.SamplingParams, cfg: LitelangConfig, default_see
         s.seed = params.seed
     s.skip_special_tokens = params.skip_special_tokens
     s.logprobs = params.logprobs
+    s.top_logprobs = _top_logprobs(params)
     return s
+
+
+def _top_logprobs(params: pb.SamplingParams) -> int:
+    """OpenAI's range, and only beside logprobs: the alternatives ride with each token's logprob."""
+    n = params.top_logprobs
+    if not 0 <= n <= MAX_TOP_LOGPROBS:
+        raise InvalidRequest(f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}] (got {n}); 0 means none")
+    if n and not params.logprobs:
+        raise InvalidRequest("top_logprobs needs logprobs: true (the alternatives come with each token's logprob)")
+    return n
 
 
 def check_prompt(ids: list[int], cfg: LitelangConfig, vocab_size: int) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, RepetitionPenaltyLogitsProcessor
 
 from helpers import make_tiny_qwen2
 from litelang.configs.schema import LitelangConfig
@@ -202,3 +202,59 @@ def test_logprobs_match_hf(tiny_qwen2):
         logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
     for i, (tok, lp) in enumerate(got):
         assert abs(logp[len(prompt) - 1 + i, tok].item() - lp) < 1e-4
+
+
+def test_top_logprobs_match_hf(tiny_qwen2):
+    """Sampling.top_logprobs: the step returns top_n = the most any request asked for, one row per
+    sampled token. A greedy request's row is HF's log-softmax topk, led by its token with its
+    logprob; a sampled request's row is the topk of the distribution its logprob is taken from:
+    repetition-penalized, stop tokens masked before min_new_tokens (HF's processors as the
+    oracle). Steps where nobody asks carry no alternatives."""
+    greedy_prompt, sampled_prompt = [11, 22, 33, 44, 55], [7, 8, 9, 7, 8, 9]
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2, dtype=torch.float32).eval()
+    with torch.no_grad():  # mask the two tokens HF likes best after the sampled prompt
+        masked = model(torch.tensor([sampled_prompt])).logits[0, -1].topk(2).indices.tolist()
+    cfg = LitelangConfig(model=str(tiny_qwen2), device="cpu", kv_slots=100, max_batch_size=4,
+                         max_input_length=32, max_output_length=32)
+    runner = build_runner(cfg, rank=0)
+    greedy = greedy_sampling()
+    greedy.top_logprobs = 5
+    sampled = worker_pb2.Sampling(temperature=1.0, top_p=1.0, seed=3, repetition_penalty=1.5, top_logprobs=3,
+                                  suppress_until=len(sampled_prompt) + 2, suppress_token_ids=masked)
+    req = worker_pb2.StepRequest(step_id=0)
+    req.extends.add(rid=1, token_ids=greedy_prompt, slots=list(range(5)), sample=True, is_new=True, sampling=greedy)
+    req.extends.add(rid=2, token_ids=sampled_prompt, slots=list(range(5, 11)), sample=True, is_new=True, sampling=sampled,
+                    prompt_ids=sampled_prompt)
+    replies = [runner.step(req)]
+    for step in range(1, 5):
+        replies.append(runner.step(worker_pb2.StepRequest(step_id=step, decode_rids=[1, 2], decode_slots=[20 + step, 40 + step])))
+    plain = worker_pb2.StepRequest(step_id=9)
+    plain.extends.add(rid=3, token_ids=[1, 2, 3], slots=[60, 61, 62], sample=True, is_new=True, sampling=greedy_sampling())
+    quiet = runner.step(plain)
+    assert quiet.top_n == 0 and not quiet.top_ids and not quiet.top_logprobs
+
+    ids = greedy_prompt + [r.token_ids[0] for r in replies]
+    s_ids = sampled_prompt + [r.token_ids[1] for r in replies]
+    with torch.no_grad():
+        want = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1).topk(5)
+        s_logits = model(torch.tensor([s_ids])).logits[0].float()
+    s_end, s_want = len(sampled_prompt), []
+    for i in range(len(replies)):
+        x = RepetitionPenaltyLogitsProcessor(1.5)(torch.tensor([s_ids[: s_end + i]]), s_logits[s_end - 1 + i][None].clone())
+        if i < 2:
+            x[0, masked] = float("-inf")
+        s_want.append(torch.log_softmax(x[0], -1).topk(3))
+    for i, r in enumerate(replies):
+        assert list(r.rids) == [1, 2] and r.top_n == 5
+        assert len(r.top_ids) == len(r.top_logprobs) == 2 * 5
+        top_ids, top_lps = list(r.top_ids[:5]), list(r.top_logprobs[:5])
+        at = len(greedy_prompt) - 1 + i
+        assert top_ids == want.indices[at].tolist(), f"step {i}"
+        assert top_lps == pytest.approx(want.values[at].tolist(), abs=1e-4)
+        assert top_ids[0] == r.token_ids[0] and top_lps[0] == r.logprobs[0]
+        # the sampled request: the first 3 entries of its row
+        top_ids, top_lps = list(r.top_ids[5:8]), list(r.top_logprobs[5:8])
+        assert top_ids == s_want[i].indices.tolist(), f"step {i}"
+        assert top_lps == pytest.approx(s_want[i].values.tolist(), abs=1e-4)
+        if r.token_ids[1] in top_ids:
+            assert top_lps[top_ids.index(r.token_ids[1])] == r.logprobs[1]

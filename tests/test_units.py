@@ -172,6 +172,9 @@ def resolve(**fields):
         (dict(max_new_tokens=10, min_new_tokens=11), ["min_new_tokens"]),
         (dict(min_new_tokens=-1), ["min_new_tokens"]),
         (dict(stop=["ok", ""]), ["stop"]),
+        (dict(logprobs=True, top_logprobs=21), ["top_logprobs", "[0, 20]"]),
+        (dict(logprobs=True, top_logprobs=-1), ["top_logprobs", "[0, 20]"]),
+        (dict(top_logprobs=5), ["top_logprobs needs logprobs: true"]),
     ],
 )
 def test_resolve_sampling_rejects_with_a_message(fields, words):
@@ -190,6 +193,8 @@ def test_resolve_sampling_defaults_and_values():
     assert (s.temperature, s.top_p, s.top_k, s.max_new_tokens, s.min_new_tokens) == (pytest.approx(0.7), 1.0, 5, 100, 3)
     assert s.stop == ["\n\n"] and s.stop_token_ids == [5] and s.ignore_eos and s.skip_special_tokens
     assert s.seed == 0, "an explicit seed 0 is a seed, not 'unset'"
+    assert (resolve().top_logprobs, resolve(logprobs=True).top_logprobs) == (0, 0)
+    assert resolve(logprobs=True, top_logprobs=20).top_logprobs == 20
 
 
 def test_check_prompt():

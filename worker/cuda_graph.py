@@ -6,7 +6,10 @@ the sampled tokens) is captured once and replayed with new inputs copied into tw
 static buffers (one host-to-device copy each, from pinned memory). Batches are padded to the
 next bucket with a dummy row that reads and writes only the scratch KV slot. Two sampling
 modes are captured: greedy (argmax only) and full (penalties, filters, seeded sampling), which
-gives the same tokens as the eager path for any mix of parameters.
+gives the same tokens as the eager path for any mix of parameters. The full graphs keep their
+float32 logits as an output, so a step where a request asks for top_logprobs replays one and
+takes the top-N from them afterwards (one eager topk: only those steps pay for it). That costs
+sum(buckets) x vocab x 4 bytes of graph memory, measured before the KV pool is sized.
 """
 
 from __future__ import annotations
@@ -61,7 +64,8 @@ class DecodeGraphs:
         floats[SamplingTensors.FLOATS.index("top_p")] = 1.0
         floats[SamplingTensors.FLOATS.index("repetition")] = 1.0
 
-    def _body(self, b: int, mode: SamplingMode) -> tuple[torch.Tensor, torch.Tensor]:
+    def _body(self, b: int, mode: SamplingMode) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """sample_and_record's (tokens, logprobs, scored logits or None) for bucket b."""
         r = self.runner
         dev = r.device
         rows = self.ints[ROWS, :b]
@@ -96,13 +100,14 @@ class DecodeGraphs:
                         self._body(b, mode)
                     graph = torch.cuda.CUDAGraph()
                     with torch.cuda.graph(graph, pool=pool, stream=stream):
-                        tokens, logprobs = self._body(b, mode)
-                    self.graphs[(b, mode)] = (graph, tokens, logprobs)
+                        outputs = self._body(b, mode)
+                    self.graphs[(b, mode)] = (graph, *outputs)
         torch.cuda.current_stream().wait_stream(stream)
         torch.cuda.synchronize()
         log.info("captured decode CUDA graphs for batch sizes %s (greedy and full sampling)", self.buckets)
 
-    def run(self, plan: StepPlan, mode: SamplingMode) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(self, plan: StepPlan, mode: SamplingMode) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Replay the bucket's graph: (tokens, logprobs, scored logits or None) of the plan's rows."""
         n = len(plan.dec_rows)
         b = next(x for x in self.buckets if x >= n)
         ints, floats = self.inputs.next()
@@ -113,9 +118,9 @@ class DecodeGraphs:
         ints[:, n:] = self._pad_ints
         floats[:, n:] = self._pad_floats
         self.inputs.upload(self.ints, self.floats)
-        graph, tokens, logprobs = self.graphs[(b, GREEDY if mode.greedy else FULL_SAMPLING)]
+        graph, tokens, logprobs, scored = self.graphs[(b, GREEDY if mode.greedy else FULL_SAMPLING)]
         graph.replay()
-        return tokens[:n], logprobs[:n]
+        return tokens[:n], logprobs[:n], None if scored is None else scored[:n]
 
 
 class PinnedInputs:

@@ -19,7 +19,7 @@ from litelang.proto import worker_pb2
 from litelang.worker.forward_batch import ForwardBatch, to_device
 from litelang.worker.kv_pool import KVPool
 from litelang.worker.model import Qwen2Model
-from litelang.worker.sampler import PenaltyState, SamplingMode, SamplingTensors, sample_and_record
+from litelang.worker.sampler import PenaltyState, SamplingMode, SamplingTensors, sample_and_record, top_alternatives
 
 
 class StepError(ValueError):
@@ -39,6 +39,7 @@ class RequestState:
     frequency: float = 0.0
     presence: float = 0.0
     suppress_until: int = 0  # stop tokens are masked for sampled positions before this
+    top_logprobs: int = 0  # most likely alternatives to return with each sampled token
 
     @property
     def greedy(self) -> bool:
@@ -95,9 +96,10 @@ class PendingStep:
     """
 
     def __init__(self, step_id: int, rids: list[int], tokens=None, logprobs=None, start=0.0,
-                 gpu_start=None, gpu_end=None, prev_gpu_end=None):
+                 gpu_start=None, gpu_end=None, prev_gpu_end=None, top=None):
         self.step_id, self.rids = step_id, rids
         self.tokens, self.logprobs, self.start = tokens, logprobs, start
+        self.top = top  # (ids, logprobs) [rows, top_n] when a request asked for top_logprobs
         self.gpu_start, self.gpu_end, self.prev_gpu_end = gpu_start, gpu_end, prev_gpu_end
 
     def wait(self) -> None:
@@ -117,6 +119,11 @@ class PendingStep:
         out.rids.extend(self.rids)
         out.token_ids.extend(self.tokens.tolist())
         out.logprobs.extend(self.logprobs.tolist())
+        if self.top is not None:  # row-major [rows, top_n]: worker.proto's layout
+            ids, values = self.top
+            out.top_n = ids.shape[1]
+            out.top_ids.extend(ids.flatten().tolist())
+            out.top_logprobs.extend(values.flatten().tolist())
         out.forward_ms = (time.perf_counter() - self.start) * 1000.0
         return out
 
@@ -165,22 +172,25 @@ class ModelRunner:
         self._write_table(plan)
         mode = plan.mode
         if plan.decode_only and self.graphs is not None and self.graphs.fits(len(plan.dec_rows)):
-            tokens, logprobs = self.graphs.run(plan, mode)
+            tokens, logprobs, scored = self.graphs.run(plan, mode)
         else:
             batch = self._forward_batch(plan)
             rows = _t([s.row for s in plan.samplers], torch.long, dev)
-            tokens, logprobs = sample_and_record(
+            tokens, logprobs, scored = sample_and_record(
                 self.model, self.kernels, batch, SamplingTensors.from_states(plan.samplers, dev), mode, rows,
                 self.last_tokens, self.penalties, self.pool.k, self.pool.v,
             )
+        top = top_alternatives(self.kernels, scored, mode)
         prev_end = self._last_gpu_end
         if dev.type == "cuda":
             tokens = tokens.to("cpu", non_blocking=True)
             logprobs = logprobs.to("cpu", non_blocking=True)
+            if top is not None:
+                top = tuple(t.to("cpu", non_blocking=True) for t in top)
             gpu_end = torch.cuda.Event(enable_timing=True)
             gpu_end.record()
             self._last_gpu_end = gpu_end
-        return PendingStep(req.step_id, plan.sampler_rids, tokens, logprobs, start, gpu_start, gpu_end, prev_end)
+        return PendingStep(req.step_id, plan.sampler_rids, tokens, logprobs, start, gpu_start, gpu_end, prev_end, top)
 
     def forward_logits(self, req: worker_pb2.StepRequest) -> torch.Tensor:
         """Eager forward of a step without sampling: the logits of each sampling request, in order.
@@ -210,7 +220,7 @@ class ModelRunner:
             row=self.free_rows.pop(), temperature=s.temperature, top_k=s.top_k,
             top_p=s.top_p if s.top_p > 0 else 1.0, min_p=s.min_p, seed=s.seed,
             repetition=s.repetition_penalty if s.repetition_penalty > 0 else 1.0,
-            frequency=s.frequency_penalty, presence=s.presence_penalty,
+            frequency=s.frequency_penalty, presence=s.presence_penalty, top_logprobs=s.top_logprobs,
         )
         if s.suppress_until and s.suppress_token_ids:
             state.suppress_until = s.suppress_until

@@ -24,13 +24,17 @@ class SamplingMode:
     greedy: bool      # argmax only
     penalties: bool   # apply repetition / frequency / presence penalties
     filtered: bool    # top-k / top-p / min-p (needs a sort over the vocabulary)
+    top_n: int = 0    # the most alternatives a request of the step asks for (top_logprobs)
 
     @classmethod
     def for_states(cls, states: list[RequestState]) -> "SamplingMode":
+        top_n = max((s.top_logprobs for s in states), default=0)
         return cls(
-            greedy=all(s.greedy for s in states),
+            # the greedy kernel yields no float32 logits to take the top-N of
+            greedy=not top_n and all(s.greedy for s in states),
             penalties=any(s.penalized for s in states),
             filtered=any(s.filtered for s in states),
+            top_n=top_n,
         )
 
 
@@ -126,8 +130,11 @@ class PenaltyState:
 def sample_and_record(
     model: Qwen2Model, kernels: KernelSet, batch: ForwardBatch, sampling: SamplingTensors, mode: SamplingMode,
     sampler_rows: torch.Tensor, last_tokens: torch.Tensor, penalties: PenaltyState, k_pools, v_pools,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Forward, sample, and store each sampled token as its request's next decode input.
+    Returns (tokens, their logprobs, the float32 logits those logprobs are taken from: penalized,
+    stop tokens masked, before temperature and filters; None in greedy mode). top_alternatives
+    takes a step's top-N from the last.
 
     Device work only (no host sync), so CUDA graphs can capture it whole.
     """
@@ -142,7 +149,7 @@ def sample_and_record(
     logits = model.forward(batch, k_pools, v_pools, hidden)
     if mode.greedy:  # one pass over the logits: no float32 copy, argmax and logsumexp; the
         # merge also stores each token as its row's next input (every rank picks the same token)
-        return kernels.greedy_sample(logits, last_tokens, sampler_rows)
+        return *kernels.greedy_sample(logits, last_tokens, sampler_rows), None
     logits = logits.float()
     logits = penalties.mask_suppressed(logits, sampler_rows, sampling.positions, sampling.suppress_until)
     if mode.penalties:
@@ -159,4 +166,15 @@ def sample_and_record(
     last_tokens[sampler_rows] = tokens
     if mode.penalties:
         penalties.output_counts.index_put_((sampler_rows, tokens), torch.ones_like(tokens, dtype=torch.int32), accumulate=True)
-    return tokens, logprobs
+    return tokens, logprobs, logits
+
+
+def top_alternatives(kernels: KernelSet, scored: torch.Tensor | None,
+                     mode: SamplingMode) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(ids, logprobs) [rows, mode.top_n] of the most likely tokens under the distribution the
+    step's logprobs use (sample_and_record's third result), so a sampled token's entry equals its
+    logprob; None when no request of the step asks (top_logprobs)."""
+    if not mode.top_n:
+        return None
+    assert scored is not None, "a step with top_logprobs samples in full mode (SamplingMode.for_states)"
+    return kernels.top_logprobs(scored, min(mode.top_n, scored.shape[-1]))
