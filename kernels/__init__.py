@@ -20,7 +20,7 @@ from litelang.kernels.kv_store import store_kv_ref
 from litelang.kernels.linear import linear_ref, linear_residual_ref, linear_rope_store_ref, linear_silu_mul_ref
 from litelang.kernels.rmsnorm import rms_norm_ref, rms_norm_sum_ref
 from litelang.kernels.rope import apply_rope_ref
-from litelang.kernels.sampling import apply_penalties_ref, sample_ref, token_logprobs_ref, top_logprobs_ref
+from litelang.kernels.sampling import apply_penalties_ref, sample_ref, token_logprobs_ref
 
 
 @dataclass(frozen=True)
@@ -41,9 +41,6 @@ class KernelSet:
     apply_penalties: Callable
     # (float32 logits [batch, vocab], tokens [batch]) -> each token's log-softmax
     token_logprobs: Callable
-    # (float32 logits [batch, vocab], n) -> (ids [batch, n], log-softmax [batch, n]), most likely
-    # first; a token's value there equals token_logprobs' for it, bit for bit (same logsumexp)
-    top_logprobs: Callable
     # The projections take norm=DeferredNorm | None (kernels/rmsnorm.py): x is the residual
     # stream times the norm weight, and the projection scales by 1/rms
     linear: Callable  # (x, w, bias=None, norm=None): F.linear; Triton for small M
@@ -78,7 +75,6 @@ REFERENCE = KernelSet(
     greedy_sample=greedy_sample_ref,
     apply_penalties=apply_penalties_ref,
     token_logprobs=token_logprobs_ref,
-    top_logprobs=top_logprobs_ref,
     linear=linear_ref,
     linear_silu_mul=linear_silu_mul_ref,
     linear_rope_store=linear_rope_store_ref,

@@ -34,7 +34,6 @@ from litelang.kernels.greedy import greedy_sample
 from litelang.kernels.linear import split_qkv
 from litelang.kernels.rmsnorm import DeferredNorm
 from litelang.kernels.rope_store import apply_rope_and_store_kv, apply_rope_and_store_kv_ref
-from litelang.kernels.sampling import top_by_value_then_id
 
 # rows per F.linear call in the CPU reference: every call has this shape, whatever M is
 REF_BLOCK_ROWS = 16
@@ -153,14 +152,6 @@ def token_logprobs_invariant(logits: torch.Tensor, tokens: torch.Tensor) -> torc
     return (logits.gather(1, tokens[:, None])[:, 0] - logits.gather(1, top[:, None])[:, 0]) + top_logprob
 
 
-def top_logprobs_invariant(logits: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """top_logprobs_ref in token_logprobs_invariant's arithmetic ((x - max) + logprob(argmax),
-    fixed chunks): batch-invariant, and a sampled token's entry equals its logprob bit for bit."""
-    top, top_logprob = greedy_sample(logits, chunks=GREEDY_CHUNKS)
-    values, ids = top_by_value_then_id(logits, n)
-    return ids, (values - logits.gather(1, top[:, None])) + top_logprob[:, None]
-
-
 def _sample_as_two_rows(sample, logits, temperature, top_k, top_p, min_p, seeds, positions, needs_filter=True):
     """sample, with a batch of one run as two copies of its row: torch's cumsum (the top-p mass)
     scans a single row with another algorithm than each row of a batch."""
@@ -192,14 +183,12 @@ def batch_invariant(ks: KernelSet) -> KernelSet:
         linear, silu_mul, rope_store = linear_invariant_ref, silu_and_mul_ref, apply_rope_and_store_kv_ref
         extend, decode, greedy = extend_attention_invariant_ref, ks.decode_attention, ks.greedy_sample
         sample, logprobs = ks.sample, ks.token_logprobs  # row by row on the CPU already
-        top_logprobs = ks.top_logprobs
     else:
         linear, silu_mul, rope_store = linear_invariant, silu_and_mul, apply_rope_and_store_kv
         extend = ks.extend_attention  # keys in blocks of absolute position: chunking changes nothing
         decode = decode_attention_as_extend  # a generated token computes as the same token in a prompt
         greedy = functools.partial(ks.greedy_sample, chunks=GREEDY_CHUNKS)
         sample, logprobs = functools.partial(_sample_as_two_rows, ks.sample), token_logprobs_invariant
-        top_logprobs = top_logprobs_invariant
     return dataclasses.replace(
         ks,
         name=ks.name + "-invariant",
@@ -214,5 +203,4 @@ def batch_invariant(ks: KernelSet) -> KernelSet:
         greedy_sample=greedy,
         sample=sample,
         token_logprobs=logprobs,
-        top_logprobs=top_logprobs,
     )

@@ -115,12 +115,17 @@ def token_logprobs_ref(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tens
     return logits.gather(1, tokens[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
 
 
-def top_logprobs_ref(logits: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(token ids [batch, n] int64, their log-softmax [batch, n] float32), most likely first, of
-    float32 logits [batch, vocab]: topk minus the logsumexp token_logprobs_ref subtracts, so a
-    sampled token among them has exactly the logprob token_logprobs_ref gives it."""
+def top_logprobs(logits: torch.Tensor, tokens: torch.Tensor, token_logprobs: torch.Tensor,
+                 n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token ids [batch, n] int64, their log-softmax [batch, n] float32), most likely first.
+    logits [batch, vocab] are those the step's token logprobs were taken from (any float dtype),
+    tokens the sampled ones and token_logprobs theirs: each value is (x - x[token]) +
+    logprob(token), so a sampled token among them carries exactly its logprob, whichever kernel
+    computed it (the greedy kernel's chunked log-sum-exp, or the deterministic mode's), and rows
+    never depend on the batch. Torch ops, no host sync: the same on CPU and GPU."""
     values, ids = top_by_value_then_id(logits, n)
-    return ids, values - torch.logsumexp(logits, dim=-1)[:, None]
+    anchor = logits.gather(1, tokens.long()[:, None]).float()
+    return ids, (values.float() - anchor) + token_logprobs.float()[:, None]
 
 
 def top_by_value_then_id(logits: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,7 +20,7 @@ from litelang.kernels.sampling import (  # noqa: E402
     sample,
     sample_ref,
     token_logprobs_ref,
-    top_logprobs_ref,
+    top_logprobs,
 )
 
 SAMPLERS = [sample, sample_ref]
@@ -229,35 +229,36 @@ def test_uniforms_strictly_inside_unit_interval():
 # ------------------------------------------------------------------------------ top_logprobs
 
 
-def top_logprobs_invariant(logits, n):
-    from litelang.kernels.batch_invariant import top_logprobs_invariant
-
-    return top_logprobs_invariant(logits, n)
-
-
-def token_logprobs_invariant(logits, tokens):
+def _token_logprobs_invariant(logits, tokens):
     from litelang.kernels.batch_invariant import token_logprobs_invariant
 
     return token_logprobs_invariant(logits, tokens)
 
 
-# implementation -> (top-N, the token logprob it must agree with)
-TOP_LOGPROBS = {
-    "ref": (top_logprobs_ref, token_logprobs_ref),
-    "invariant": (top_logprobs_invariant, token_logprobs_invariant),
-}
+def _greedy_kernel(logits, tokens):
+    """The greedy kernel's own logprob of its token (what a greedy graph step returns)."""
+    from litelang.kernels.greedy import greedy_sample
+
+    got, lp = greedy_sample(logits)
+    assert torch.equal(got, tokens)
+    return lp
 
 
-@pytest.mark.parametrize("impl", sorted(TOP_LOGPROBS))
+# where a step's token logprobs come from: the top-N are anchored on them
+LOGPROB_SOURCES = {"ref": token_logprobs_ref, "invariant": _token_logprobs_invariant, "greedy": _greedy_kernel}
+
+
+@pytest.mark.parametrize("source", sorted(LOGPROB_SOURCES))
 @pytest.mark.parametrize("n", [1, 5, 20])
-def test_top_logprobs_are_log_softmax_topk(device, impl, n):
+def test_top_logprobs_are_log_softmax_topk(device, source, n):
     """Against torch.log_softmax(...).topk(n) in float64: same ids in the same (descending) order,
-    values within float32 rounding; -inf (suppressed) logits never crowd out real tokens."""
-    top_logprobs, _ = TOP_LOGPROBS[impl]
+    values within float32 rounding, whichever kernel computed the anchoring token logprobs;
+    -inf (suppressed) logits never crowd out real tokens."""
     logits = torch.randn(7, 1000, generator=torch.Generator().manual_seed(n)) * 4
     logits[2, :990] = float("-inf")  # a row with only ten candidates
     logits = logits.to(device)
-    ids, values = top_logprobs(logits, n)
+    tokens = logits.argmax(-1)
+    ids, values = top_logprobs(logits, tokens, LOGPROB_SOURCES[source](logits, tokens), n)
     want = torch.log_softmax(logits.double(), dim=-1).topk(n)
     assert ids.shape == values.shape == (7, n) and values.dtype == torch.float32
     finite = want.values.isfinite()  # which -inf (never likely) tokens fill row 2 is arbitrary
@@ -266,15 +267,28 @@ def test_top_logprobs_are_log_softmax_topk(device, impl, n):
     assert (values[:, :-1] >= values[:, 1:]).all(), "most likely first"
 
 
-@pytest.mark.parametrize("impl", sorted(TOP_LOGPROBS))
-def test_top_logprobs_agree_with_the_sampled_tokens_logprob(device, impl):
-    """A sampled token among the top-N carries exactly (bit for bit) the logprob token_logprobs
-    gives it: both subtract the same logsumexp. Greedy rows find their token first."""
-    top_logprobs, token_logprobs = TOP_LOGPROBS[impl]
+def test_top_logprobs_of_bfloat16_logits(device):
+    """A greedy step's logits stay in the model dtype: the values are float32 log-softmax of them."""
+    logits = (torch.randn(5, 800, generator=torch.Generator().manual_seed(4)) * 4).to(device, torch.bfloat16)
+    tokens = logits.argmax(-1)
+    ids, values = top_logprobs(logits, tokens, token_logprobs_ref(logits.float(), tokens), 8)
+    lsm = torch.log_softmax(logits.double(), dim=-1)
+    want = lsm.topk(8).values  # bf16 rounding makes ties: which ids is checked through their values
+    assert values.dtype == torch.float32 and len(set(ids.flatten().tolist())) > 8
+    torch.testing.assert_close(values.double(), want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lsm.gather(1, ids), want, atol=1e-5, rtol=1e-5)
+    tied = values[:, 1:] == values[:, :-1]
+    assert tied.any() and (ids[:, 1:] > ids[:, :-1])[tied].all(), "ties in token-id order"
+
+
+@pytest.mark.parametrize("source", ["ref", "invariant"])
+def test_top_logprobs_agree_with_the_sampled_tokens_logprob(device, source):
+    """A sampled token among the top-N carries exactly (bit for bit) its own logprob. Greedy rows
+    find their token first."""
     logits, (temp, top_k, top_p, min_p, seeds) = mixed_batch(device)
     tokens = sample_ref(logits, temp, top_k, top_p, min_p, seeds, torch.arange(8, device=device))
-    ids, values = top_logprobs(logits, 20)
-    lp = token_logprobs(logits, tokens)
+    lp = LOGPROB_SOURCES[source](logits, tokens)
+    ids, values = top_logprobs(logits, tokens, lp, 20)
     found = 0
     for row in range(8):
         hit = (ids[row] == tokens[row]).nonzero()
@@ -289,15 +303,22 @@ def test_top_logprobs_agree_with_the_sampled_tokens_logprob(device, impl):
 def test_top_logprobs_break_ties_by_token_id(device):
     """Tied values come in token-id order, as argmax breaks them: the greedy token is first."""
     logits = tied_logits(device)  # 17, 40 and 299 tie for the top
-    for fn, _ in TOP_LOGPROBS.values():
-        ids, values = fn(logits, 4)
-        assert ids[:, :3].tolist() == [[17, 40, 299]] * 6
-        assert (values[:, 0] == values[:, 2]).all()
+    tokens = logits.argmax(-1)
+    ids, values = top_logprobs(logits, tokens, token_logprobs_ref(logits, tokens), 4)
+    assert ids[:, :3].tolist() == [[17, 40, 299]] * 6
+    assert (values[:, 0] == values[:, 2]).all()
 
 
-def test_top_logprobs_invariant_rows_do_not_depend_on_the_batch(device):
+def test_top_logprobs_rows_do_not_depend_on_the_batch(device):
+    """With batch-invariant anchors (deterministic mode), each row's top-N is the same bits in
+    any batch."""
     logits = (torch.randn(9, 700, generator=torch.Generator().manual_seed(3)) * 3).to(device)
-    ids, values = top_logprobs_invariant(logits, 6)
+    tokens = logits.argmax(-1)
+
+    def top(rows):
+        return top_logprobs(logits[rows], tokens[rows], _token_logprobs_invariant(logits[rows], tokens[rows]), 6)
+
+    ids, values = top(list(range(9)))
     for rows in ([0], [4], [2, 3], list(range(5)), [8, 1, 7]):
-        sub_ids, sub_values = top_logprobs_invariant(logits[rows], 6)
+        sub_ids, sub_values = top(rows)
         assert torch.equal(sub_ids, ids[rows]) and torch.equal(sub_values, values[rows]), rows

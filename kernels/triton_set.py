@@ -23,7 +23,7 @@ from litelang.kernels.linear import (
 )
 from litelang.kernels.rmsnorm import rms_norm, rms_norm_sum
 from litelang.kernels.rope import apply_rope
-from litelang.kernels.sampling import apply_penalties, sample, token_logprobs_ref, top_logprobs_ref
+from litelang.kernels.sampling import apply_penalties, sample, token_logprobs_ref
 
 TRITON = KernelSet(
     name="triton",
@@ -38,7 +38,6 @@ TRITON = KernelSet(
     greedy_sample=greedy_sample,
     apply_penalties=apply_penalties,
     token_logprobs=token_logprobs_ref,  # torch: one reduction per row
-    top_logprobs=top_logprobs_ref,  # torch topk, minus the logsumexp token_logprobs takes
     linear=linear,
     linear_silu_mul=linear_silu_mul,
     linear_rope_store=linear_rope_store,

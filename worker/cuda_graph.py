@@ -6,10 +6,11 @@ the sampled tokens) is captured once and replayed with new inputs copied into tw
 static buffers (one host-to-device copy each, from pinned memory). Batches are padded to the
 next bucket with a dummy row that reads and writes only the scratch KV slot. Two sampling
 modes are captured: greedy (argmax only) and full (penalties, filters, seeded sampling), which
-gives the same tokens as the eager path for any mix of parameters. The full graphs keep their
-float32 logits as an output, so a step where a request asks for top_logprobs replays one and
-takes the top-N from them afterwards (one eager topk: only those steps pay for it). That costs
-sum(buckets) x vocab x 4 bytes of graph memory, measured before the KV pool is sized.
+gives the same tokens as the eager path for any mix of parameters. The graphs keep the logits
+their logprobs come from as an output, so a step where a request asks for top_logprobs takes
+the top-N from them after the replay (a topk and a few small ops: only those steps pay). That
+keeps sum(buckets) x vocab x 6 bytes (bf16 greedy, float32 full) of graph memory, which is
+allocated before the KV pool is sized.
 """
 
 from __future__ import annotations
@@ -64,8 +65,8 @@ class DecodeGraphs:
         floats[SamplingTensors.FLOATS.index("top_p")] = 1.0
         floats[SamplingTensors.FLOATS.index("repetition")] = 1.0
 
-    def _body(self, b: int, mode: SamplingMode) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """sample_and_record's (tokens, logprobs, scored logits or None) for bucket b."""
+    def _body(self, b: int, mode: SamplingMode) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """sample_and_record's (tokens, logprobs, scored logits) for bucket b."""
         r = self.runner
         dev = r.device
         rows = self.ints[ROWS, :b]
@@ -106,8 +107,8 @@ class DecodeGraphs:
         torch.cuda.synchronize()
         log.info("captured decode CUDA graphs for batch sizes %s (greedy and full sampling)", self.buckets)
 
-    def run(self, plan: StepPlan, mode: SamplingMode) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Replay the bucket's graph: (tokens, logprobs, scored logits or None) of the plan's rows."""
+    def run(self, plan: StepPlan, mode: SamplingMode) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Replay the bucket's graph: (tokens, logprobs, scored logits) of the plan's rows."""
         n = len(plan.dec_rows)
         b = next(x for x in self.buckets if x >= n)
         ints, floats = self.inputs.next()
@@ -120,7 +121,7 @@ class DecodeGraphs:
         self.inputs.upload(self.ints, self.floats)
         graph, tokens, logprobs, scored = self.graphs[(b, GREEDY if mode.greedy else FULL_SAMPLING)]
         graph.replay()
-        return tokens[:n], logprobs[:n], None if scored is None else scored[:n]
+        return tokens[:n], logprobs[:n], scored[:n]
 
 
 class PinnedInputs:

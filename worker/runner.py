@@ -180,7 +180,7 @@ class ModelRunner:
                 self.model, self.kernels, batch, SamplingTensors.from_states(plan.samplers, dev), mode, rows,
                 self.last_tokens, self.penalties, self.pool.k, self.pool.v,
             )
-        top = top_alternatives(self.kernels, scored, mode)
+        top = top_alternatives(scored, tokens, logprobs, mode)
         prev_end = self._last_gpu_end
         if dev.type == "cuda":
             tokens = tokens.to("cpu", non_blocking=True)

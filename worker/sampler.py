@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from litelang.kernels import KernelSet
+from litelang.kernels.sampling import top_logprobs
 from litelang.worker.forward_batch import ForwardBatch, to_device
 from litelang.worker.model import Qwen2Model
 
@@ -28,13 +29,11 @@ class SamplingMode:
 
     @classmethod
     def for_states(cls, states: list[RequestState]) -> "SamplingMode":
-        top_n = max((s.top_logprobs for s in states), default=0)
         return cls(
-            # the greedy kernel yields no float32 logits to take the top-N of
-            greedy=not top_n and all(s.greedy for s in states),
+            greedy=all(s.greedy for s in states),
             penalties=any(s.penalized for s in states),
             filtered=any(s.filtered for s in states),
-            top_n=top_n,
+            top_n=max((s.top_logprobs for s in states), default=0),
         )
 
 
@@ -130,11 +129,11 @@ class PenaltyState:
 def sample_and_record(
     model: Qwen2Model, kernels: KernelSet, batch: ForwardBatch, sampling: SamplingTensors, mode: SamplingMode,
     sampler_rows: torch.Tensor, last_tokens: torch.Tensor, penalties: PenaltyState, k_pools, v_pools,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Forward, sample, and store each sampled token as its request's next decode input.
-    Returns (tokens, their logprobs, the float32 logits those logprobs are taken from: penalized,
-    stop tokens masked, before temperature and filters; None in greedy mode). top_alternatives
-    takes a step's top-N from the last.
+    Returns (tokens, their logprobs, the logits those logprobs are taken from: the model's in
+    greedy mode, else float32 with penalties and stop-token masks, before temperature and
+    filters). top_alternatives takes a step's top-N from the last.
 
     Device work only (no host sync), so CUDA graphs can capture it whole.
     """
@@ -149,7 +148,7 @@ def sample_and_record(
     logits = model.forward(batch, k_pools, v_pools, hidden)
     if mode.greedy:  # one pass over the logits: no float32 copy, argmax and logsumexp; the
         # merge also stores each token as its row's next input (every rank picks the same token)
-        return *kernels.greedy_sample(logits, last_tokens, sampler_rows), None
+        return *kernels.greedy_sample(logits, last_tokens, sampler_rows), logits
     logits = logits.float()
     logits = penalties.mask_suppressed(logits, sampler_rows, sampling.positions, sampling.suppress_until)
     if mode.penalties:
@@ -169,12 +168,11 @@ def sample_and_record(
     return tokens, logprobs, logits
 
 
-def top_alternatives(kernels: KernelSet, scored: torch.Tensor | None,
+def top_alternatives(scored: torch.Tensor, tokens: torch.Tensor, logprobs: torch.Tensor,
                      mode: SamplingMode) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(ids, logprobs) [rows, mode.top_n] of the most likely tokens under the distribution the
-    step's logprobs use (sample_and_record's third result), so a sampled token's entry equals its
-    logprob; None when no request of the step asks (top_logprobs)."""
+    step's logprobs use (sample_and_record's results), anchored on each sampled token's own
+    logprob (kernels/sampling.py top_logprobs); None when no request of the step asks."""
     if not mode.top_n:
         return None
-    assert scored is not None, "a step with top_logprobs samples in full mode (SamplingMode.for_states)"
-    return kernels.top_logprobs(scored, min(mode.top_n, scored.shape[-1]))
+    return top_logprobs(scored, tokens, logprobs, min(mode.top_n, scored.shape[-1]))
