@@ -15,6 +15,7 @@ allocated before the KV pool is sized.
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import torch
@@ -91,6 +92,18 @@ class DecodeGraphs:
 
     @torch.inference_mode()
     def capture(self) -> None:
+        # No garbage collection while capturing: a collected object holding pinned host memory or
+        # CUDA events (another runner's, in a test process) releases them with CUDA calls that
+        # are illegal during a capture and invalidate it (seen as cudaErrorStreamCaptureInvalidated
+        # from a later launch, depending on when the collector happened to run).
+        gc.collect()
+        gc.disable()
+        try:
+            self._capture()
+        finally:
+            gc.enable()
+
+    def _capture(self) -> None:
         pool = torch.cuda.graph_pool_handle()
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
