@@ -199,7 +199,8 @@ def main() -> None:
     ap.add_argument("--prefix-cache", default="on,off", help="radix cache settings for the prefix workload")
     ap.add_argument("--stream-interval", type=int, default=1, help="server's tokens per stream message")
     ap.add_argument("--tp", default="1", help="tensor-parallel sizes, comma-separated: the single, batch and "
-                                              "Poisson workloads run on a server of each (one GPU per rank)")
+                                              "Poisson workloads run on a server of each (one GPU per rank); "
+                                              "a size ending in 'nccl' (2nccl) keeps every all-reduce on NCCL")
     args = ap.parse_args()
     Server.device = args.device
     Server.overrides = {"stream_interval": args.stream_interval}
@@ -209,10 +210,10 @@ def main() -> None:
         if src.exists():
             shutil.copy(src, model / name)
     only = args.only.split(",")
-    tps = [int(t) for t in args.tp.split(",")]
+    tps = args.tp.split(",")
     rows = ["| workload (full gRPC path) | litelang | notes |", "| --- | --- | --- |"]
     for tp in tps if {"single", "batch1", "batch128", "poisson", "top"} & set(only) else []:
-        server = Server(model, tp=tp)
+        server = Server(model, tp=int(tp.removesuffix("nccl")), symm_all_reduce=not tp.endswith("nccl"))
         start = len(rows)
         try:
             if "single" in only:
@@ -225,7 +226,7 @@ def main() -> None:
                 bench_top_logprobs(server, rows)
         finally:
             server.stop()
-        if tps != [1]:  # label the rows with their server's tp
+        if tps != ["1"]:  # label the rows with their server's tp
             rows[start:] = [row.replace("| ", f"| tp {tp}: ", 1) for row in rows[start:]]
     if "prefix" in only:
         bench_prefix(model, rows, tuple(m == "on" for m in args.prefix_cache.split(",")))

@@ -44,6 +44,7 @@ class LitelangConfig:
     busy_scale: float = 0.5             # admission optimism: see docs/ARCHITECTURE.md
     use_radix_cache: bool = True        # reuse KV of shared prefixes across requests
     cuda_graphs: bool = True            # capture decode steps in CUDA graphs (GPU only)
+    symm_all_reduce: bool = True        # tp > 1 on GPUs: decode-size all-reduces through symmetric memory, not NCCL
     deterministic: bool = False         # batch-invariant kernels: a request's output does not depend on its batch (slower)
     warmup: bool = True                 # run prefill/mixed steps of every kernel shape at start-up (GPU only)
     stream_interval: int = 1            # tokens per stream message (larger: fewer messages, burstier streams)

@@ -82,8 +82,9 @@ def test_tp2_greedy_matches_hf_and_stops_cleanly(tiny_model, tmp_path):
 
 @pytest.mark.gpu
 def test_tp2_on_two_gpus_matches_hf(tmp_path_factory, tmp_path):
-    """tp: 2 on CUDA, one GPU per rank: NCCL all-reduces inside the CUDA-graph decode steps and
-    the Triton kernels on each rank's shard give HF's greedy tokens. float32, so that the order
+    """tp: 2 on CUDA, one GPU per rank: symmetric-memory all-reduces (these messages are all
+    small), inside the CUDA-graph decode steps too, and the Triton kernels on each rank's shard
+    give HF's greedy tokens. float32, so that the order
     of the sums across ranks cannot flip a token. The tokenizer files come from
     LITELANG_TEST_TOKENIZER (the device machine has no default model), else the default model."""
     from conftest import DEFAULT_MODEL_DIR
@@ -106,15 +107,16 @@ def test_tp2_on_two_gpus_matches_hf(tmp_path_factory, tmp_path):
                 got = list(pool.map(lambda p: list(client.generate(p, max_new_tokens=24, temperature=0,
                                                                    ignore_eos=True).token_ids), prompts))
         assert got == want, launch.output()[-3000:]
+        # the decode steps' all-reduces went through symmetric memory (config symm_all_reduce)
+        assert launch.output().count("through symmetric memory") == 2, launch.output()[-3000:]
         launch.stop_and_check(signal.SIGTERM)
     finally:
         launch.cleanup()
 
 
-def teacher_forced_logprobs(model, prompt: list[int], tokens: list[int], dtype: torch.dtype) -> torch.Tensor:
+def teacher_forced_logprobs(hf, prompt: list[int], tokens: list[int]) -> torch.Tensor:
     """log_softmax of HF transformers' logits at each of tokens' positions [len(tokens), vocab],
     the prompt plus the generated tokens fed at once (CPU)."""
-    hf = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).eval()
     with torch.no_grad():
         logits = hf(torch.tensor([prompt + tokens])).logits[0, len(prompt) - 1 : -1]
     return torch.log_softmax(logits.float(), -1)
@@ -149,11 +151,13 @@ def test_tp2_bf16_on_two_gpus_close_to_hf(tmp_path_factory, tmp_path):
         launch.cleanup()
     ours_err = hf_bf16_err = 0.0
     ours_agree = hf_bf16_agree = 0
+    hf_f32, hf_bf16_model = (AutoModelForCausalLM.from_pretrained(model, dtype=d).eval()
+                             for d in (torch.float32, torch.bfloat16))
     for prompt, r in zip(prompts, got):
         tokens = list(r.token_ids)
         assert len(tokens) == len(r.logprobs) == n
-        oracle = teacher_forced_logprobs(model, prompt, tokens, torch.float32)
-        hf_bf16 = teacher_forced_logprobs(model, prompt, tokens, torch.bfloat16)
+        oracle = teacher_forced_logprobs(hf_f32, prompt, tokens)
+        hf_bf16 = teacher_forced_logprobs(hf_bf16_model, prompt, tokens)
         ids = torch.tensor(tokens)[:, None]
         want = oracle.gather(1, ids)[:, 0]
         ours_err = max(ours_err, (torch.tensor(list(r.logprobs)) - want).abs().max().item())

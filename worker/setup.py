@@ -13,7 +13,7 @@ from litelang.worker.cuda_graph import DecodeGraphs
 from litelang.worker.checkpoint import CheckpointReader, Qwen2Spec
 from litelang.worker.kv_pool import KVPool, bytes_per_slot, choose_num_slots
 from litelang.worker.model import Qwen2Model
-from litelang.worker.parallel import init_tp_group
+from litelang.worker.parallel import SMALL_ALL_REDUCE_BYTES, init_tp_group
 from litelang.worker.runner import ModelRunner
 from litelang.worker.warmup import warm_up
 
@@ -63,7 +63,8 @@ def build_runner(cfg: LitelangConfig, rank: int) -> ModelRunner:
         torch.cuda.set_device(device)
     dtype = pick_dtype(cfg, device)
     master = cfg.workers[0].rsplit(":", 1)[0] if cfg.workers else cfg.worker_host
-    tp = init_tp_group(rank, cfg.tp, master, cfg.dist_port, device)
+    small = SMALL_ALL_REDUCE_BYTES if cfg.symm_all_reduce else 0
+    tp = init_tp_group(rank, cfg.tp, master, cfg.dist_port, device, small, dtype)
     spec = Qwen2Spec.from_dir(cfg.model)
     context = max_context(cfg, spec)
     if context < cfg.max_context:
