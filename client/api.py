@@ -9,6 +9,8 @@
 Replies are the proto messages. With logprobs=True each token_ids entry has its logprobs entry;
 top_logprobs=N (needs logprobs) adds top_logprobs[i].token_ids / .logprobs, the N most likely
 tokens at that position, most likely first (GenerateResponse, GenerateStreamChunk, TurnChunk).
+n=N (Generate, GenerateStream) asks for N completions: GenerateResponse.completions, and each
+GenerateStreamChunk's index says which completion it continues.
 """
 
 from __future__ import annotations

@@ -1,55 +1,131 @@
 """`litelang`: talk to a running litelang server from the shell.
 
     litelang generate "def fibonacci(n):" --max-new-tokens 48 --temperature 0
-    litelang chat
+    litelang generate "def f(x):" --max-new-tokens 8 --temperature 0 --logprobs --top-logprobs 3
+    litelang generate "def f(x):" --max-new-tokens 8 --no-stream --json | jq .text
+    litelang generate "def f(x):" --max-new-tokens 16 --temperature 0.8 --seed 1 --n 3
+    litelang chat --temperature 0.7 --repetition-penalty 1.1
     litelang info
+
+Sampling flags left out leave their field unset, so the server's defaults apply.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import TextIO
 
 import grpc
+from google.protobuf import json_format
 
 from litelang.client.api import LitelangClient
 from litelang.proto import litelang_pb2 as pb
 
 
 def _sampling(args: argparse.Namespace) -> dict:
+    """SamplingParams keywords. Absent flags become None (field unset, server default), store_true
+    flags False -> None too, so a request that uses none of them is byte-identical to a bare one."""
     return dict(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-        seed=args.seed, stop=args.stop or None,
+        max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
+        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty, frequency_penalty=args.frequency_penalty,
+        presence_penalty=args.presence_penalty, seed=args.seed,
+        stop=args.stop or None, stop_token_ids=args.stop_token_id or None,
+        ignore_eos=args.ignore_eos or None, skip_special_tokens=args.skip_special_tokens or None,
+        # asking for alternatives implies asking for logprobs (the server would refuse otherwise)
+        logprobs=(args.logprobs or bool(args.top_logprobs)) or None, top_logprobs=args.top_logprobs,
     )
 
 
 def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--min-new-tokens", type=int, default=None, help="EOS and stop strings are ignored before this many")
     p.add_argument("--temperature", type=float, default=None, help="0 = greedy (the default)")
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None, help="in (0, 1]")
+    p.add_argument("--top-k", type=int, default=None, help="0 = off")
+    p.add_argument("--min-p", type=float, default=None, help="in [0, 1]")
+    p.add_argument("--repetition-penalty", type=float, default=None, help="> 0, 1 = off")
+    p.add_argument("--frequency-penalty", type=float, default=None, help="in [-2, 2]")
+    p.add_argument("--presence-penalty", type=float, default=None, help="in [-2, 2]")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    p.add_argument("--stop-token-id", type=int, action="append", help="extra stop token id besides EOS (repeatable)")
+    p.add_argument("--ignore-eos", action="store_true", help="keep generating past the model's EOS tokens")
+    p.add_argument("--skip-special-tokens", action="store_true", help="drop special tokens from the text")
+    p.add_argument("--logprobs", action="store_true",
+                   help="print each generated token's log-probability: a table after the text (chat: on stderr)")
+    p.add_argument("--top-logprobs", type=int, default=None, metavar="N",
+                   help="also print the N (0-20) most likely tokens at each position; implies --logprobs")
+
+
+def _print_logprobs(msg: pb.GenerateResponse | pb.Completion | pb.TurnChunk, file: TextIO) -> None:
+    """One tab-separated row per generated token. Token ids only: the replies carry no per-token
+    text (the detokenizer holds back partial characters), and the CLI loads no tokenizer."""
+    tops = msg.top_logprobs
+    print("\t".join(["index", "token_id", "logprob"] + (["top_logprobs"] if tops else [])), file=file)
+    for i, (token, lp) in enumerate(zip(msg.token_ids, msg.logprobs)):
+        row = [str(i), str(token), f"{lp:.4f}"]
+        if tops:
+            row.append(" ".join(f"{t}:{x:.4f}" for t, x in zip(tops[i].token_ids, tops[i].logprobs)))
+        print("\t".join(row), file=file)
+
+
+def _fold(reply: pb.GenerateResponse, chunk: pb.GenerateStreamChunk) -> None:
+    """Add a stream chunk to a GenerateResponse, so both paths print (table, JSON) the same way."""
+    reply.request_id = chunk.request_id
+    reply.text += chunk.text
+    reply.token_ids.extend(chunk.token_ids)
+    reply.logprobs.extend(chunk.logprobs)
+    reply.top_logprobs.extend(chunk.top_logprobs)
+    if chunk.finish_reason:
+        reply.finish_reason = chunk.finish_reason
+        reply.usage.CopyFrom(chunk.usage)
+        reply.timings.CopyFrom(chunk.timings)
+
+
+def _print_completions(reply: pb.GenerateResponse, with_logprobs: bool) -> None:
+    """n > 1: each completion under a header line, its logprobs table after it."""
+    for c in reply.completions:
+        print(f"[completion {c.index}: {pb.FinishReason.Name(c.finish_reason)}]")
+        print(c.text)
+        if with_logprobs:
+            _print_logprobs(c, sys.stdout)
 
 
 def cmd_generate(client: LitelangClient, args: argparse.Namespace) -> int:
-    if args.no_stream:
-        reply = client.generate(args.prompt, **_sampling(args))
-        print(reply.text)
-        return 0
-    for chunk in client.generate_stream(args.prompt, **_sampling(args)):
-        print(chunk.text, end="", flush=True)
-        if chunk.finish_reason:
+    sampling = dict(_sampling(args), n=args.n)
+    if args.n and args.n > 1:  # several completions: wait for all of them (no interleaved stream)
+        reply = client.generate(args.prompt, **sampling)
+        if not args.json:
+            _print_completions(reply, bool(sampling["logprobs"]))
+    elif args.no_stream:
+        reply = client.generate(args.prompt, **sampling)
+        if not args.json:
+            print(reply.text)
+    else:
+        reply = pb.GenerateResponse()
+        for chunk in client.generate_stream(args.prompt, **sampling):
+            _fold(reply, chunk)
+            if not args.json:
+                print(chunk.text, end="", flush=True)
+        if not args.json:
             print()
-            if args.verbose:
-                u = chunk.usage
-                print(f"[{pb.FinishReason.Name(chunk.finish_reason)}; {u.prompt_tokens} prompt + "
-                      f"{u.completion_tokens} generated tokens; ttft {chunk.timings.ttft_ms:.0f} ms]", file=sys.stderr)
+    if args.json:  # every field, default values included, so scripts can rely on the keys
+        print(json_format.MessageToJson(reply, preserving_proto_field_name=True, indent=None,
+                                        always_print_fields_with_no_presence=True))
+    elif sampling["logprobs"] and not reply.completions:
+        _print_logprobs(reply, sys.stdout)
+    if args.verbose:
+        u = reply.usage
+        print(f"[{pb.FinishReason.Name(reply.finish_reason)}; {u.prompt_tokens} prompt + "
+              f"{u.completion_tokens} generated tokens; ttft {reply.timings.ttft_ms:.0f} ms]", file=sys.stderr)
     return 0
 
 
 def cmd_chat(client: LitelangClient, args: argparse.Namespace) -> int:
-    session = client.chat(system_prompt=args.system or "", **_sampling(args))
+    sampling = _sampling(args)
+    session = client.chat(system_prompt=args.system or "", **sampling)
     print("litelang chat: type a message, Ctrl-D to quit.", file=sys.stderr)
     try:
         while True:
@@ -59,12 +135,16 @@ def cmd_chat(client: LitelangClient, args: argparse.Namespace) -> int:
                 break
             if not line.strip():
                 continue
+            turn = pb.TurnChunk()  # the turn's tokens and logprobs, for the table
             for msg in session.send(line):
                 kind = msg.WhichOneof("msg")
                 if kind == "chunk":
                     print(msg.chunk.text, end="", flush=True)
+                    turn.MergeFrom(msg.chunk)
                 elif kind == "end":
                     print()
+                    if sampling["logprobs"]:  # stderr: the conversation on stdout stays readable
+                        _print_logprobs(turn, sys.stderr)
                 elif kind == "error":
                     print(f"\n[error: {msg.error.message}]", file=sys.stderr)
     finally:
@@ -78,20 +158,28 @@ def cmd_info(client: LitelangClient, args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="litelang", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--address", default="127.0.0.1:50051", help="scheduler address (default %(default)s)")
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="complete a prompt")
     g.add_argument("prompt")
     g.add_argument("--no-stream", action="store_true", help="wait for the whole completion")
+    g.add_argument("--json", action="store_true",
+                   help="print the whole reply as one JSON object (GenerateResponse fields)")
     g.add_argument("-v", "--verbose", action="store_true", help="print finish reason and usage")
+    g.add_argument("--n", type=int, default=None,
+                   help="completions of the prompt (1-64), printed one after another once all are done")
     _add_sampling_flags(g)
     c = sub.add_parser("chat", help="a multi-turn chat over the bidirectional stream")
     c.add_argument("--system", help="system prompt")
     _add_sampling_flags(c)
     sub.add_parser("info", help="model and server figures")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     handler = {"generate": cmd_generate, "chat": cmd_chat, "info": cmd_info}[args.command]
     try:
         with LitelangClient(args.address) as client:

@@ -14,7 +14,8 @@ sums. Decode attention runs as extend attention of one token, so a token compute
 whether it was generated or read in a prompt.
 
 The CPU references get the same from F.linear over fixed blocks of rows (the CPU BLAS picks its
-blocking by M as well), and from attending every token, prompt or generated, as a decode row.
+blocking by M as well), from attending every token, prompt or generated, as a decode row, and
+from sampling and taking logprobs a row at a time (a lone row's logsumexp is split over threads).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from litelang.kernels import REFERENCE, KernelSet
 from litelang.kernels._triton import INTERPRET, tl, triton
 from litelang.kernels.activation import silu_and_mul, silu_and_mul_ref
 from litelang.kernels.attention import decode_attention_as_extend, decode_attention_ref
-from litelang.kernels.greedy import greedy_sample
+from litelang.kernels.greedy import greedy_sample, greedy_sample_ref
 from litelang.kernels.linear import split_qkv
 from litelang.kernels.rmsnorm import DeferredNorm
 from litelang.kernels.rope_store import apply_rope_and_store_kv, apply_rope_and_store_kv_ref
@@ -152,6 +153,24 @@ def token_logprobs_invariant(logits: torch.Tensor, tokens: torch.Tensor) -> torc
     return (logits.gather(1, tokens[:, None])[:, 0] - logits.gather(1, top[:, None])[:, 0]) + top_logprob
 
 
+def _rows_alone(fn, logits: torch.Tensor, *per_row: torch.Tensor | None, **kw):
+    """fn over each row of logits by itself ([1, vocab] calls, results concatenated): on the
+    CPU, torch's reductions over a row (logsumexp, softmax, cumsum) split it over threads
+    according to the batch size. per_row: fn's other per-row arguments (None passes through)."""
+    if logits.shape[0] == 0:
+        return fn(logits, *per_row, **kw)
+    outs = [fn(logits[i : i + 1], *(None if t is None else t[i : i + 1] for t in per_row), **kw)
+            for i in range(logits.shape[0])]
+    if isinstance(outs[0], tuple):
+        return tuple(torch.cat(parts) for parts in zip(*outs))
+    return torch.cat(outs)
+
+
+def _greedy_rows_alone(logits, last_tokens=None, rows=None):
+    """greedy_sample_ref a row at a time; last_tokens is the whole table, written at rows."""
+    return _rows_alone(lambda x, r: greedy_sample_ref(x, last_tokens, r), logits, rows)
+
+
 def _sample_as_two_rows(sample, logits, temperature, top_k, top_p, min_p, seeds, positions, needs_filter=True):
     """sample, with a batch of one run as two copies of its row: torch's cumsum (the top-p mass)
     scans a single row with another algorithm than each row of a batch."""
@@ -181,8 +200,9 @@ def batch_invariant(ks: KernelSet) -> KernelSet:
     """ks with every batch-dependent choice replaced (see the module docstring)."""
     if ks is REFERENCE:
         linear, silu_mul, rope_store = linear_invariant_ref, silu_and_mul_ref, apply_rope_and_store_kv_ref
-        extend, decode, greedy = extend_attention_invariant_ref, ks.decode_attention, ks.greedy_sample
-        sample, logprobs = ks.sample, ks.token_logprobs  # row by row on the CPU already
+        extend, decode, greedy = extend_attention_invariant_ref, ks.decode_attention, _greedy_rows_alone
+        sample = functools.partial(_rows_alone, ks.sample)
+        logprobs = functools.partial(_rows_alone, ks.token_logprobs)
     else:
         linear, silu_mul, rope_store = linear_invariant, silu_and_mul, apply_rope_and_store_kv
         extend = ks.extend_attention  # keys in blocks of absolute position: chunking changes nothing

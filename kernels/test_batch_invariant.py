@@ -127,3 +127,29 @@ def test_linear_invariant_real_shapes(n, k):
     out = linear_invariant(x, w)
     torch.testing.assert_close(out.float(), F.linear(x, w).float(), atol=2e-2, rtol=2e-2)
     rows_in_other_batches(lambda t: linear_invariant(t, w), x, [1, 2, 16, 17, 40, 48, 64, 65, 300])
+
+
+def test_cpu_reference_set_samples_and_scores_each_row_as_alone():
+    """deterministic mode on the CPU: a batch's tokens and logprobs, greedy or sampled, equal
+    each row's computed alone. (torch's logsumexp over one [1, 151936] row splits it across
+    threads, over a batch it does not: the plain references differ in the last bit on some rows.)"""
+    from litelang.kernels import REFERENCE
+    from litelang.kernels.batch_invariant import batch_invariant
+
+    ks = batch_invariant(REFERENCE)
+    g = torch.Generator().manual_seed(0)
+    rows, vocab = 32, 151936
+    logits = torch.randn(rows, vocab, generator=g) * 3
+    tokens = torch.randint(0, vocab, (rows,), generator=g)
+    per_row = (torch.full((rows,), 1.0), torch.zeros(rows, dtype=torch.long), torch.full((rows,), 0.9),
+               torch.zeros(rows), torch.arange(rows, dtype=torch.long) + 100, torch.full((rows,), 7, dtype=torch.long))
+
+    def alone(fn, *args):
+        outs = [fn(*(a[i : i + 1] for a in args)) for i in range(rows)]
+        return tuple(torch.cat(o) for o in zip(*outs)) if isinstance(outs[0], tuple) else torch.cat(outs)
+
+    assert torch.equal(ks.token_logprobs(logits, tokens), alone(ks.token_logprobs, logits, tokens))
+    assert torch.equal(ks.token_logprobs(logits, tokens), alone(token_logprobs_ref, logits, tokens))
+    batch_greedy, alone_greedy = ks.greedy_sample(logits), alone(ks.greedy_sample, logits)
+    assert all(torch.equal(a, b) for a, b in zip(batch_greedy, alone_greedy))
+    assert torch.equal(ks.sample(logits, *per_row), alone(ks.sample, logits, *per_row))

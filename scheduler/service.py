@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import logging
 import uuid
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -21,7 +22,7 @@ from litelang.scheduler.engine import RejectedError
 from litelang.scheduler.engine_process import EngineClient
 from litelang.scheduler.request import OutputEvent, Request, TopLogprobs
 from litelang.scheduler.tokenizer import Tokenizer
-from litelang.scheduler.validation import InvalidRequest, check_prompt, resolve_sampling
+from litelang.scheduler.validation import InvalidRequest, check_prompt, completion_count, resolve_sampling
 
 log = logging.getLogger("litelang.scheduler")
 
@@ -30,6 +31,7 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
     def __init__(self, cfg: LitelangConfig, engine: EngineClient, tokenizer: Tokenizer):
         self.cfg, self.engine, self.tokenizer = cfg, engine, tokenizer
         self._seeds = itertools.count(cfg.seed * 1_000_003 + 1)
+        self._groups: dict[str, list[str]] = {}  # request_id of an n > 1 request -> its completions' ids
 
     # ------------------------------------------------------------ helpers
 
@@ -49,20 +51,43 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
             return self.tokenizer.apply_chat_template(msgs)
         raise InvalidRequest("no input: set one of prompt, input_ids or messages")
 
-    def _new_request(self, request_id: str, prompt_ids: list[int], params: pb.SamplingParams) -> Request:
+    def _new_request(self, request_id: str, prompt_ids: list[int], params: pb.SamplingParams,
+                     index: int = 0) -> Request:
+        """index: which of the request's n completions (a seeded one draws with seed + index)."""
         sampling = resolve_sampling(params, self.cfg, default_seed=next(self._seeds))
+        if index and params.HasField("seed"):
+            sampling.seed = (sampling.seed + index) % 2**64
         check_prompt(prompt_ids, self.cfg, self.engine.info.vocab_size if self.engine.info else 1 << 31)
         return Request(request_id=request_id or uuid.uuid4().hex, prompt_ids=prompt_ids, sampling=sampling)
 
-    async def _start(self, request: pb.GenerateRequest, context) -> Request:
+    async def _start(self, request: pb.GenerateRequest, context) -> tuple[str, list[Request]]:
+        """Submit the request's completions: one engine Request each (ids `<id>/<index>` when
+        n > 1, so siblings admitted together share the prompt's KV through the prefix cache).
+        Returns the request id and the completions."""
+        submitted: list[Request] = []
         try:
-            req = self._new_request(request.request_id, self._prompt_ids(request), request.sampling)
-            self.engine.submit(req)
+            n = completion_count(request.sampling)
+            prompt_ids = self._prompt_ids(request)
+            request_id = request.request_id or uuid.uuid4().hex
+            if n > 1 and request_id in self._groups:
+                raise RejectedError(grpc.StatusCode.ALREADY_EXISTS, f"request_id {request_id!r} is already in flight")
+            reqs = [self._new_request(request_id if n == 1 else f"{request_id}/{i}", prompt_ids, request.sampling, i)
+                    for i in range(n)]
+            for req in reqs:
+                self.engine.submit(req)
+                submitted.append(req)
         except InvalidRequest as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except RejectedError as e:
+            self._abort_all(submitted)
             await context.abort(e.code, str(e))
-        return req
+        if n > 1:
+            self._groups[request_id] = [r.request_id for r in reqs]
+        return request_id, reqs
+
+    def _abort_all(self, reqs: list[Request]) -> None:
+        for r in reqs:
+            self.engine.abort(r.request_id)
 
     async def _events(self, req: Request, context):
         """Yield the request's OutputEvents; abort it if the client goes away."""
@@ -78,31 +103,69 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
             self.engine.abort(req.request_id)
             raise
 
+    async def _completion_events(self, reqs: list[Request], context):
+        """Yield (index, event) for every completion's events as they arrive. An error in one
+        completion fails the RPC and aborts the others; so does the client going away."""
+        if len(reqs) == 1:
+            async for ev in self._events(reqs[0], context):
+                yield 0, ev
+            return
+        waits = {asyncio.ensure_future(next_events(r)): i for i, r in enumerate(reqs)}
+        try:
+            while waits:
+                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                for fut in sorted(done, key=waits.__getitem__):
+                    i = waits.pop(fut)
+                    ev = fut.result()
+                    if ev.error is not None:
+                        self._abort_all(reqs)
+                        await context.abort(grpc.StatusCode(_code(ev.error[0])), ev.error[1])
+                    yield i, ev
+                    if not ev.final:
+                        waits[asyncio.ensure_future(next_events(reqs[i]))] = i
+        except asyncio.CancelledError:
+            self._abort_all(reqs)
+            raise
+        finally:
+            for fut in waits:
+                fut.cancel()
+
     # ------------------------------------------------------------ RPCs
 
     async def Generate(self, request, context):
-        req = await self._start(request, context)
-        ids, logprobs, tops = [], [], []
-        async for ev in self._events(req, context):
-            ids.extend(ev.token_ids)
-            logprobs.extend(ev.logprobs)
-            tops.extend(ev.top_logprobs)
-        out = ev.outcome
-        return pb.GenerateResponse(
-            request_id=req.request_id, text=out.text, token_ids=ids, logprobs=logprobs, finish_reason=ev.finish_reason,
-            usage=out.usage, timings=out.timings, stop_string=out.stop_string, top_logprobs=_top_messages(tops),
+        request_id, reqs = await self._start(request, context)
+        outputs = [_Collected() for _ in reqs]
+        try:
+            async for i, ev in self._completion_events(reqs, context):
+                outputs[i].add(ev)
+        finally:
+            if len(reqs) > 1:
+                self._groups.pop(request_id, None)
+        first, outcome = outputs[0].completion(0), outputs[0].last.outcome
+        reply = pb.GenerateResponse(
+            request_id=request_id, text=first.text, token_ids=first.token_ids, logprobs=first.logprobs,
+            finish_reason=first.finish_reason, stop_string=first.stop_string, top_logprobs=first.top_logprobs,
+            usage=outcome.usage, timings=outcome.timings,
         )
+        if len(outputs) > 1:
+            reply.completions.extend(out.completion(i) for i, out in enumerate(outputs))
+            _merge_usage(reply, [out.last.outcome for out in outputs])
+        return reply
 
     async def GenerateStream(self, request, context):
-        req = await self._start(request, context)
-        async for ev in self._events(req, context):
-            chunk = pb.GenerateStreamChunk(request_id=req.request_id, text=ev.text, token_ids=ev.token_ids,
-                                           logprobs=ev.logprobs, top_logprobs=_top_messages(ev.top_logprobs))
-            if ev.finish_reason != pb.FINISH_REASON_UNSPECIFIED:
-                chunk.finish_reason = ev.finish_reason
-                chunk.usage.CopyFrom(ev.outcome.usage)
-                chunk.timings.CopyFrom(ev.outcome.timings)
-            yield chunk
+        request_id, reqs = await self._start(request, context)
+        try:
+            async for i, ev in self._completion_events(reqs, context):
+                chunk = pb.GenerateStreamChunk(request_id=request_id, text=ev.text, token_ids=ev.token_ids, index=i,
+                                               logprobs=ev.logprobs, top_logprobs=_top_messages(ev.top_logprobs))
+                if ev.finish_reason != pb.FINISH_REASON_UNSPECIFIED:
+                    chunk.finish_reason = ev.finish_reason
+                    chunk.usage.CopyFrom(ev.outcome.usage)
+                    chunk.timings.CopyFrom(ev.outcome.timings)
+                yield chunk
+        finally:
+            if len(reqs) > 1:
+                self._groups.pop(request_id, None)
 
     async def Chat(self, request_iterator, context):
         session = ChatSession(self, context)
@@ -110,7 +173,10 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
             yield msg
 
     async def Abort(self, request, context):
-        aborted = [rid for rid in request.request_ids if self.engine.abort(rid)]
+        aborted = []
+        for rid in request.request_ids:  # an n > 1 request: all its completions
+            if [child for child in self._groups.get(rid, [rid]) if self.engine.abort(child)]:
+                aborted.append(rid)
         return pb.AbortResponse(aborted=aborted)
 
     async def ModelInfo(self, request, context):
@@ -143,6 +209,35 @@ async def next_events(req: Request) -> OutputEvent:
                          logprobs=ev.logprobs + nxt.logprobs, top_logprobs=ev.top_logprobs + nxt.top_logprobs,
                          finish_reason=nxt.finish_reason, outcome=nxt.outcome)
     return ev
+
+
+@dataclass
+class _Collected:
+    """One completion's events gathered into what a GenerateResponse reports."""
+
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    tops: list[TopLogprobs] = field(default_factory=list)
+    last: OutputEvent | None = None
+
+    def add(self, ev: OutputEvent) -> None:
+        self.token_ids.extend(ev.token_ids)
+        self.logprobs.extend(ev.logprobs)
+        self.tops.extend(ev.top_logprobs)
+        self.last = ev
+
+    def completion(self, index: int) -> pb.Completion:
+        out = self.last.outcome
+        return pb.Completion(index=index, text=out.text, token_ids=self.token_ids, finish_reason=self.last.finish_reason,
+                             stop_string=out.stop_string, logprobs=self.logprobs, top_logprobs=_top_messages(self.tops))
+
+
+def _merge_usage(reply: pb.GenerateResponse, outcomes: list) -> None:
+    """n > 1: tokens generated by all completions, the prompt once; the earliest start, the last end."""
+    reply.usage.completion_tokens = sum(o.usage.completion_tokens for o in outcomes)
+    reply.timings.queue_ms = min(o.timings.queue_ms for o in outcomes)
+    reply.timings.ttft_ms = min(o.timings.ttft_ms for o in outcomes)
+    reply.timings.total_ms = max(o.timings.total_ms for o in outcomes)
 
 
 def _top_messages(tops: list[TopLogprobs]) -> list[pb.TopLogprobs]:
@@ -224,6 +319,8 @@ class ChatSession:
         try:
             if not user.content:
                 raise InvalidRequest("the user turn is empty")
+            if completion_count(params) != 1:
+                raise InvalidRequest("n must be 1 in a chat: a turn has one reply (use Generate for n completions)")
             ids = svc.tokenizer.apply_chat_template(self.messages + [{"role": "user", "content": user.content}])
             req = svc._new_request(f"{self.session_id}-{self.turn}", ids, params)
             svc.engine.submit(req)

@@ -13,6 +13,8 @@ from litelang.scheduler.request import SamplingConfig
 MAX_STOP_TOKEN_IDS = 14
 # alternatives per generated token, as OpenAI allows
 MAX_TOP_LOGPROBS = 20
+# completions per request (SamplingParams.n)
+MAX_COMPLETIONS = 64
 
 
 class InvalidRequest(ValueError):
@@ -87,6 +89,15 @@ def _top_logprobs(params: pb.SamplingParams) -> int:
     if n and not params.logprobs:
         raise InvalidRequest("top_logprobs needs logprobs: true (the alternatives come with each token's logprob)")
     return n
+
+
+def completion_count(params: pb.SamplingParams) -> int:
+    """SamplingParams.n, checked: each completion is a request of its own in the engine."""
+    if not params.HasField("n"):
+        return 1
+    if not 1 <= params.n <= MAX_COMPLETIONS:
+        raise InvalidRequest(f"n must be in [1, {MAX_COMPLETIONS}] (got {params.n}): the number of completions")
+    return params.n
 
 
 def check_prompt(ids: list[int], cfg: LitelangConfig, vocab_size: int) -> None:

@@ -27,11 +27,15 @@ SCHEDULES = {
     "companions": lambda target: [Scheduled(target)] + [Scheduled(p, arrival=a, chunk=c) for p, a, c in
                                                          zip(prompts([40, 3, 25, 60], 1), [0, 2, 3, 5], [None, None, 9, 16])],
     "chunked": lambda target: [Scheduled(p, arrival=1) for p in prompts([30, 12], 2)] + [Scheduled(target, chunk=7)],
+    # three copies of itself alongside (as the n completions of one request decode): the
+    # sampler's and the logprobs' reductions see a batch of four rows instead of one
+    "siblings": lambda target: [Scheduled(target)] + [Scheduled(list(target)) for _ in range(3)],
 }
 
 
-@pytest.mark.parametrize("sampling", [greedy(), worker_pb2.Sampling(temperature=0.8, top_p=0.9, top_k=40, seed=7)],
-                         ids=["greedy", "seeded"])
+@pytest.mark.parametrize("sampling", [greedy(), worker_pb2.Sampling(temperature=0.8, top_p=0.9, top_k=40, seed=7),
+                                      worker_pb2.Sampling(temperature=1.0, seed=12)],
+                         ids=["greedy", "seeded", "seeded-unfiltered"])
 def test_deterministic_mode_is_batch_invariant(tiny_qwen2, sampling):
     cfg = LitelangConfig(model=str(tiny_qwen2), device="cpu", kv_slots=4000, max_batch_size=8, deterministic=True)
     runner = build_runner(cfg, rank=0)
@@ -44,6 +48,7 @@ def test_deterministic_mode_is_batch_invariant(tiny_qwen2, sampling):
         runs[name] = run_staggered(runner, requests, 12, sampling)[rid]
     assert runs["companions"] == runs["alone"]
     assert runs["chunked"] == runs["alone"]
+    assert runs["siblings"] == runs["alone"]
     assert len({lp for _, lp in runs["alone"]}) > 1  # every step computed, not one value repeated
 
 
