@@ -89,27 +89,27 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
         for r in reqs:
             self.engine.abort(r.request_id)
 
+    def _completion_events(self, reqs: list[Request], context):
+        """(index, event) for every completion's events as they arrive: an async iterator."""
+        return self._events(reqs[0], context) if len(reqs) == 1 else self._merged_events(reqs, context)
+
     async def _events(self, req: Request, context):
-        """Yield the request's OutputEvents; abort it if the client goes away."""
+        """Yield (0, event) for the request's OutputEvents; abort it if the client goes away."""
         try:
             while True:
                 ev = await next_events(req)
                 if ev.error is not None:
                     await context.abort(grpc.StatusCode(_code(ev.error[0])), ev.error[1])
-                yield ev
+                yield 0, ev
                 if ev.final:
                     return
         except asyncio.CancelledError:
             self.engine.abort(req.request_id)
             raise
 
-    async def _completion_events(self, reqs: list[Request], context):
-        """Yield (index, event) for every completion's events as they arrive. An error in one
-        completion fails the RPC and aborts the others; so does the client going away."""
-        if len(reqs) == 1:
-            async for ev in self._events(reqs[0], context):
-                yield 0, ev
-            return
+    async def _merged_events(self, reqs: list[Request], context):
+        """_events over n > 1 completions, interleaved as they arrive. An error in one fails the
+        RPC and aborts the others; so does the client going away."""
         waits = {asyncio.ensure_future(next_events(r)): i for i, r in enumerate(reqs)}
         try:
             while waits:
