@@ -35,7 +35,19 @@ def _sampling(args: argparse.Namespace) -> dict:
         ignore_eos=args.ignore_eos or None, skip_special_tokens=args.skip_special_tokens or None,
         # asking for alternatives implies asking for logprobs (the server would refuse otherwise)
         logprobs=(args.logprobs or bool(args.top_logprobs)) or None, top_logprobs=args.top_logprobs,
+        logit_bias=dict(args.logit_bias) if args.logit_bias else None,
     )
+
+
+def _token_bias(text: str) -> tuple[int, float]:
+    """TOKEN=BIAS for --logit-bias."""
+    token, sep, value = text.partition("=")
+    try:
+        if not sep:
+            raise ValueError
+        return int(token), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected TOKEN_ID=BIAS (e.g. 13=-100), got {text!r}") from None
 
 
 def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
@@ -51,6 +63,8 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
     p.add_argument("--stop-token-id", type=int, action="append", help="extra stop token id besides EOS (repeatable)")
+    p.add_argument("--logit-bias", type=_token_bias, action="append", metavar="TOKEN_ID=BIAS",
+                   help="add BIAS ([-100, 100]) to a token's logit before sampling (repeatable)")
     p.add_argument("--ignore-eos", action="store_true", help="keep generating past the model's EOS tokens")
     p.add_argument("--skip-special-tokens", action="store_true", help="drop special tokens from the text")
     p.add_argument("--logprobs", action="store_true",

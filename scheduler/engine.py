@@ -418,6 +418,7 @@ class Engine:
                 temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p,
                 repetition_penalty=s.repetition_penalty, frequency_penalty=s.frequency_penalty,
                 presence_penalty=s.presence_penalty, seed=s.seed, top_logprobs=s.top_logprobs,
+                bias_token_ids=sorted(s.logit_bias), bias_values=[s.logit_bias[t] for t in sorted(s.logit_bias)],
             ))
             if s.min_new_tokens:  # the worker masks stop tokens until the minimum is reached
                 ext.sampling.suppress_until = len(r.prompt_ids) + s.min_new_tokens

@@ -30,6 +30,7 @@ class SamplingConfig:
     skip_special_tokens: bool = False
     logprobs: bool = False
     top_logprobs: int = 0  # alternatives per token (needs logprobs)
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
 
 
 # one position's most likely tokens: (token ids, their logprobs), most likely first

@@ -22,7 +22,9 @@ from litelang.scheduler.engine import RejectedError
 from litelang.scheduler.engine_process import EngineClient
 from litelang.scheduler.request import OutputEvent, Request, TopLogprobs
 from litelang.scheduler.tokenizer import Tokenizer
-from litelang.scheduler.validation import InvalidRequest, check_prompt, completion_count, resolve_sampling
+from litelang.scheduler.validation import (
+    InvalidRequest, check_logit_bias_ids, check_prompt, completion_count, resolve_sampling,
+)
 
 log = logging.getLogger("litelang.scheduler")
 
@@ -57,7 +59,9 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
         sampling = resolve_sampling(params, self.cfg, default_seed=next(self._seeds))
         if index and params.HasField("seed"):
             sampling.seed = (sampling.seed + index) % 2**64
-        check_prompt(prompt_ids, self.cfg, self.engine.info.vocab_size if self.engine.info else 1 << 31)
+        vocab_size = self.engine.info.vocab_size if self.engine.info else 1 << 31
+        check_prompt(prompt_ids, self.cfg, vocab_size)
+        check_logit_bias_ids(sampling.logit_bias, vocab_size)
         return Request(request_id=request_id or uuid.uuid4().hex, prompt_ids=prompt_ids, sampling=sampling)
 
     async def _start(self, request: pb.GenerateRequest, context) -> tuple[str, list[Request]]:

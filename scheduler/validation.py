@@ -15,6 +15,10 @@ MAX_STOP_TOKEN_IDS = 14
 MAX_TOP_LOGPROBS = 20
 # completions per request (SamplingParams.n)
 MAX_COMPLETIONS = 64
+# logit_bias: tokens per request and the size of a bias, as OpenAI allows (the worker keeps a
+# fixed-width table per running request: worker/sampler.py MAX_LOGIT_BIAS)
+MAX_LOGIT_BIAS = 300
+MAX_BIAS_VALUE = 100.0
 
 
 class InvalidRequest(ValueError):
@@ -78,7 +82,21 @@ def resolve_sampling(params: pb.SamplingParams, cfg: LitelangConfig, default_see
     s.skip_special_tokens = params.skip_special_tokens
     s.logprobs = params.logprobs
     s.top_logprobs = _top_logprobs(params)
+    s.logit_bias = _logit_bias(params)
     return s
+
+
+def _logit_bias(params: pb.SamplingParams) -> dict[int, float]:
+    """Checked here except the ids' upper bound (check_logit_bias_ids, once the vocabulary is known)."""
+    bias = dict(params.logit_bias)
+    if len(bias) > MAX_LOGIT_BIAS:
+        raise InvalidRequest(f"logit_bias has {len(bias)} tokens; at most {MAX_LOGIT_BIAS}")
+    for token, value in bias.items():
+        if token < 0:
+            raise InvalidRequest(f"logit_bias token id {token} is negative")
+        if not -MAX_BIAS_VALUE <= _finite(f"logit_bias[{token}]", value) <= MAX_BIAS_VALUE:
+            raise InvalidRequest(f"logit_bias[{token}] = {value} is outside [-{MAX_BIAS_VALUE:g}, {MAX_BIAS_VALUE:g}]")
+    return bias
 
 
 def _top_logprobs(params: pb.SamplingParams) -> int:
@@ -98,6 +116,12 @@ def completion_count(params: pb.SamplingParams) -> int:
     if not 1 <= params.n <= MAX_COMPLETIONS:
         raise InvalidRequest(f"n must be in [1, {MAX_COMPLETIONS}] (got {params.n}): the number of completions")
     return params.n
+
+
+def check_logit_bias_ids(bias: dict[int, float], vocab_size: int) -> None:
+    bad = sorted(t for t in bias if t >= vocab_size)
+    if bad:
+        raise InvalidRequest(f"logit_bias token ids {bad[:5]} are outside the vocabulary [0, {vocab_size})")
 
 
 def check_prompt(ids: list[int], cfg: LitelangConfig, vocab_size: int) -> None:

@@ -95,13 +95,19 @@ def test_flags_reach_their_fields():
         "--max-new-tokens", "9", "--min-new-tokens", "2", "--temperature", "0.5", "--top-p", "0.9", "--top-k", "7",
         "--min-p", "0.1", "--repetition-penalty", "1.2", "--frequency-penalty", "-0.5", "--presence-penalty", "0.25",
         "--seed", "3", "--stop", "a", "--stop", "b", "--stop-token-id", "5", "--stop-token-id", "6", "--ignore-eos",
-        "--skip-special-tokens", "--logprobs", "--top-logprobs", "4",
+        "--skip-special-tokens", "--logprobs", "--top-logprobs", "4", "--logit-bias", "13=-100", "--logit-bias", "7=2.5",
     )
     assert got == sampling_params(
         max_new_tokens=9, min_new_tokens=2, temperature=0.5, top_p=0.9, top_k=7, min_p=0.1, repetition_penalty=1.2,
         frequency_penalty=-0.5, presence_penalty=0.25, seed=3, stop=["a", "b"], stop_token_ids=[5, 6], ignore_eos=True,
-        skip_special_tokens=True, logprobs=True, top_logprobs=4,
+        skip_special_tokens=True, logprobs=True, top_logprobs=4, logit_bias={13: -100.0, 7: 2.5},
     )
+
+
+@pytest.mark.parametrize("bad", ["13", "x=1", "13=y"])
+def test_malformed_logit_bias_is_a_usage_error(bad):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["generate", "x", "--logit-bias", bad])
 
 
 def test_top_logprobs_implies_logprobs():

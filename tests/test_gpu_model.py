@@ -227,3 +227,23 @@ def test_warm_up_leaves_nothing_to_compile(ckpt, warmup):
         assert compiled == [], f"compiled after the warm-up: {compiled}"
     else:
         assert compiled, "the hook saw no compile: the check cannot tell"
+
+
+def test_logit_bias_in_graphs_and_eager(ckpt):
+    """logit_bias on the full-sampling path, CUDA graph against eager: banned tokens never come,
+    a forced token always does, and a row reused by a request without a bias carries none."""
+    prompts = random_prompts([7, 33, 120], seed=5)
+    runner = make_runner(ckpt, cuda_graphs=True)
+    plain = list(run_batch(runner, prompts, 12).tokens.values())
+    banned = sorted(set(plain[1]))[:10]
+    ban = worker_pb2.Sampling(bias_token_ids=banned, bias_values=[-100.0] * len(banned))
+    graphed = list(run_batch(runner, prompts, 12, ban, first_rid=10).tokens.values())
+    assert not set(graphed[1]) & set(banned)
+    force = worker_pb2.Sampling(temperature=0.8, seed=3, bias_token_ids=[777, banned[0]], bias_values=[100.0, -5.0])
+    assert list(run_batch(runner, prompts, 12, force, first_rid=20).tokens.values()) == [[777] * 12] * 3
+    argmax_on_full_path = worker_pb2.Sampling(temperature=1.0, top_k=1)
+    assert list(run_batch(runner, prompts, 12, argmax_on_full_path, first_rid=30).tokens.values()) == plain
+    del runner
+    torch.cuda.empty_cache()
+    eager = list(run_batch(make_runner(ckpt, cuda_graphs=False), prompts, 12, ban, first_rid=10).tokens.values())
+    assert graphed == eager

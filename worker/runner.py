@@ -19,7 +19,7 @@ from litelang.proto import worker_pb2
 from litelang.worker.forward_batch import ForwardBatch, to_device
 from litelang.worker.kv_pool import KVPool
 from litelang.worker.model import Qwen2Model
-from litelang.worker.sampler import PenaltyState, SamplingMode, SamplingTensors, sample_and_record, top_alternatives
+from litelang.worker.sampler import MAX_LOGIT_BIAS, PenaltyState, SamplingMode, SamplingTensors, sample_and_record, top_alternatives
 
 
 class StepError(ValueError):
@@ -40,10 +40,11 @@ class RequestState:
     presence: float = 0.0
     suppress_until: int = 0  # stop tokens are masked for sampled positions before this
     top_logprobs: int = 0  # most likely alternatives to return with each sampled token
+    biased: bool = False  # has a logit_bias (applied on the full sampling path)
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0 and not self.penalized and not self.suppress_until
+        return self.temperature <= 0 and not self.penalized and not self.suppress_until and not self.biased
 
     @property
     def penalized(self) -> bool:
@@ -216,6 +217,10 @@ class ModelRunner:
         if len(ext.prefix_slots) != ext.prefix_len:
             raise StepError(f"request {ext.rid}: prefix_len {ext.prefix_len} != {len(ext.prefix_slots)} prefix slots")
         s = ext.sampling
+        if len(s.bias_token_ids) != len(s.bias_values) or len(s.bias_token_ids) > MAX_LOGIT_BIAS:
+            raise StepError(f"request {ext.rid}: logit_bias needs as many values as ids, at most {MAX_LOGIT_BIAS}")
+        if s.bias_token_ids and not 0 <= min(s.bias_token_ids) <= max(s.bias_token_ids) < self.model.spec.vocab_size:
+            raise StepError(f"request {ext.rid}: a logit_bias token id is outside the vocabulary")
         state = RequestState(
             row=self.free_rows.pop(), temperature=s.temperature, top_k=s.top_k,
             top_p=s.top_p if s.top_p > 0 else 1.0, min_p=s.min_p, seed=s.seed,
@@ -225,6 +230,8 @@ class ModelRunner:
         if s.suppress_until and s.suppress_token_ids:
             state.suppress_until = s.suppress_until
             self.penalties.set_suppressed(state.row, s.suppress_token_ids, self.device)
+        state.biased = bool(s.bias_token_ids)
+        self.penalties.set_bias(state.row, s.bias_token_ids, s.bias_values, self.device)
         if state.penalized:
             self.penalties.admit(state.row, ext.prompt_ids, ext.generated_ids, self.device)
         self.requests[ext.rid] = state

@@ -4,7 +4,7 @@ parameters as device tensors (SamplingTensors), per-row penalty and stop-token s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -83,17 +83,23 @@ class SamplingTensors:
 
 
 MAX_SUPPRESS = 16  # stop tokens masked before min_new_tokens, per request
+MAX_LOGIT_BIAS = 300  # logit_bias tokens per request (scheduler/validation.py allows as many)
 
 
 @dataclass
 class PenaltyState:
     """Per-row token statistics for penalties, on the device: how often each token was generated
-    (output_counts) and which tokens the prompt holds (prompt_mask); plus the stop tokens each
-    row may not sample before its min_new_tokens (suppress_ids, padded by repeating the first)."""
+    (output_counts) and which tokens the prompt holds (prompt_mask); the stop tokens each row may
+    not sample before its min_new_tokens (suppress_ids, padded by repeating the first); and each
+    row's logit_bias (bias_ids / bias_values: a fixed-width table, so CUDA graphs apply it to
+    every row; padded by repeating the first pair, empty as token 0 + 0)."""
 
     output_counts: torch.Tensor  # [rows, vocab] int32
     prompt_mask: torch.Tensor    # [rows, vocab] bool
     suppress_ids: torch.Tensor   # [rows, MAX_SUPPRESS] int64
+    bias_ids: torch.Tensor       # [rows, MAX_LOGIT_BIAS] int64
+    bias_values: torch.Tensor    # [rows, MAX_LOGIT_BIAS] float32
+    biased_rows: set[int] = field(default_factory=set)  # rows whose table is not empty
 
     @classmethod
     def allocate(cls, rows: int, vocab: int, device) -> "PenaltyState":
@@ -101,7 +107,29 @@ class PenaltyState:
             torch.zeros((rows, vocab), dtype=torch.int32, device=device),
             torch.zeros((rows, vocab), dtype=torch.bool, device=device),
             torch.zeros((rows, MAX_SUPPRESS), dtype=torch.long, device=device),
+            torch.zeros((rows, MAX_LOGIT_BIAS), dtype=torch.long, device=device),
+            torch.zeros((rows, MAX_LOGIT_BIAS), dtype=torch.float32, device=device),
         )
+
+    def set_bias(self, row: int, ids, values, device) -> None:
+        """The row's logit_bias for its new request (an empty one clears what the row held)."""
+        ids, values = list(ids), list(values)
+        if not ids and row not in self.biased_rows:
+            return
+        if ids:
+            self.biased_rows.add(row)
+            pad = MAX_LOGIT_BIAS - len(ids)
+            ids, values = ids + [ids[0]] * pad, values + [values[0]] * pad
+        else:
+            self.biased_rows.discard(row)
+            ids, values = [0] * MAX_LOGIT_BIAS, [0.0] * MAX_LOGIT_BIAS
+        self.bias_ids[row] = torch.tensor(ids, dtype=torch.long).to(device)
+        self.bias_values[row] = torch.tensor(values, dtype=torch.float32).to(device)
+
+    def add_bias(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """logits [batch, vocab] float32 plus each row's logit_bias (a scatter of [batch, 300])."""
+        ids = self.bias_ids[rows]
+        return logits.scatter(1, ids, logits.gather(1, ids) + self.bias_values[rows])
 
     def set_suppressed(self, row: int, ids, device) -> None:
         ids = list(ids)[:MAX_SUPPRESS]
@@ -156,6 +184,7 @@ def sample_and_record(
             logits, penalties.output_counts[sampler_rows], penalties.prompt_mask[sampler_rows],
             sampling.repetition, sampling.frequency, sampling.presence,
         )
+    logits = penalties.add_bias(logits, sampler_rows)
     tokens = kernels.sample(
         logits, sampling.temperature, sampling.top_k, sampling.top_p, sampling.min_p, sampling.seeds,
         sampling.positions, needs_filter=mode.filtered,
