@@ -85,6 +85,18 @@ def _print_logprobs(msg: pb.GenerateResponse | pb.Completion | pb.TurnChunk, fil
         print("\t".join(row), file=file)
 
 
+def _print_prompt_logprobs(reply: pb.GenerateResponse, file: TextIO) -> None:
+    """One row per prompt token after the first: its position and log-probability (the prompt's
+    token ids are the server's tokenization, not in the reply), and the alternatives asked for."""
+    tops = reply.prompt_top_logprobs
+    print("\t".join(["prompt_position", "logprob"] + (["top_logprobs"] if tops else [])), file=file)
+    for i, lp in enumerate(reply.prompt_logprobs):
+        row = [str(i + 1), f"{lp:.4f}"]
+        if tops:
+            row.append(" ".join(f"{t}:{x:.4f}" for t, x in zip(tops[i].token_ids, tops[i].logprobs)))
+        print("\t".join(row), file=file)
+
+
 def _fold(reply: pb.GenerateResponse, chunk: pb.GenerateStreamChunk) -> None:
     """Add a stream chunk to a GenerateResponse, so both paths print (table, JSON) the same way."""
     reply.request_id = chunk.request_id
@@ -92,6 +104,8 @@ def _fold(reply: pb.GenerateResponse, chunk: pb.GenerateStreamChunk) -> None:
     reply.token_ids.extend(chunk.token_ids)
     reply.logprobs.extend(chunk.logprobs)
     reply.top_logprobs.extend(chunk.top_logprobs)
+    reply.prompt_logprobs.extend(chunk.prompt_logprobs)
+    reply.prompt_top_logprobs.extend(chunk.prompt_top_logprobs)
     if chunk.finish_reason:
         reply.finish_reason = chunk.finish_reason
         reply.usage.CopyFrom(chunk.usage)
@@ -108,7 +122,7 @@ def _print_completions(reply: pb.GenerateResponse, with_logprobs: bool) -> None:
 
 
 def cmd_generate(client: LitelangClient, args: argparse.Namespace) -> int:
-    sampling = dict(_sampling(args), n=args.n)
+    sampling = dict(_sampling(args), n=args.n, prompt_logprobs=args.prompt_logprobs)
     if args.n and args.n > 1:  # several completions: wait for all of them (no interleaved stream)
         reply = client.generate(args.prompt, **sampling)
         if not args.json:
@@ -130,6 +144,8 @@ def cmd_generate(client: LitelangClient, args: argparse.Namespace) -> int:
                                         always_print_fields_with_no_presence=True))
     elif sampling["logprobs"] and not reply.completions:
         _print_logprobs(reply, sys.stdout)
+    if not args.json and args.prompt_logprobs is not None:
+        _print_prompt_logprobs(reply, sys.stdout)
     if args.verbose:
         u = reply.usage
         print(f"[{pb.FinishReason.Name(reply.finish_reason)}; {u.prompt_tokens} prompt + "
@@ -184,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-v", "--verbose", action="store_true", help="print finish reason and usage")
     g.add_argument("--n", type=int, default=None,
                    help="completions of the prompt (1-64), printed one after another once all are done")
+    g.add_argument("--prompt-logprobs", type=int, default=None, metavar="N",
+                   help="also score the prompt: each prompt token's logprob, with the N (0-20) most likely tokens")
     _add_sampling_flags(g)
     c = sub.add_parser("chat", help="a multi-turn chat over the bidirectional stream")
     c.add_argument("--system", help="system prompt")

@@ -63,7 +63,7 @@ class Sampling(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., min_p: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., presence_penalty: _Optional[float] = ..., seed: _Optional[int] = ..., suppress_until: _Optional[int] = ..., suppress_token_ids: _Optional[_Iterable[int]] = ..., top_logprobs: _Optional[int] = ..., bias_token_ids: _Optional[_Iterable[int]] = ..., bias_values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Extend(_message.Message):
-    __slots__ = ("rid", "token_ids", "slots", "prefix_slots", "prefix_len", "sample", "sampling", "is_new", "prompt_ids", "generated_ids")
+    __slots__ = ("rid", "token_ids", "slots", "prefix_slots", "prefix_len", "sample", "sampling", "is_new", "prompt_ids", "generated_ids", "score", "score_next_token", "score_top_n")
     RID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +74,9 @@ class Extend(_message.Message):
     IS_NEW_FIELD_NUMBER: _ClassVar[int]
     PROMPT_IDS_FIELD_NUMBER: _ClassVar[int]
     GENERATED_IDS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    SCORE_NEXT_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SCORE_TOP_N_FIELD_NUMBER: _ClassVar[int]
     rid: int
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     slots: _containers.RepeatedScalarFieldContainer[int]
@@ -84,7 +87,10 @@ class Extend(_message.Message):
     is_new: bool
     prompt_ids: _containers.RepeatedScalarFieldContainer[int]
     generated_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, rid: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., slots: _Optional[_Iterable[int]] = ..., prefix_slots: _Optional[_Iterable[int]] = ..., prefix_len: _Optional[int] = ..., sample: _Optional[bool] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., is_new: _Optional[bool] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., generated_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    score: bool
+    score_next_token: int
+    score_top_n: int
+    def __init__(self, rid: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., slots: _Optional[_Iterable[int]] = ..., prefix_slots: _Optional[_Iterable[int]] = ..., prefix_len: _Optional[int] = ..., sample: _Optional[bool] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., is_new: _Optional[bool] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., generated_ids: _Optional[_Iterable[int]] = ..., score: _Optional[bool] = ..., score_next_token: _Optional[int] = ..., score_top_n: _Optional[int] = ...) -> None: ...
 
 class StepRequest(_message.Message):
     __slots__ = ("step_id", "extends", "release", "decode_rids", "decode_slots")
@@ -101,7 +107,7 @@ class StepRequest(_message.Message):
     def __init__(self, step_id: _Optional[int] = ..., extends: _Optional[_Iterable[_Union[Extend, _Mapping]]] = ..., release: _Optional[_Iterable[int]] = ..., decode_rids: _Optional[_Iterable[int]] = ..., decode_slots: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class StepResponse(_message.Message):
-    __slots__ = ("step_id", "rids", "token_ids", "logprobs", "top_n", "top_ids", "top_logprobs", "forward_ms", "gpu_ms", "gpu_gap_ms")
+    __slots__ = ("step_id", "rids", "token_ids", "logprobs", "top_n", "top_ids", "top_logprobs", "score_rids", "score_first_positions", "score_counts", "score_logprobs", "score_top_n", "score_top_ids", "score_top_logprobs", "forward_ms", "gpu_ms", "gpu_gap_ms")
     STEP_ID_FIELD_NUMBER: _ClassVar[int]
     RIDS_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -109,6 +115,13 @@ class StepResponse(_message.Message):
     TOP_N_FIELD_NUMBER: _ClassVar[int]
     TOP_IDS_FIELD_NUMBER: _ClassVar[int]
     TOP_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_RIDS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIRST_POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_TOP_N_FIELD_NUMBER: _ClassVar[int]
+    SCORE_TOP_IDS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_TOP_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     FORWARD_MS_FIELD_NUMBER: _ClassVar[int]
     GPU_MS_FIELD_NUMBER: _ClassVar[int]
     GPU_GAP_MS_FIELD_NUMBER: _ClassVar[int]
@@ -119,10 +132,17 @@ class StepResponse(_message.Message):
     top_n: int
     top_ids: _containers.RepeatedScalarFieldContainer[int]
     top_logprobs: _containers.RepeatedScalarFieldContainer[float]
+    score_rids: _containers.RepeatedScalarFieldContainer[int]
+    score_first_positions: _containers.RepeatedScalarFieldContainer[int]
+    score_counts: _containers.RepeatedScalarFieldContainer[int]
+    score_logprobs: _containers.RepeatedScalarFieldContainer[float]
+    score_top_n: int
+    score_top_ids: _containers.RepeatedScalarFieldContainer[int]
+    score_top_logprobs: _containers.RepeatedScalarFieldContainer[float]
     forward_ms: float
     gpu_ms: float
     gpu_gap_ms: float
-    def __init__(self, step_id: _Optional[int] = ..., rids: _Optional[_Iterable[int]] = ..., token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., top_n: _Optional[int] = ..., top_ids: _Optional[_Iterable[int]] = ..., top_logprobs: _Optional[_Iterable[float]] = ..., forward_ms: _Optional[float] = ..., gpu_ms: _Optional[float] = ..., gpu_gap_ms: _Optional[float] = ...) -> None: ...
+    def __init__(self, step_id: _Optional[int] = ..., rids: _Optional[_Iterable[int]] = ..., token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., top_n: _Optional[int] = ..., top_ids: _Optional[_Iterable[int]] = ..., top_logprobs: _Optional[_Iterable[float]] = ..., score_rids: _Optional[_Iterable[int]] = ..., score_first_positions: _Optional[_Iterable[int]] = ..., score_counts: _Optional[_Iterable[int]] = ..., score_logprobs: _Optional[_Iterable[float]] = ..., score_top_n: _Optional[int] = ..., score_top_ids: _Optional[_Iterable[int]] = ..., score_top_logprobs: _Optional[_Iterable[float]] = ..., forward_ms: _Optional[float] = ..., gpu_ms: _Optional[float] = ..., gpu_gap_ms: _Optional[float] = ...) -> None: ...
 
 class HealthRequest(_message.Message):
     __slots__ = ()

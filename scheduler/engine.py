@@ -197,7 +197,8 @@ class Engine:
         if self.cache is None:
             return
         context = r.context()
-        slots, node = self.cache.match(context, end=len(context) - 1)
+        # a prompt being scored is computed in full: every position's logits are needed
+        slots, node = self.cache.match(context, end=0 if r.scores_prompt else len(context) - 1)
         self.cache.lock(node)
         r.slots, r.tree_prefix_len, r.tree_node = slots, len(slots), node
         r.cached_tokens = max(r.cached_tokens, min(len(slots), len(r.prompt_ids)))
@@ -412,6 +413,10 @@ class Engine:
             rid=r.rid, token_ids=r.context(start, start + take), slots=slots, prefix_len=start,
             sample=start + take == target, is_new=is_new, prefix_slots=r.slots[:start] if is_new else [],
         )
+        if r.scores_prompt and start < len(r.prompt_ids) - 1:
+            end = start + take
+            ext.score, ext.score_top_n = True, r.sampling.prompt_logprobs
+            ext.score_next_token = r.prompt_ids[end] if end < len(r.prompt_ids) else -1
         if is_new:
             s = r.sampling
             ext.sampling.CopyFrom(worker_pb2.Sampling(
@@ -448,6 +453,8 @@ class Engine:
         self.stats["gpu_busy_ms"] += reply.gpu_ms
         self.stats["gpu_gap_ms"] += reply.gpu_gap_ms
         now, accepted, by_rid = time.monotonic(), 0, self.by_rid
+        if reply.score_rids:
+            self._take_prompt_scores(reply)
         tops = _top_rows(reply) if reply.top_n else itertools.repeat(None)
         for rid, token, logprob, top in zip(reply.rids, reply.token_ids, reply.logprobs, tops):
             r = by_rid.get(rid)
@@ -457,6 +464,31 @@ class Engine:
                 accepted += 1
         self.stats["generated_tokens"] += accepted
         self.metrics.generated_tokens.inc(accepted)
+
+    def _take_prompt_scores(self, reply: worker_pb2.StepResponse) -> None:
+        """Keep each scored position that continues a request's prompt scores (a chunk scored
+        again after a retraction, or a position past the prompt, is skipped)."""
+        n, offset = reply.score_top_n, 0
+        for rid, first, count in zip(reply.score_rids, reply.score_first_positions, reply.score_counts):
+            r = self.by_rid.get(rid)
+            for k in range(count):
+                p = first + k
+                if r is not None and p == len(r.prompt_scores) and p < len(r.prompt_ids) - 1:
+                    r.prompt_scores.append(reply.score_logprobs[offset + k])
+                    if r.sampling.prompt_logprobs:
+                        row = (offset + k) * n
+                        m = r.sampling.prompt_logprobs
+                        r.prompt_top.append((list(reply.score_top_ids[row : row + m]),
+                                             list(reply.score_top_logprobs[row : row + m])))
+            offset += count
+
+    def _prompt_event_fields(self, r: Request) -> dict:
+        """prompt_logprobs for the request's first event (once)."""
+        if r.sampling.prompt_logprobs is None or r.prompt_scores_sent:
+            return {}
+        r.prompt_scores_sent = True
+        return dict(prompt_logprobs=r.prompt_scores,
+                    prompt_top_logprobs=r.prompt_top if r.sampling.prompt_logprobs else None)
 
     def _append_token(self, r: Request, token: int, logprob: float, now: float,
                       top: TopLogprobs | None = None) -> None:
@@ -494,7 +526,7 @@ class Engine:
         # hold back the text a stop string may be forming in
         end = max(r.emitted_chars, len(r.text) - r.stop_hold) if r.stop_hold else len(r.text)
         self._emit(r, OutputEvent(text=r.text[r.emitted_chars : end], token_ids=r.unsent_ids, logprobs=r.unsent_logprobs,
-                                  top_logprobs=r.unsent_top_logprobs))
+                                  top_logprobs=r.unsent_top_logprobs, **self._prompt_event_fields(r)))
         r.emitted_chars = end
         r.unsent_ids, r.unsent_logprobs, r.unsent_top_logprobs = [], [], []
 
@@ -527,7 +559,8 @@ class Engine:
         self.metrics.finished(r, pb.FinishReason.Name(reason).removeprefix("FINISH_REASON_").lower())
         outcome = OutcomeDetails(usage=r.usage(), timings=r.timings(), text=r.text, stop_string=r.stop_string)
         self._emit(r, OutputEvent(text=text, token_ids=r.unsent_ids, logprobs=r.unsent_logprobs,
-                                  top_logprobs=r.unsent_top_logprobs, finish_reason=reason, outcome=outcome))
+                                  top_logprobs=r.unsent_top_logprobs, finish_reason=reason, outcome=outcome,
+                                  **self._prompt_event_fields(r)))
         r.unsent_ids, r.unsent_logprobs, r.unsent_top_logprobs = [], [], []
 
     def _forget(self, r: Request) -> None:

@@ -31,6 +31,7 @@ class SamplingConfig:
     logprobs: bool = False
     top_logprobs: int = 0  # alternatives per token (needs logprobs)
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
+    prompt_logprobs: int | None = None  # score the prompt, with this many alternatives (None: off)
 
 
 # one position's most likely tokens: (token ids, their logprobs), most likely first
@@ -65,6 +66,9 @@ class OutputEvent:
     finish_reason: int = pb.FINISH_REASON_UNSPECIFIED
     error: tuple[int, str] | None = None  # (grpc.StatusCode value, message) when the request failed
     outcome: OutcomeDetails | None = None  # set on the final event of a request that finished
+    # with prompt_logprobs, on the request's first event: one per prompt token after the first
+    prompt_logprobs: list[float] | None = None
+    prompt_top_logprobs: list[TopLogprobs] | None = None
 
     @property
     def final(self) -> bool:
@@ -104,6 +108,10 @@ class Request:
     detokenizer: object = None            # IncrementalDetokenizer, set by the engine
     stop_token_set: frozenset[int] = frozenset()  # EOS (unless ignore_eos) and stop_token_ids; set by the engine
     stop_hold: int = 0                    # chars held back from streaming: a stop string may be forming
+    # prompt_logprobs: the scores received so far (position p scores prompt token p + 1)
+    prompt_scores: list[float] = field(default_factory=list)
+    prompt_top: list[TopLogprobs] = field(default_factory=list)
+    prompt_scores_sent: bool = False
 
     @property
     def num_computed(self) -> int:
@@ -123,6 +131,11 @@ class Request:
         if end <= n:
             return self.prompt_ids if start == 0 and end == n else self.prompt_ids[start:end]
         return (self.prompt_ids + self.output_ids)[start:end]
+
+    @property
+    def scores_prompt(self) -> bool:
+        """Still scoring its prompt: its prefill computes every prompt token (no cached prefix)."""
+        return self.sampling.prompt_logprobs is not None and len(self.prompt_scores) < len(self.prompt_ids) - 1
 
     @property
     def remaining_output(self) -> int:

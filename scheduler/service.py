@@ -59,6 +59,8 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
         sampling = resolve_sampling(params, self.cfg, default_seed=next(self._seeds))
         if index and params.HasField("seed"):
             sampling.seed = (sampling.seed + index) % 2**64
+        if index:  # the siblings' prompt is completion 0's: scored once
+            sampling.prompt_logprobs = None
         vocab_size = self.engine.info.vocab_size if self.engine.info else 1 << 31
         check_prompt(prompt_ids, self.cfg, vocab_size)
         check_logit_bias_ids(sampling.logit_bias, vocab_size)
@@ -151,6 +153,9 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
             finish_reason=first.finish_reason, stop_string=first.stop_string, top_logprobs=first.top_logprobs,
             usage=outcome.usage, timings=outcome.timings,
         )
+        if outputs[0].prompt is not None:
+            reply.prompt_logprobs.extend(outputs[0].prompt.prompt_logprobs)
+            reply.prompt_top_logprobs.extend(_top_messages(outputs[0].prompt.prompt_top_logprobs or []))
         if len(outputs) > 1:
             reply.completions.extend(out.completion(i) for i, out in enumerate(outputs))
             _merge_usage(reply, [out.last.outcome for out in outputs])
@@ -162,6 +167,9 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
             async for i, ev in self._completion_events(reqs, context):
                 chunk = pb.GenerateStreamChunk(request_id=request_id, text=ev.text, token_ids=ev.token_ids, index=i,
                                                logprobs=ev.logprobs, top_logprobs=_top_messages(ev.top_logprobs))
+                if ev.prompt_logprobs is not None:
+                    chunk.prompt_logprobs.extend(ev.prompt_logprobs)
+                    chunk.prompt_top_logprobs.extend(_top_messages(ev.prompt_top_logprobs or []))
                 if ev.finish_reason != pb.FINISH_REASON_UNSPECIFIED:
                     chunk.finish_reason = ev.finish_reason
                     chunk.usage.CopyFrom(ev.outcome.usage)
@@ -209,9 +217,11 @@ async def next_events(req: Request) -> OutputEvent:
         nxt: OutputEvent = req.events.get_nowait()
         if nxt.error is not None:
             return nxt
+        first = ev if ev.prompt_logprobs is not None else nxt
         ev = OutputEvent(text=ev.text + nxt.text, token_ids=ev.token_ids + nxt.token_ids,
                          logprobs=ev.logprobs + nxt.logprobs, top_logprobs=ev.top_logprobs + nxt.top_logprobs,
-                         finish_reason=nxt.finish_reason, outcome=nxt.outcome)
+                         finish_reason=nxt.finish_reason, outcome=nxt.outcome,
+                         prompt_logprobs=first.prompt_logprobs, prompt_top_logprobs=first.prompt_top_logprobs)
     return ev
 
 
@@ -223,8 +233,11 @@ class _Collected:
     logprobs: list[float] = field(default_factory=list)
     tops: list[TopLogprobs] = field(default_factory=list)
     last: OutputEvent | None = None
+    prompt: OutputEvent | None = None  # the event that carried prompt_logprobs
 
     def add(self, ev: OutputEvent) -> None:
+        if ev.prompt_logprobs is not None:
+            self.prompt = ev
         self.token_ids.extend(ev.token_ids)
         self.logprobs.extend(ev.logprobs)
         self.tops.extend(ev.top_logprobs)
@@ -325,6 +338,9 @@ class ChatSession:
                 raise InvalidRequest("the user turn is empty")
             if completion_count(params) != 1:
                 raise InvalidRequest("n must be 1 in a chat: a turn has one reply (use Generate for n completions)")
+            if params.HasField("prompt_logprobs"):
+                raise InvalidRequest("prompt_logprobs is for Generate and GenerateStream (a chat turn's prompt is the "
+                                     "whole conversation)")
             ids = svc.tokenizer.apply_chat_template(self.messages + [{"role": "user", "content": user.content}])
             req = svc._new_request(f"{self.session_id}-{self.turn}", ids, params)
             svc.engine.submit(req)

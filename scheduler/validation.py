@@ -83,6 +83,11 @@ def resolve_sampling(params: pb.SamplingParams, cfg: LitelangConfig, default_see
     s.logprobs = params.logprobs
     s.top_logprobs = _top_logprobs(params)
     s.logit_bias = _logit_bias(params)
+    if params.HasField("prompt_logprobs"):
+        if not 0 <= params.prompt_logprobs <= MAX_TOP_LOGPROBS:
+            raise InvalidRequest(f"prompt_logprobs must be in [0, {MAX_TOP_LOGPROBS}] (got {params.prompt_logprobs}): "
+                                 "0 scores each prompt token, N adds the N most likely tokens")
+        s.prompt_logprobs = params.prompt_logprobs
     return s
 
 

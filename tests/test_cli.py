@@ -68,8 +68,8 @@ def parse_sampling(*flags: str) -> pb.SamplingParams:
     return sampling_params(**_sampling(build_parser().parse_args(["generate", "x", *flags])))
 
 
-# fields outside the shared sampling flags: n is generate's own --n (a chat turn has one reply)
-NOT_IN_CLI = {"n"}
+# fields outside the shared sampling flags: generate's own --n and --prompt-logprobs (Chat takes neither)
+NOT_IN_CLI = {"n", "prompt_logprobs"}
 
 
 def test_every_sampling_field_has_a_flag():
@@ -78,10 +78,12 @@ def test_every_sampling_field_has_a_flag():
     assert SAMPLING_FIELDS - flagged <= NOT_IN_CLI, "a SamplingParams field without a CLI flag"
 
 
-def test_n_is_a_generate_flag():
-    assert build_parser().parse_args(["generate", "x", "--n", "3"]).n == 3
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["chat", "--n", "3"])
+def test_n_and_prompt_logprobs_are_generate_flags():
+    args = build_parser().parse_args(["generate", "x", "--n", "3", "--prompt-logprobs", "2"])
+    assert (args.n, args.prompt_logprobs) == (3, 2)
+    for flag in ("--n", "--prompt-logprobs"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["chat", flag, "3"])
 
 
 def test_absent_flags_leave_the_request_bare():
@@ -265,3 +267,17 @@ def test_n_prints_every_completion(group, capsys):
     assert rc == 0
     assert out == "".join(f"[completion {c.index}: {pb.FinishReason.Name(c.finish_reason)}]\n{c.text}\n"
                           for c in want.completions)
+
+
+@e2e
+@STREAMING
+def test_prompt_logprobs_table_and_json(group, capsys, stream):
+    want = group.client.generate(PROMPT, prompt_logprobs=2, **GREEDY_KW)
+    assert len(want.prompt_logprobs) > 1
+    rc, out, _ = cli(group, capsys, "generate", PROMPT, *GREEDY, "--prompt-logprobs", "2", "--json", stream=stream)
+    got = json_format.Parse(out, pb.GenerateResponse())
+    assert rc == 0 and list(got.prompt_logprobs) == list(want.prompt_logprobs)
+    assert got.prompt_top_logprobs == want.prompt_top_logprobs
+    rc, out, _ = cli(group, capsys, "generate", PROMPT, *GREEDY, "--prompt-logprobs", "0", stream=stream)
+    rows = [line.split("\t") for line in out.splitlines()[out.splitlines().index("prompt_position\tlogprob") + 1:]]
+    assert rows == [[str(i + 1), f"{lp:.4f}"] for i, lp in enumerate(want.prompt_logprobs)]

@@ -31,6 +31,9 @@ class ForwardBatch:
     decode_seq_lens: torch.Tensor  # [decodes] int32 (the same), context length including the new token
     # which hidden rows produce logits (one per request that samples this step); None: every row
     logits_index: torch.Tensor | None
+    # prompt_logprobs: the rows whose final hidden states the forward keeps (in scored_hidden)
+    score_index: torch.Tensor | None = None
+    scored_hidden: torch.Tensor | None = None
 
     @property
     def num_extends(self) -> int:

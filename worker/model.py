@@ -14,10 +14,14 @@ import torch
 from litelang.kernels import KernelSet
 from litelang.kernels.rmsnorm import DeferredNorm
 from litelang.kernels.rope import rope_cos_sin_cache
+from litelang.kernels.sampling import top_logprobs
 from litelang.worker.checkpoint import CheckpointReader, Qwen2Spec
 from litelang.worker.forward_batch import ForwardBatch
 from litelang.worker.parallel import TPGroup, shard_range
 from litelang.worker.residual import DeferredNormStream, ResidualStream
+
+# rows of logits per pass when scoring a prompt: 256 x 151,936 float32 is 156 MB
+SCORE_ROWS = 256
 
 
 @dataclass
@@ -110,9 +114,28 @@ class Qwen2Model:
             x, norm = stream.normed()
             stream.add_projection(ks.linear_silu_mul(x, w.gate_up_weight, norm=norm), w.down_weight, next_norm)
         x, norm = stream.normed()
+        if batch.score_index is not None:  # (a ResidualStream: every row is normed)
+            batch.scored_hidden = x[batch.score_index]
         if batch.logits_index is not None:
             x = x[batch.logits_index]  # (a ResidualStream: norm is None)
         return ks.linear(x, self.lm_head, norm=norm)
+
+    def score(self, hidden: torch.Tensor, targets: torch.Tensor, top_n: int
+              ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Each row's log-softmax at its target token [rows] (and the top_n most likely tokens
+        with theirs), SCORE_ROWS rows of logits at a time: a whole prefill chunk's float32 logits
+        would take gigabytes. hidden: final normed hidden states [rows, hidden]."""
+        ks, logprobs, ids, values = self.kernels, [], [], []
+        for h, t in zip(hidden.split(SCORE_ROWS), targets.split(SCORE_ROWS)):
+            logits = ks.linear(h, self.lm_head).float()
+            lp = ks.token_logprobs(logits, t)
+            logprobs.append(lp)
+            if top_n:
+                i, v = top_logprobs(logits, t, lp, top_n)
+                ids.append(i)
+                values.append(v)
+        tops = (torch.cat(ids), torch.cat(values)) if top_n else None
+        return torch.cat(logprobs), tops
 
     def _residual_stream(self, batch: ForwardBatch, hidden: torch.Tensor) -> ResidualStream:
         """The norms inside the projections where the kernels say it pays (o and down on Triton,

@@ -22,6 +22,9 @@ from litelang.worker.model import Qwen2Model
 from litelang.worker.sampler import MAX_LOGIT_BIAS, PenaltyState, SamplingMode, SamplingTensors, sample_and_record, top_alternatives
 
 
+MAX_SCORE_TOP_N = 20  # alternatives per scored prompt position (as top_logprobs)
+
+
 class StepError(ValueError):
     """The scheduler sent a step that contradicts the worker's state (a protocol bug)."""
 
@@ -75,6 +78,14 @@ class StepPlan:
     logits_index: list[int] = field(default_factory=list)
     samplers: list[RequestState] = field(default_factory=list)
     sampler_rids: list[int] = field(default_factory=list)
+    # prompt_logprobs: the step's token rows to score, each one's target, and per scored extend
+    # its rid, first scored position and count (StepResponse's score_* fields)
+    score_index: list[int] = field(default_factory=list)
+    score_targets: list[int] = field(default_factory=list)
+    score_rids: list[int] = field(default_factory=list)
+    score_first_positions: list[int] = field(default_factory=list)
+    score_counts: list[int] = field(default_factory=list)
+    score_top_n: int = 0
 
     @property
     def num_extend_tokens(self) -> int:
@@ -101,6 +112,7 @@ class PendingStep:
         self.step_id, self.rids = step_id, rids
         self.tokens, self.logprobs, self.start = tokens, logprobs, start
         self.top = top  # (ids, logprobs) [rows, top_n] when a request asked for top_logprobs
+        self.scores = None  # prompt_logprobs: (plan, logprobs, (ids, logprobs) or None)
         self.gpu_start, self.gpu_end, self.prev_gpu_end = gpu_start, gpu_end, prev_gpu_end
 
     def wait(self) -> None:
@@ -110,7 +122,7 @@ class PendingStep:
 
     def result(self) -> worker_pb2.StepResponse:
         out = worker_pb2.StepResponse(step_id=self.step_id)
-        if not self.rids:
+        if not self.rids and self.scores is None:
             return out
         if self.gpu_end is not None:
             self.gpu_end.synchronize()
@@ -125,6 +137,16 @@ class PendingStep:
             out.top_n = ids.shape[1]
             out.top_ids.extend(ids.flatten().tolist())
             out.top_logprobs.extend(values.flatten().tolist())
+        if self.scores is not None:
+            plan, logprobs, top = self.scores
+            out.score_rids.extend(plan.score_rids)
+            out.score_first_positions.extend(plan.score_first_positions)
+            out.score_counts.extend(plan.score_counts)
+            out.score_logprobs.extend(logprobs.tolist())
+            if top is not None:
+                out.score_top_n = plan.score_top_n
+                out.score_top_ids.extend(top[0].flatten().tolist())
+                out.score_top_logprobs.extend(top[1].flatten().tolist())
         out.forward_ms = (time.perf_counter() - self.start) * 1000.0
         return out
 
@@ -167,6 +189,7 @@ class ModelRunner:
         plan = self._plan(req)
         dev = self.device
         gpu_start = gpu_end = None
+        scores = None  # prompt_logprobs: (logprobs, top) of plan.score_index
         if dev.type == "cuda":
             gpu_start = torch.cuda.Event(enable_timing=True)
             gpu_start.record()
@@ -181,6 +204,9 @@ class ModelRunner:
                 self.model, self.kernels, batch, SamplingTensors.from_states(plan.samplers, dev), mode, rows,
                 self.last_tokens, self.penalties, self.pool.k, self.pool.v,
             )
+            if plan.score_index:
+                scores = self.model.score(batch.scored_hidden, _t(plan.score_targets, torch.long, dev),
+                                          plan.score_top_n)
         top = top_alternatives(scored, tokens, logprobs, mode)
         prev_end = self._last_gpu_end
         if dev.type == "cuda":
@@ -188,10 +214,17 @@ class ModelRunner:
             logprobs = logprobs.to("cpu", non_blocking=True)
             if top is not None:
                 top = tuple(t.to("cpu", non_blocking=True) for t in top)
+            if scores is not None:
+                lp, alternatives = scores
+                scores = (lp.to("cpu", non_blocking=True),
+                          alternatives and tuple(t.to("cpu", non_blocking=True) for t in alternatives))
             gpu_end = torch.cuda.Event(enable_timing=True)
             gpu_end.record()
             self._last_gpu_end = gpu_end
-        return PendingStep(req.step_id, plan.sampler_rids, tokens, logprobs, start, gpu_start, gpu_end, prev_end, top)
+        pending = PendingStep(req.step_id, plan.sampler_rids, tokens, logprobs, start, gpu_start, gpu_end, prev_end, top)
+        if scores is not None:
+            pending.scores = (plan, *scores)
+        return pending
 
     def forward_logits(self, req: worker_pb2.StepRequest) -> torch.Tensor:
         """Eager forward of a step without sampling: the logits of each sampling request, in order.
@@ -276,6 +309,8 @@ class ModelRunner:
                 raise StepError(f"request {ext.rid}: prefix_len {ext.prefix_len} but {state.context_len} tokens cached")
             slots = np.array(ext.slots, np.int32)
             self._claim(plan, state, slots, state.context_len)
+            if ext.score:
+                self._plan_scores(plan, ext, state.context_len)
             plan.ext_ids.append(np.array(ext.token_ids, np.int64))
             plan.ext_positions.append(np.arange(state.context_len, state.context_len + n, dtype=np.int64))
             plan.ext_slots.append(slots)
@@ -309,6 +344,23 @@ class ModelRunner:
         plan.sampler_rids.extend(rids)
         return plan
 
+    def _plan_scores(self, plan: StepPlan, ext: worker_pb2.Extend, first_position: int) -> None:
+        """Score each token of the extend as the prediction of the next one (prompt_logprobs)."""
+        targets = list(ext.token_ids[1:]) + ([ext.score_next_token] if ext.score_next_token >= 0 else [])
+        if ext.score_next_token != -1 and not 0 <= ext.score_next_token < self.model.spec.vocab_size:
+            raise StepError(f"request {ext.rid}: score_next_token {ext.score_next_token} outside the vocabulary")
+        if not 0 <= ext.score_top_n <= MAX_SCORE_TOP_N:
+            raise StepError(f"request {ext.rid}: score_top_n {ext.score_top_n} outside [0, {MAX_SCORE_TOP_N}]")
+        if not targets:
+            return
+        first_row = plan.cu[-1]
+        plan.score_index.extend(range(first_row, first_row + len(targets)))
+        plan.score_targets.extend(targets)
+        plan.score_rids.append(ext.rid)
+        plan.score_first_positions.append(first_position)
+        plan.score_counts.append(len(targets))
+        plan.score_top_n = max(plan.score_top_n, ext.score_top_n)
+
     def _forward_batch(self, plan: StepPlan) -> ForwardBatch:
         dev = self.device
         decode_rows = _t(plan.dec_rows, torch.int32, dev)
@@ -330,7 +382,9 @@ class ModelRunner:
             # None when every row samples (decode-only steps): no gather, and the norms can move
             # into the projections (worker/residual.py). The indices are distinct and increasing,
             # so one per row means all of them.
-            logits_index=None if len(plan.logits_index) == len(positions) else _t(plan.logits_index, torch.long, dev),
+            logits_index=(None if len(plan.logits_index) == len(positions) and not plan.score_index
+                          else _t(plan.logits_index, torch.long, dev)),
+            score_index=_t(plan.score_index, torch.long, dev) if plan.score_index else None,
         )
 
 
