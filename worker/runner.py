@@ -19,8 +19,9 @@ from litelang.proto import worker_pb2
 from litelang.worker.forward_batch import ForwardBatch, to_device
 from litelang.worker.kv_pool import KVPool
 from litelang.worker.model import Qwen2Model
-from litelang.worker.sampler import MAX_LOGIT_BIAS, PenaltyState, SamplingMode, SamplingTensors, sample_and_record, top_alternatives
-
+from litelang.worker.sampler import (
+    MAX_LOGIT_BIAS, PenaltyState, SamplingMode, SamplingTensors, sample_and_record, top_alternatives,
+)
 
 MAX_SCORE_TOP_N = 20  # alternatives per scored prompt position (as top_logprobs)
 
