@@ -1,7 +1,7 @@
 """Serving benchmarks through the full gRPC path (client -> scheduler -> worker), on a GPU.
 
     python -m litelang.bench.bench_serving --shape qwen2-1.5b --tokenizer DIR [--only single,batch128,prefix,poisson]
-        [--tp 1,2]   (--only also takes `top`: the cost of top_logprobs)
+        [--tp 1,2]   (--only also takes `top`: the cost of top_logprobs; `n`: n completions per request)
 
 Launches real processes with litelang-launch on a random-weight checkpoint at the given shape
 (the tokenizer files are copied in from DIR), drives them with the asyncio client, and prints
@@ -152,6 +152,37 @@ def bench_top_logprobs(server: Server, rows: list[str], batch: int = 16) -> None
                     f"| GPU {gpu_idle_share(before, after)} |")
 
 
+def bench_n(server: Server, rows: list[str], prompts: int = 16, n: int = 8) -> None:
+    """n completions per request (RL-style rollouts): 16 prompts of 1,000 tokens, n = 8, 128 new
+    tokens each, against the same 128 completions sent as separate requests."""
+    rng = random.Random(4)
+
+    async def as_n(batch: list[list[int]]) -> float:
+        async with AsyncLitelangClient(server.address) as client:
+            t0 = time.perf_counter()
+            await asyncio.gather(*(client.generate(p, max_new_tokens=128, temperature=0.8, ignore_eos=True, n=n)
+                                   for p in batch))
+            return time.perf_counter() - t0
+
+    async def as_requests(batch: list[list[int]]) -> float:
+        async with AsyncLitelangClient(server.address) as client:
+            t0 = time.perf_counter()
+            await asyncio.gather(*(client.generate(p, max_new_tokens=128, temperature=0.8, ignore_eos=True)
+                                   for p in batch for _ in range(n)))
+            return time.perf_counter() - t0
+
+    asyncio.run(as_n([rand_ids(rng, 1000) for _ in range(2)]))  # warm up
+    for label, run in ((f"n = {n}", as_n), (f"{n} separate requests each", as_requests)):
+        with LitelangClient(server.address) as c:
+            before = c.stats()
+            wall = asyncio.run(run([rand_ids(rng, 1000) for _ in range(prompts)]))
+            after = c.stats()
+        cached = after.cached_prompt_tokens - before.cached_prompt_tokens
+        rows.append(f"| {prompts} prompts of 1,000 tokens, {label}, 128 new | {prompts * n * 128 / wall:,.0f} out tok/s, "
+                    f"{prompts * n / wall:.1f} completions/s | {cached:,} prompt tokens from the prefix cache; "
+                    f"GPU {gpu_idle_share(before, after)} |")
+
+
 def bench_prefix(model: Path, rows: list[str], modes: tuple[bool, ...] = (True, False)) -> None:
     rng = random.Random(2)
     system = rand_ids(rng, 2000)
@@ -212,7 +243,7 @@ def main() -> None:
     only = args.only.split(",")
     tps = args.tp.split(",")
     rows = ["| workload (full gRPC path) | litelang | notes |", "| --- | --- | --- |"]
-    for tp in tps if {"single", "batch1", "batch128", "poisson", "top"} & set(only) else []:
+    for tp in tps if {"single", "batch1", "batch128", "poisson", "top", "n"} & set(only) else []:
         server = Server(model, tp=int(tp.removesuffix("nccl")), symm_all_reduce=not tp.endswith("nccl"))
         start = len(rows)
         try:
@@ -224,6 +255,8 @@ def main() -> None:
                 bench_poisson(server, rows, [float(r) for r in args.rates.split(",")], args.poisson_requests)
             if "top" in only:
                 bench_top_logprobs(server, rows)
+            if "n" in only:
+                bench_n(server, rows)
         finally:
             server.stop()
         if tps != ["1"]:  # label the rows with their server's tp

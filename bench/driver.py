@@ -32,10 +32,11 @@ def greedy(temperature: float = 0.0, seed: int = 0) -> worker_pb2.Sampling:
 def run_batch(
     runner: ModelRunner, prompts: list[list[int]], new_tokens: int, sampling: worker_pb2.Sampling | None = None,
     first_rid: int = 1, decode_context: contextlib.AbstractContextManager | None = None,
+    score_top_n: int | None = None,
 ) -> Result:
     """Prefill every prompt in one step, then decode new_tokens - 1 steps with launch-ahead;
     returns tokens and wall times (CUDA-synchronised). decode_context (e.g. a profiler) is
-    entered around the decode steps only."""
+    entered around the decode steps only. score_top_n: also score the prompts (prompt_logprobs)."""
     sampling = sampling or greedy()
     next_slot = 0
 
@@ -52,7 +53,9 @@ def run_batch(
     with torch.no_grad():
         req = worker_pb2.StepRequest(step_id=0)
         for rid, p in zip(rids, prompts):
-            req.extends.add(rid=rid, token_ids=p, slots=take(len(p)), sample=True, is_new=True, sampling=sampling)
+            ext = req.extends.add(rid=rid, token_ids=p, slots=take(len(p)), sample=True, is_new=True, sampling=sampling)
+            if score_top_n is not None:
+                ext.score, ext.score_next_token, ext.score_top_n = True, -1, score_top_n
         timer.start()
         reply = runner.step(req)
         for rid, token in zip(reply.rids, reply.token_ids):

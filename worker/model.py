@@ -20,8 +20,8 @@ from litelang.worker.forward_batch import ForwardBatch
 from litelang.worker.parallel import TPGroup, shard_range
 from litelang.worker.residual import DeferredNormStream, ResidualStream
 
-# rows of logits per pass when scoring a prompt: 256 x 151,936 float32 is 156 MB
-SCORE_ROWS = 256
+# rows of logits per pass when scoring a prompt: 1,024 x 151,936 bf16 is 311 MB
+SCORE_ROWS = 1024
 
 
 @dataclass
@@ -127,8 +127,11 @@ class Qwen2Model:
         would take gigabytes. hidden: final normed hidden states [rows, hidden]."""
         ks, logprobs, ids, values = self.kernels, [], [], []
         for h, t in zip(hidden.split(SCORE_ROWS), targets.split(SCORE_ROWS)):
-            logits = ks.linear(h, self.lm_head).float()
-            lp = ks.token_logprobs(logits, t)
+            logits = ks.linear(h, self.lm_head)
+            # one pass over the logits in their own dtype: the greedy kernel's argmax and its
+            # log-softmax, then each target's value relative to the argmax's
+            best, best_lp = ks.greedy_sample(logits)
+            lp = (logits.gather(1, t[:, None])[:, 0].float() - logits.gather(1, best[:, None])[:, 0].float()) + best_lp
             logprobs.append(lp)
             if top_n:
                 i, v = top_logprobs(logits, t, lp, top_n)
