@@ -47,6 +47,13 @@ def generate_request(
     return req
 
 
+def tokenize_request(prompt: str | list[dict[str, str]]) -> pb.TokenizeRequest:
+    if isinstance(prompt, str):
+        return pb.TokenizeRequest(prompt=prompt)
+    messages = [pb.ChatMessage(role=m["role"], content=m["content"]) for m in prompt]
+    return pb.TokenizeRequest(messages=pb.ChatMessages(messages=messages))
+
+
 class ChatSession:
     """A multi-turn conversation over the bidirectional Chat stream (sync)."""
 
@@ -109,6 +116,14 @@ class LitelangClient:
     def model_info(self) -> pb.ModelInfoResponse:
         return self.stub.ModelInfo(pb.ModelInfoRequest(), timeout=self.timeout)
 
+    def tokenize(self, prompt: str | list[dict[str, str]]) -> pb.TokenizeResponse:
+        """The server's token ids (and vocabulary entries) for text or chat messages."""
+        return self.stub.Tokenize(tokenize_request(prompt), timeout=self.timeout)
+
+    def detokenize(self, token_ids: list[int], skip_special_tokens: bool = False) -> str:
+        request = pb.DetokenizeRequest(token_ids=token_ids, skip_special_tokens=skip_special_tokens)
+        return self.stub.Detokenize(request, timeout=self.timeout).text
+
     def stats(self) -> pb.StatsResponse:
         return self.stub.GetStats(pb.StatsRequest(), timeout=self.timeout)
 
@@ -141,6 +156,13 @@ class AsyncLitelangClient:
 
     async def model_info(self) -> pb.ModelInfoResponse:
         return await self.stub.ModelInfo(pb.ModelInfoRequest(), timeout=self.timeout)
+
+    async def tokenize(self, prompt: str | list[dict[str, str]]) -> pb.TokenizeResponse:
+        return await self.stub.Tokenize(tokenize_request(prompt), timeout=self.timeout)
+
+    async def detokenize(self, token_ids: list[int], skip_special_tokens: bool = False) -> str:
+        request = pb.DetokenizeRequest(token_ids=token_ids, skip_special_tokens=skip_special_tokens)
+        return (await self.stub.Detokenize(request, timeout=self.timeout)).text
 
     async def stats(self) -> pb.StatsResponse:
         return await self.stub.GetStats(pb.StatsRequest(), timeout=self.timeout)

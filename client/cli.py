@@ -5,6 +5,7 @@
     litelang generate "def f(x):" --max-new-tokens 8 --no-stream --json | jq .text
     litelang generate "def f(x):" --max-new-tokens 16 --temperature 0.8 --seed 1 --n 3
     litelang chat --temperature 0.7 --repetition-penalty 1.1
+    litelang tokenize "def f(x):"
     litelang info
 
 Sampling flags left out leave their field unset, so the server's defaults apply.
@@ -182,6 +183,14 @@ def cmd_chat(client: LitelangClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tokenize(client: LitelangClient, args: argparse.Namespace) -> int:
+    """One row per token: its id and vocabulary entry, as the server tokenizes a prompt."""
+    reply = client.tokenize(args.prompt)
+    for token_id, token in zip(reply.token_ids, reply.tokens):
+        print(f"{token_id}\t{token}")
+    return 0
+
+
 def cmd_info(client: LitelangClient, args: argparse.Namespace) -> int:
     print(client.model_info())
     print(client.stats())
@@ -206,13 +215,15 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("chat", help="a multi-turn chat over the bidirectional stream")
     c.add_argument("--system", help="system prompt")
     _add_sampling_flags(c)
+    t = sub.add_parser("tokenize", help="the server's token ids for a prompt (for --logit-bias, --stop-token-id)")
+    t.add_argument("prompt")
     sub.add_parser("info", help="model and server figures")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"generate": cmd_generate, "chat": cmd_chat, "info": cmd_info}[args.command]
+    handler = {"generate": cmd_generate, "chat": cmd_chat, "tokenize": cmd_tokenize, "info": cmd_info}[args.command]
     try:
         with LitelangClient(args.address) as client:
             return handler(client, args)

@@ -64,6 +64,16 @@ class LitelangStub:
                 request_serializer=litelang_dot_proto_dot_litelang__pb2.StatsRequest.SerializeToString,
                 response_deserializer=litelang_dot_proto_dot_litelang__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.Tokenize = channel.unary_unary(
+                '/litelang.v1.Litelang/Tokenize',
+                request_serializer=litelang_dot_proto_dot_litelang__pb2.TokenizeRequest.SerializeToString,
+                response_deserializer=litelang_dot_proto_dot_litelang__pb2.TokenizeResponse.FromString,
+                _registered_method=True)
+        self.Detokenize = channel.unary_unary(
+                '/litelang.v1.Litelang/Detokenize',
+                request_serializer=litelang_dot_proto_dot_litelang__pb2.DetokenizeRequest.SerializeToString,
+                response_deserializer=litelang_dot_proto_dot_litelang__pb2.DetokenizeResponse.FromString,
+                _registered_method=True)
 
 
 class LitelangServicer:
@@ -111,6 +121,20 @@ class LitelangServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Tokenize(self, request, context):
+        """The server's tokenization, as Generate sees a prompt: text or chat messages (rendered with
+        the chat template) to token ids, for logit_bias, stop_token_ids or reading prompt_logprobs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Detokenize(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LitelangServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -143,6 +167,16 @@ def add_LitelangServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=litelang_dot_proto_dot_litelang__pb2.StatsRequest.FromString,
                     response_serializer=litelang_dot_proto_dot_litelang__pb2.StatsResponse.SerializeToString,
+            ),
+            'Tokenize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Tokenize,
+                    request_deserializer=litelang_dot_proto_dot_litelang__pb2.TokenizeRequest.FromString,
+                    response_serializer=litelang_dot_proto_dot_litelang__pb2.TokenizeResponse.SerializeToString,
+            ),
+            'Detokenize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Detokenize,
+                    request_deserializer=litelang_dot_proto_dot_litelang__pb2.DetokenizeRequest.FromString,
+                    response_serializer=litelang_dot_proto_dot_litelang__pb2.DetokenizeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -307,6 +341,60 @@ class Litelang:
             '/litelang.v1.Litelang/GetStats',
             litelang_dot_proto_dot_litelang__pb2.StatsRequest.SerializeToString,
             litelang_dot_proto_dot_litelang__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Tokenize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/litelang.v1.Litelang/Tokenize',
+            litelang_dot_proto_dot_litelang__pb2.TokenizeRequest.SerializeToString,
+            litelang_dot_proto_dot_litelang__pb2.TokenizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Detokenize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/litelang.v1.Litelang/Detokenize',
+            litelang_dot_proto_dot_litelang__pb2.DetokenizeRequest.SerializeToString,
+            litelang_dot_proto_dot_litelang__pb2.DetokenizeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,7 +37,7 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
 
     # ------------------------------------------------------------ helpers
 
-    def _prompt_ids(self, request: pb.GenerateRequest) -> list[int]:
+    def _prompt_ids(self, request: pb.GenerateRequest | pb.TokenizeRequest) -> list[int]:
         kind = request.WhichOneof("input")
         if kind == "prompt":
             return self.tokenizer.encode(request.prompt)
@@ -154,6 +154,7 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
             usage=outcome.usage, timings=outcome.timings,
         )
         if outputs[0].prompt is not None:
+            reply.prompt_token_ids.extend(reqs[0].prompt_ids)
             reply.prompt_logprobs.extend(outputs[0].prompt.prompt_logprobs)
             reply.prompt_top_logprobs.extend(_top_messages(outputs[0].prompt.prompt_top_logprobs or []))
         if len(outputs) > 1:
@@ -168,6 +169,7 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
                 chunk = pb.GenerateStreamChunk(request_id=request_id, text=ev.text, token_ids=ev.token_ids, index=i,
                                                logprobs=ev.logprobs, top_logprobs=_top_messages(ev.top_logprobs))
                 if ev.prompt_logprobs is not None:
+                    chunk.prompt_token_ids.extend(reqs[0].prompt_ids)
                     chunk.prompt_logprobs.extend(ev.prompt_logprobs)
                     chunk.prompt_top_logprobs.extend(_top_messages(ev.prompt_top_logprobs or []))
                 if ev.finish_reason != pb.FINISH_REASON_UNSPECIFIED:
@@ -201,6 +203,22 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
             max_batch_size=self.cfg.max_batch_size, kv_capacity_tokens=self.engine.capacity, tp=self.cfg.tp,
             eos_token_ids=self.tokenizer.eos_token_ids, device=info.device, dtype=info.dtype,
         )
+
+    async def Tokenize(self, request, context):
+        try:
+            ids = self._prompt_ids(request)
+        except (InvalidRequest, ValueError) as e:  # ValueError: no chat template
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        return pb.TokenizeResponse(token_ids=ids, tokens=self.tokenizer.hf.convert_ids_to_tokens(ids))
+
+    async def Detokenize(self, request, context):
+        ids = list(request.token_ids)
+        vocab_size = self.engine.info.vocab_size if self.engine.info else len(self.tokenizer.hf)
+        bad = [i for i in ids if not 0 <= i < vocab_size]
+        if bad:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"token ids {bad[:5]} are outside the vocabulary [0, {vocab_size})")
+        return pb.DetokenizeResponse(text=self.tokenizer.decode(ids, request.skip_special_tokens))
 
     async def GetStats(self, request, context):
         try:

@@ -1,0 +1,76 @@
+"""Tokenize and Detokenize end to end (real worker and scheduler processes, the real tokenizer
+on a tiny random Qwen2): the oracle is HF transformers' AutoTokenizer over the same files; a
+prompt's ids equal what Generate counts and what prompt_logprobs reports; bad input is refused."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from transformers import AutoTokenizer
+
+from helpers import make_tiny_qwen2_with_tokenizer, server_group
+from litelang.client.cli import main
+from litelang.proto import litelang_pb2 as pb
+
+pytestmark = pytest.mark.slow
+
+TEXT = "def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)  # 你好"
+MESSAGES = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "What is a radix tree?"}]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, default_model_dir):
+    return make_tiny_qwen2_with_tokenizer(tmp_path_factory.mktemp("tiny_tokenize"), default_model_dir)
+
+
+@pytest.fixture(scope="module")
+def group(tiny_model, tmp_path_factory):
+    with server_group(tiny_model, tmp_path_factory.mktemp("tokenize_logs"), kv_slots=512, max_batch_size=2,
+                      max_input_length=128, max_output_length=16) as g:
+        yield g
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_model):
+    return AutoTokenizer.from_pretrained(str(tiny_model))
+
+
+def test_text_and_messages_match_hf(group, hf):
+    reply = group.client.tokenize(TEXT)
+    assert list(reply.token_ids) == hf.encode(TEXT, add_special_tokens=False)
+    assert list(reply.tokens) == hf.convert_ids_to_tokens(list(reply.token_ids))
+    rendered = hf.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+    assert list(group.client.tokenize(MESSAGES).token_ids) == hf.encode(rendered, add_special_tokens=False)
+
+
+def test_detokenize_matches_hf(group, hf):
+    ids = hf.encode(TEXT, add_special_tokens=False) + [hf.convert_tokens_to_ids("<|im_end|>")]
+    assert group.client.detokenize(ids) == hf.decode(ids)
+    assert group.client.detokenize(ids, skip_special_tokens=True) == hf.decode(ids, skip_special_tokens=True) == TEXT
+
+
+def test_generate_sees_the_same_ids(group):
+    ids = list(group.client.tokenize(TEXT).token_ids)
+    reply = group.client.generate(TEXT, max_new_tokens=2, prompt_logprobs=0)
+    assert reply.usage.prompt_tokens == len(ids)
+    assert list(reply.prompt_token_ids) == ids and len(reply.prompt_logprobs) == len(ids) - 1
+    first = next(iter(group.client.generate_stream(TEXT, max_new_tokens=2, prompt_logprobs=0)))
+    assert list(first.prompt_token_ids) == ids
+    assert not group.client.generate(TEXT, max_new_tokens=2).prompt_token_ids  # only with prompt_logprobs
+
+
+def test_bad_input_is_invalid_argument(group):
+    with pytest.raises(grpc.RpcError) as err:
+        group.client.stub.Tokenize(pb.TokenizeRequest())
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "no input" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        group.client.detokenize([5, 10**7])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "outside the vocabulary" in err.value.details()
+
+
+def test_cli_tokenize(group, hf, capsys):
+    capsys.readouterr()
+    assert main(["--address", group.address, "tokenize", TEXT]) == 0
+    rows = [line.split("\t", 1) for line in capsys.readouterr().out.splitlines()]
+    ids = hf.encode(TEXT, add_special_tokens=False)
+    assert rows == [[str(i), t] for i, t in zip(ids, hf.convert_ids_to_tokens(ids))]
