@@ -207,7 +207,7 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
     async def Tokenize(self, request, context):
         try:
             ids = self._prompt_ids(request)
-        except (InvalidRequest, ValueError) as e:  # ValueError: no chat template
+        except InvalidRequest as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         return pb.TokenizeResponse(token_ids=ids, tokens=self.tokenizer.hf.convert_ids_to_tokens(ids))
 

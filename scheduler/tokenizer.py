@@ -9,6 +9,7 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from litelang.scheduler.detokenizer import ByteLevelDetokenizer, IncrementalDetokenizer, byte_level_table
+from litelang.scheduler.validation import InvalidRequest
 
 
 class Tokenizer:
@@ -48,6 +49,6 @@ class Tokenizer:
 
     def apply_chat_template(self, messages: list[dict[str, str]]) -> list[int]:
         if not self.has_chat_template:
-            raise ValueError("this checkpoint's tokenizer has no chat template; send a raw prompt instead")
+            raise InvalidRequest("this checkpoint's tokenizer has no chat template; send a raw prompt instead")
         text = self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return self.encode(text)

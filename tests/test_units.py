@@ -396,3 +396,24 @@ def test_engine_garbage_policy_collects_when_idle_and_every_busy_stretch():
     finally:
         if was_enabled:
             gc.enable()
+
+
+def test_messages_without_a_chat_template_are_invalid_argument(tmp_path, default_model_dir):
+    """A checkpoint whose tokenizer has no chat template: messages are the client's mistake
+    (INVALID_ARGUMENT through InvalidRequest), not a server error."""
+    import json
+    import shutil
+
+    from litelang.scheduler.tokenizer import Tokenizer
+    from litelang.scheduler.validation import InvalidRequest
+
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        shutil.copy(default_model_dir / name, tmp_path / name)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    tokenizer = Tokenizer(tmp_path)
+    assert not tokenizer.has_chat_template
+    with pytest.raises(InvalidRequest, match="no chat template"):
+        tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])
+    assert tokenizer.encode("hi") == Tokenizer(default_model_dir).encode("hi")
