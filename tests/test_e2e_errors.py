@@ -321,6 +321,36 @@ def test_worker_killed_while_idle_then_restarted_serves_next_request(single):
     assert reply.usage.completion_tokens == 4
 
 
+def test_worker_killed_under_n_completions_fails_the_request_then_recovers(limited):
+    """n = 3: the worker's death fails all three completions (the RPC ends with UNAVAILABLE),
+    the request id is forgotten, and no KV slot leaks."""
+    wait_idle(limited.client)
+    call = limited.client.stub.GenerateStream(
+        generate_request(FIB, "n-killed", max_new_tokens=200, temperature=0.7, seed=1, ignore_eos=True, n=3),
+        timeout=90)
+    _read_some(call, 2)
+    limited.kill_worker()
+    err = rpc_error(lambda: list(call))
+    assert err.code() == grpc.StatusCode.UNAVAILABLE, (err.code(), err.details())
+    wait_for(lambda: health_status(limited.address) == "NOT_SERVING", 10, "the scheduler to report NOT_SERVING")
+    limited.start_worker()
+    limited.wait_serving(120)
+    assert limited.client.abort("n-killed") == [], "no completion of the failed request is left in flight"
+    wait_idle(limited.client, 30)
+    reply = limited.client.generate(FIB, max_new_tokens=3, temperature=0.7, seed=1, n=3)
+    assert [len(c.token_ids) for c in reply.completions] == [3, 3, 3]
+    wait_idle(limited.client, 30)
+
+
+def test_n_completions_beyond_the_waiting_queue_are_resource_exhausted(single):
+    """max_reqs 1: the second completion finds the queue full. The request fails at once and
+    the first completion is aborted with it."""
+    wait_idle(single.client)
+    err = rpc_error(lambda: single.client.generate(FIB, max_new_tokens=50, n=2, ignore_eos=True))
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_reqs" in err.details()
+    wait_idle(single.client, 30)
+
+
 # ------------------------------------------------------------------------------ engine death
 # (last: it ends the `single` group's scheduler)
 
