@@ -123,8 +123,8 @@ class PenaltyState:
         else:
             self.biased_rows.discard(row)
             ids, values = [0] * MAX_LOGIT_BIAS, [0.0] * MAX_LOGIT_BIAS
-        self.bias_ids[row] = torch.tensor(ids, dtype=torch.long).to(device)
-        self.bias_values[row] = torch.tensor(values, dtype=torch.float32).to(device)
+        self.bias_ids[row] = to_device(torch.tensor(ids, dtype=torch.long), device)
+        self.bias_values[row] = to_device(torch.tensor(values, dtype=torch.float32), device)
 
     def add_bias(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """logits [batch, vocab] float32 plus each row's logit_bias (a scatter of [batch, 300])."""
@@ -134,7 +134,7 @@ class PenaltyState:
     def set_suppressed(self, row: int, ids, device) -> None:
         ids = list(ids)[:MAX_SUPPRESS]
         padded = ids + [ids[0]] * (MAX_SUPPRESS - len(ids))  # repeats write the same value
-        self.suppress_ids[row] = torch.tensor(padded, dtype=torch.long).to(device)
+        self.suppress_ids[row] = to_device(torch.tensor(padded, dtype=torch.long), device)
 
     def mask_suppressed(self, logits: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor,
                         until: torch.Tensor) -> torch.Tensor:
@@ -148,9 +148,9 @@ class PenaltyState:
         self.output_counts[row].zero_()
         self.prompt_mask[row].zero_()
         if prompt_ids:
-            self.prompt_mask[row, torch.tensor(prompt_ids, dtype=torch.long).to(device)] = True
+            self.prompt_mask[row, to_device(torch.tensor(prompt_ids, dtype=torch.long), device)] = True
         if generated_ids:
-            ids = torch.tensor(generated_ids, dtype=torch.long).to(device)
+            ids = to_device(torch.tensor(generated_ids, dtype=torch.long), device)
             self.output_counts[row].index_add_(0, ids, torch.ones_like(ids, dtype=torch.int32))
 
 
