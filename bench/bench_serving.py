@@ -157,25 +157,20 @@ def bench_n(server: Server, rows: list[str], prompts: int = 16, n: int = 8) -> N
     tokens each, against the same 128 completions sent as separate requests."""
     rng = random.Random(4)
 
-    async def as_n(batch: list[list[int]]) -> float:
+    async def run(batch: list[list[int]], per_request: int) -> float:
+        """Wall time of n completions of each prompt, per_request of them in each request."""
         async with AsyncLitelangClient(server.address) as client:
             t0 = time.perf_counter()
-            await asyncio.gather(*(client.generate(p, max_new_tokens=128, temperature=0.8, ignore_eos=True, n=n)
-                                   for p in batch))
+            await asyncio.gather(*(client.generate(p, max_new_tokens=128, temperature=0.8, ignore_eos=True,
+                                                   n=per_request)
+                                   for p in batch for _ in range(n // per_request)))
             return time.perf_counter() - t0
 
-    async def as_requests(batch: list[list[int]]) -> float:
-        async with AsyncLitelangClient(server.address) as client:
-            t0 = time.perf_counter()
-            await asyncio.gather(*(client.generate(p, max_new_tokens=128, temperature=0.8, ignore_eos=True)
-                                   for p in batch for _ in range(n)))
-            return time.perf_counter() - t0
-
-    asyncio.run(as_n([rand_ids(rng, 1000) for _ in range(2)]))  # warm up
-    for label, run in ((f"n = {n}", as_n), (f"{n} separate requests each", as_requests)):
+    asyncio.run(run([rand_ids(rng, 1000) for _ in range(2)], n))  # warm up
+    for label, per_request in ((f"n = {n}", n), (f"{n} separate requests each", 1)):
         with LitelangClient(server.address) as c:
             before = c.stats()
-            wall = asyncio.run(run([rand_ids(rng, 1000) for _ in range(prompts)]))
+            wall = asyncio.run(run([rand_ids(rng, 1000) for _ in range(prompts)], per_request))
             after = c.stats()
         cached = after.cached_prompt_tokens - before.cached_prompt_tokens
         rows.append(f"| {prompts} prompts of 1,000 tokens, {label}, 128 new | {prompts * n * 128 / wall:,.0f} out tok/s, "

@@ -16,33 +16,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from litelang.bench.bench_kernels import graph_us
 from litelang.bench.bench_serving import free_port
 
 ROWS = [(1, 1536), (48, 1536), (64, 1536), (1, 3584), (64, 3584), (256, 3584), (512, 3584), (1024, 3584)]
 REPEAT = 20
-
-
-def _time_graph(fn, iters: int = 50) -> float:
-    """Microseconds per call of fn, captured REPEAT times in one graph."""
-    g = torch.cuda.CUDAGraph()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()  # warm up outside the graph
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    with torch.cuda.graph(g):
-        for _ in range(REPEAT):
-            fn()
-    g.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        g.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1000 / iters / REPEAT
 
 
 def _rank(rank: int, world: int, port: int, queue) -> None:
@@ -61,8 +39,8 @@ def _rank(rank: int, world: int, port: int, queue) -> None:
         dist.all_reduce(ref)
         got = small(x)
         err = (got.float() - ref).abs().max().item()
-        nccl_us = _time_graph(lambda: dist.all_reduce(x))
-        one_us = _time_graph(lambda: small(x))
+        nccl_us = graph_us(lambda: dist.all_reduce(x), calls=REPEAT, replays=50)
+        one_us = graph_us(lambda: small(x), calls=REPEAT, replays=50)
         rows.append((m, n, m * n * 2, nccl_us, one_us, err))
     if rank == 0:
         queue.put(rows)

@@ -31,7 +31,7 @@ from litelang.kernels import REFERENCE, KernelSet
 from litelang.kernels._triton import INTERPRET, tl, triton
 from litelang.kernels.activation import silu_and_mul, silu_and_mul_ref
 from litelang.kernels.attention import decode_attention_as_extend, decode_attention_ref
-from litelang.kernels.greedy import greedy_sample, greedy_sample_ref
+from litelang.kernels.greedy import greedy_sample, greedy_sample_ref, logprobs_from_argmax
 from litelang.kernels.linear import split_qkv
 from litelang.kernels.rmsnorm import DeferredNorm
 from litelang.kernels.rope_store import apply_rope_and_store_kv, apply_rope_and_store_kv_ref
@@ -149,8 +149,7 @@ def linear_invariant(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None
 def token_logprobs_invariant(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """token_logprobs_ref through the greedy kernel's fixed chunks: torch's logsumexp splits a
     row over more blocks when there are fewer rows. logprob(t) = (x_t - max) + logprob(argmax)."""
-    top, top_logprob = greedy_sample(logits, chunks=GREEDY_CHUNKS)
-    return (logits.gather(1, tokens[:, None])[:, 0] - logits.gather(1, top[:, None])[:, 0]) + top_logprob
+    return logprobs_from_argmax(logits, tokens, *greedy_sample(logits, chunks=GREEDY_CHUNKS))
 
 
 def _rows_alone(fn, logits: torch.Tensor, *per_row: torch.Tensor | None, **kw):

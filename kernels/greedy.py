@@ -30,6 +30,14 @@ def greedy_sample_ref(logits: torch.Tensor, last_tokens: torch.Tensor | None = N
     return tokens, token_logprobs_ref(x, tokens)
 
 
+def logprobs_from_argmax(logits: torch.Tensor, tokens: torch.Tensor, best: torch.Tensor,
+                         best_logprob: torch.Tensor) -> torch.Tensor:
+    """Each row's log-softmax at tokens from a greedy pass's (argmax, its log-softmax):
+    logprob(t) = (x_t - x_best) + logprob(best), with no second reduction over the vocabulary."""
+    at = lambda ids: logits.gather(1, ids[:, None])[:, 0].float()  # noqa: E731
+    return (at(tokens) - at(best)) + best_logprob
+
+
 # --- Triton ----------------------------------------------------------------------------------
 
 

@@ -482,13 +482,13 @@ class Engine:
                                              list(reply.score_top_logprobs[row : row + m])))
             offset += count
 
-    def _prompt_event_fields(self, r: Request) -> dict:
-        """prompt_logprobs for the request's first event (once)."""
-        if r.sampling.prompt_logprobs is None or r.prompt_scores_sent:
-            return {}
-        r.prompt_scores_sent = True
-        return dict(prompt_logprobs=r.prompt_scores,
-                    prompt_top_logprobs=r.prompt_top if r.sampling.prompt_logprobs else None)
+    def _emit_first(self, r: Request, ev: OutputEvent) -> None:
+        """_emit, with the prompt's scores on the request's first event when it asked for them."""
+        if r.sampling.prompt_logprobs is not None and not r.prompt_scores_sent:
+            r.prompt_scores_sent = True
+            ev.prompt_logprobs = r.prompt_scores
+            ev.prompt_top_logprobs = r.prompt_top if r.sampling.prompt_logprobs else None
+        self._emit(r, ev)
 
     def _append_token(self, r: Request, token: int, logprob: float, now: float,
                       top: TopLogprobs | None = None) -> None:
@@ -525,8 +525,8 @@ class Engine:
             return
         # hold back the text a stop string may be forming in
         end = max(r.emitted_chars, len(r.text) - r.stop_hold) if r.stop_hold else len(r.text)
-        self._emit(r, OutputEvent(text=r.text[r.emitted_chars : end], token_ids=r.unsent_ids, logprobs=r.unsent_logprobs,
-                                  top_logprobs=r.unsent_top_logprobs, **self._prompt_event_fields(r)))
+        self._emit_first(r, OutputEvent(text=r.text[r.emitted_chars : end], token_ids=r.unsent_ids,
+                                        logprobs=r.unsent_logprobs, top_logprobs=r.unsent_top_logprobs))
         r.emitted_chars = end
         r.unsent_ids, r.unsent_logprobs, r.unsent_top_logprobs = [], [], []
 
@@ -558,9 +558,8 @@ class Engine:
         self.stats["cached_prompt_tokens"] += r.cached_tokens
         self.metrics.finished(r, pb.FinishReason.Name(reason).removeprefix("FINISH_REASON_").lower())
         outcome = OutcomeDetails(usage=r.usage(), timings=r.timings(), text=r.text, stop_string=r.stop_string)
-        self._emit(r, OutputEvent(text=text, token_ids=r.unsent_ids, logprobs=r.unsent_logprobs,
-                                  top_logprobs=r.unsent_top_logprobs, finish_reason=reason, outcome=outcome,
-                                  **self._prompt_event_fields(r)))
+        self._emit_first(r, OutputEvent(text=text, token_ids=r.unsent_ids, logprobs=r.unsent_logprobs,
+                                        top_logprobs=r.unsent_top_logprobs, finish_reason=reason, outcome=outcome))
         r.unsent_ids, r.unsent_logprobs, r.unsent_top_logprobs = [], [], []
 
     def _forget(self, r: Request) -> None:

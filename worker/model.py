@@ -13,6 +13,7 @@ import torch
 
 from litelang.kernels import KernelSet
 from litelang.kernels.rmsnorm import DeferredNorm
+from litelang.kernels.greedy import logprobs_from_argmax
 from litelang.kernels.rope import rope_cos_sin_cache
 from litelang.kernels.sampling import top_logprobs
 from litelang.worker.checkpoint import CheckpointReader, Qwen2Spec
@@ -128,10 +129,8 @@ class Qwen2Model:
         ks, logprobs, ids, values = self.kernels, [], [], []
         for h, t in zip(hidden.split(SCORE_ROWS), targets.split(SCORE_ROWS)):
             logits = ks.linear(h, self.lm_head)
-            # one pass over the logits in their own dtype: the greedy kernel's argmax and its
-            # log-softmax, then each target's value relative to the argmax's
-            best, best_lp = ks.greedy_sample(logits)
-            lp = (logits.gather(1, t[:, None])[:, 0].float() - logits.gather(1, best[:, None])[:, 0].float()) + best_lp
+            # one pass over the logits in their own dtype (the greedy kernel), no float32 copy
+            lp = logprobs_from_argmax(logits, t, *ks.greedy_sample(logits))
             logprobs.append(lp)
             if top_n:
                 i, v = top_logprobs(logits, t, lp, top_n)
