@@ -104,35 +104,46 @@ class Engine:
     def capacity(self) -> int:
         return self.allocator.capacity
 
-    def submit(self, req: Request) -> None:
-        """Queue a validated request, or raise RejectedError at once (never admit to fail later)."""
-        self._submit(req)
+    def submit(self, *reqs: Request) -> None:
+        """Queue validated requests (one, or a request's n completions) all or none: raise
+        RejectedError at once if any cannot be queued (never admit to fail later, never queue
+        part of a request)."""
+        self._check(reqs)
+        for req in reqs:
+            self._enqueue(req)
         self._wake.set()
 
-    def _submit(self, req: Request) -> None:
+    def _check(self, reqs: tuple[Request, ...]) -> None:
         if not self.healthy:
             raise RejectedError(grpc.StatusCode.UNAVAILABLE, "the workers are not ready (starting or restarting); retry shortly")
-        if req.request_id in self.by_id:
-            raise RejectedError(grpc.StatusCode.ALREADY_EXISTS, f"request_id {req.request_id!r} is already in flight")
-        if len(self.waiting) >= self.cfg.max_reqs:
+        ids = [r.request_id for r in reqs]
+        for rid in ids:
+            if rid in self.by_id or ids.count(rid) > 1:
+                raise RejectedError(grpc.StatusCode.ALREADY_EXISTS, f"request_id {rid!r} is already in flight")
+        if len(self.waiting) + len(reqs) > self.cfg.max_reqs:
+            room = max(self.cfg.max_reqs - len(self.waiting), 0)
+            detail = "" if len(reqs) == 1 else f" (room for {room} of this request's {len(reqs)} completions)"
             raise RejectedError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"the waiting queue is full ({self.cfg.max_reqs} requests, max_reqs); retry later",
+                f"the waiting queue is full ({self.cfg.max_reqs} requests, max_reqs){detail}; retry later",
             )
-        if len(req.prompt_ids) >= self.max_context:
-            raise RejectedError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"the prompt has {len(req.prompt_ids)} tokens but this server's context holds {self.max_context} "
-                f"(prompt and output together, the model's positions or max_input_length + max_output_length); "
-                f"send at most {self.max_context - 1} prompt tokens",
-            )
-        need = len(req.prompt_ids) + req.sampling.max_new_tokens
-        if need > self.capacity:
-            raise RejectedError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"prompt ({len(req.prompt_ids)} tokens) + max_new_tokens ({req.sampling.max_new_tokens}) needs {need} "
-                f"KV slots but the whole pool has {self.capacity}; shorten the prompt or lower max_new_tokens",
-            )
+        for req in reqs:
+            if len(req.prompt_ids) >= self.max_context:
+                raise RejectedError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"the prompt has {len(req.prompt_ids)} tokens but this server's context holds {self.max_context} "
+                    f"(prompt and output together, the model's positions or max_input_length + max_output_length); "
+                    f"send at most {self.max_context - 1} prompt tokens",
+                )
+            need = len(req.prompt_ids) + req.sampling.max_new_tokens
+            if need > self.capacity:
+                raise RejectedError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"prompt ({len(req.prompt_ids)} tokens) + max_new_tokens ({req.sampling.max_new_tokens}) needs {need} "
+                    f"KV slots but the whole pool has {self.capacity}; shorten the prompt or lower max_new_tokens",
+                )
+
+    def _enqueue(self, req: Request) -> None:
         self.by_id[req.request_id] = req
         s = req.sampling
         req.detokenizer = self.tokenizer.detokenizer(s.skip_special_tokens)

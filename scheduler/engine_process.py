@@ -8,7 +8,7 @@ streams catch up with multi-token messages (service.next_events).
 
 They talk over a multiprocessing Pipe with pickled tuples:
 
-    frontend -> engine   ("submit", request_id, prompt_ids, SamplingConfig, arrival)
+    frontend -> engine   ("submit", [(request_id, prompt_ids, SamplingConfig, arrival), ...])   all or none
                          ("abort", request_id)   ("stats", token)   ("stop",)
     engine -> frontend   ("events", [(request_id, OutputEvent), ...])   one message per step
                          ("state", healthy, InitResponse bytes, kv capacity)   when it changes
@@ -142,12 +142,13 @@ class _EngineSide:
     def _handle(self, msg: tuple) -> None:
         kind = msg[0]
         if kind == "submit":
-            _, request_id, prompt_ids, sampling, arrival = msg
-            req = Request(request_id=request_id, prompt_ids=prompt_ids, sampling=sampling, arrival=arrival)
+            reqs = [Request(request_id=rid, prompt_ids=ids, sampling=sampling, arrival=arrival)
+                    for rid, ids, sampling, arrival in msg[1]]
             try:
-                self.engine.submit(req)
+                self.engine.submit(*reqs)
             except RejectedError as e:
-                self._events.append((request_id, OutputEvent(text="", token_ids=[], error=(e.code.value[0], str(e)))))
+                error = (e.code.value[0], str(e))
+                self._events.extend((r.request_id, OutputEvent(text="", token_ids=[], error=error)) for r in reqs)
         elif kind == "abort":
             self.engine.abort(msg[1])
         elif kind == "stats":
@@ -223,13 +224,16 @@ class EngineClient:
             self._proc.kill()
             self._proc.join()
 
-    def submit(self, req: Request) -> None:
-        if req.request_id in self._requests:
-            raise RejectedError(grpc.StatusCode.ALREADY_EXISTS, f"request_id {req.request_id!r} is already in flight")
+    def submit(self, *reqs: Request) -> None:
+        """Send one request, or a request's n completions, to be queued all or none."""
+        for req in reqs:
+            if req.request_id in self._requests:
+                raise RejectedError(grpc.StatusCode.ALREADY_EXISTS, f"request_id {req.request_id!r} is already in flight")
         if not self.healthy:
             raise RejectedError(grpc.StatusCode.UNAVAILABLE, "the workers are not ready (starting or restarting); retry shortly")
-        self._requests[req.request_id] = req
-        self._send(("submit", req.request_id, req.prompt_ids, req.sampling, req.arrival))
+        self._send(("submit", [(r.request_id, r.prompt_ids, r.sampling, r.arrival) for r in reqs]))
+        for req in reqs:
+            self._requests[req.request_id] = req
 
     def abort(self, request_id: str) -> bool:
         """True if the request was in flight (its final event says how it ended)."""

@@ -70,7 +70,6 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
         """Submit the request's completions: one engine Request each (ids `<id>/<index>` when
         n > 1, so siblings admitted together share the prompt's KV through the prefix cache).
         Returns the request id and the completions."""
-        submitted: list[Request] = []
         try:
             n = completion_count(request.sampling)
             prompt_ids = self._prompt_ids(request)
@@ -79,13 +78,10 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
                 raise RejectedError(grpc.StatusCode.ALREADY_EXISTS, f"request_id {request_id!r} is already in flight")
             reqs = [self._new_request(request_id if n == 1 else f"{request_id}/{i}", prompt_ids, request.sampling, i)
                     for i in range(n)]
-            for req in reqs:
-                self.engine.submit(req)
-                submitted.append(req)
+            self.engine.submit(*reqs)  # all n or none
         except InvalidRequest as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except RejectedError as e:
-            self._abort_all(submitted)
             await context.abort(e.code, str(e))
         if n > 1:
             self._groups[request_id] = [r.request_id for r in reqs]

@@ -343,8 +343,8 @@ def test_worker_killed_under_n_completions_fails_the_request_then_recovers(limit
 
 
 def test_n_completions_beyond_the_waiting_queue_are_resource_exhausted(single):
-    """max_reqs 1: the second completion finds the queue full. The request fails at once and
-    the first completion is aborted with it."""
+    """max_reqs 1: the queue has room for one of two completions. The request fails at once,
+    whatever the engine is doing, and neither completion is queued (all n or none)."""
     wait_idle(single.client)
     err = rpc_error(lambda: single.client.generate(FIB, max_new_tokens=50, n=2, ignore_eos=True))
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_reqs" in err.details()

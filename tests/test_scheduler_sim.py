@@ -681,6 +681,35 @@ def test_request_that_can_never_fit_is_rejected_at_once() -> None:
     run(main())
 
 
+def test_completions_of_one_request_are_queued_all_or_none() -> None:
+    """A request's n completions go in together or not at all: a queue with room for one of two
+    takes neither; a duplicate id among them takes none; with room for both, both run."""
+    async def main():
+        sim = Sim(4, 64, max_batch_size=2, max_prefill_tokens=16, max_reqs=3)
+        await sim.start()
+        assert sim.submit("first", [2, 7, 9], SamplingConfig(max_new_tokens=5))
+        assert sim.submit("second", [3, 7, 9], SamplingConfig(max_new_tokens=5))
+        pair = [Request(f"pair/{i}", [4, 7, 9], SamplingConfig(max_new_tokens=5, ignore_eos=True)) for i in range(2)]
+        with pytest.raises(RejectedError) as info:
+            sim.engine.submit(*pair)
+        assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "room for 1 of" in str(info.value)
+        with pytest.raises(RejectedError) as info:
+            sim.engine.submit(Request("third", [5, 7], SamplingConfig(max_new_tokens=5)),
+                              Request("first", [5, 7], SamplingConfig(max_new_tokens=5)))
+        assert info.value.code == grpc.StatusCode.ALREADY_EXISTS
+        assert [r.request_id for r in sim.engine.waiting] == ["first", "second"]
+        assert set(sim.engine.by_id) == {"first", "second"}
+        await sim.drain(max_steps=1000)
+        sim.engine.submit(*pair)
+        assert [r.request_id for r in sim.engine.waiting] == ["pair/0", "pair/1"]
+        await sim.drain(max_steps=1000)
+        assert all(len(r.output_ids) == 5 for r in pair)
+        sim.verify()
+        await sim.stop()
+
+    run(main())
+
+
 def test_full_queue_is_rejected_at_once() -> None:
     async def main():
         sim = Sim(4, 64, max_batch_size=2, max_prefill_tokens=16, max_reqs=3)
