@@ -1,8 +1,9 @@
 """`litelang-launch CONFIG.yaml`: start the workers and the scheduler as separate processes.
 
-Waits until each reports healthy (gRPC health checking), prints the address, restarts a worker
-that dies (the scheduler fails that worker's requests with UNAVAILABLE and reconnects), and on
-Ctrl-C or SIGTERM stops every process it started.
+Waits until each reports healthy (gRPC health checking), starts the OpenAI-compatible gateway
+when `openai_port` is set, prints the address, restarts a worker that dies (the scheduler fails
+that worker's requests with UNAVAILABLE and reconnects), and on Ctrl-C or SIGTERM stops every
+process it started.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -36,6 +39,14 @@ def is_serving(address: str, timeout: float = 1.0) -> bool:
         return False
 
 
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
+            return reply.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 class Group:
     """The processes of one deployment, each in its own process group so stopping is thorough."""
 
@@ -43,6 +54,7 @@ class Group:
         self.cfg, self.config_file = cfg, config_file
         self.workers: list[subprocess.Popen | None] = [None] * cfg.tp
         self.scheduler: subprocess.Popen | None = None
+        self.gateway: subprocess.Popen | None = None
         self.stopping = lambda: False  # set by main: a signal arrived
 
     def _spawn(self, module: str, *extra: str) -> subprocess.Popen:
@@ -52,9 +64,9 @@ class Group:
     def start_worker(self, rank: int) -> None:
         self.workers[rank] = self._spawn("litelang.worker.main", "--rank", str(rank))
 
-    def wait_healthy(self, name: str, proc: subprocess.Popen, address: str) -> None:
+    def wait_healthy(self, name: str, proc: subprocess.Popen, address: str, check=is_serving) -> None:
         deadline = time.monotonic() + self.cfg.startup_timeout_s
-        while not is_serving(address):
+        while not check(address):
             if self.stopping():
                 raise LaunchError(f"interrupted while waiting for {name}")
             if proc.poll() is not None:
@@ -72,12 +84,19 @@ class Group:
             print(f"litelang-launch: worker {rank} healthy on {address}", flush=True)
         self.scheduler = self._spawn("litelang.scheduler.main")
         self.wait_healthy("scheduler", self.scheduler, self.cfg.address)
+        if self.cfg.openai_port:
+            self.gateway = self._spawn("litelang.gateway.main")
+            url = f"http://{self.cfg.host}:{self.cfg.openai_port}/health"
+            self.wait_healthy("the OpenAI gateway", self.gateway, url, check=http_ok)
 
     def watch(self, stopping) -> int:
         """Restart dead workers until asked to stop; returns the exit code."""
         while not stopping():
             if self.scheduler.poll() is not None:
                 print(f"litelang-launch: scheduler exited with code {self.scheduler.returncode}", file=sys.stderr)
+                return 1
+            if self.gateway is not None and self.gateway.poll() is not None:
+                print(f"litelang-launch: the OpenAI gateway exited with code {self.gateway.returncode}", file=sys.stderr)
                 return 1
             for rank, proc in enumerate(self.workers):
                 if proc.poll() is not None:
@@ -114,6 +133,7 @@ class Group:
             p.wait()
 
     def stop(self) -> None:
+        self._stop_procs([self.gateway])
         self._stop_procs([self.scheduler])
         self._stop_procs(self.workers)
 
@@ -148,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             group.start()
             print(f"litelang is serving {cfg.model} on {cfg.address}", flush=True)
+            if cfg.openai_port:
+                print(f"OpenAI-compatible API on http://{cfg.host}:{cfg.openai_port}/v1", flush=True)
             code = group.watch(group.stopping)
         except LaunchError as e:
             print(f"litelang-launch: {e}", file=sys.stderr)

@@ -124,6 +124,10 @@ class LitelangClient:
         request = pb.DetokenizeRequest(token_ids=token_ids, skip_special_tokens=skip_special_tokens)
         return self.stub.Detokenize(request, timeout=self.timeout).text
 
+    def convert_ids_to_tokens(self, token_ids: list[int]) -> list[str]:
+        """Each id's vocabulary entry (as TokenizeResponse.tokens spells them)."""
+        return list(self.stub.Detokenize(pb.DetokenizeRequest(token_ids=token_ids), timeout=self.timeout).tokens)
+
     def stats(self) -> pb.StatsResponse:
         return self.stub.GetStats(pb.StatsRequest(), timeout=self.timeout)
 
@@ -163,6 +167,9 @@ class AsyncLitelangClient:
     async def detokenize(self, token_ids: list[int], skip_special_tokens: bool = False) -> str:
         request = pb.DetokenizeRequest(token_ids=token_ids, skip_special_tokens=skip_special_tokens)
         return (await self.stub.Detokenize(request, timeout=self.timeout)).text
+
+    async def convert_ids_to_tokens(self, token_ids: list[int]) -> list[str]:
+        return list((await self.stub.Detokenize(pb.DetokenizeRequest(token_ids=token_ids), timeout=self.timeout)).tokens)
 
     async def stats(self) -> pb.StatsResponse:
         return await self.stub.GetStats(pb.StatsRequest(), timeout=self.timeout)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable
 from typing import TextIO
 
 import grpc
@@ -66,7 +67,7 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop-token-id", type=int, action="append", help="extra stop token id besides EOS (repeatable)")
     p.add_argument("--logit-bias", type=_token_bias, action="append", metavar="TOKEN_ID=BIAS",
                    help="add BIAS ([-100, 100]) to a token's logit before sampling (repeatable)")
-    p.add_argument("--ignore-eos", action="store_true", help="keep generating past the model's EOS tokens")
+    p.add_argument("--ignore-eos", action="store_true", help="keep generating past the model's EOS tokens (stop strings and --stop-token-id still stop)")
     p.add_argument("--skip-special-tokens", action="store_true", help="drop special tokens from the text")
     p.add_argument("--logprobs", action="store_true",
                    help="print each generated token's log-probability: a table after the text (chat: on stderr)")
@@ -74,27 +75,47 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
                    help="also print the N (0-20) most likely tokens at each position; implies --logprobs")
 
 
-def _print_logprobs(msg: pb.GenerateResponse | pb.Completion | pb.TurnChunk, file: TextIO) -> None:
-    """One tab-separated row per generated token. Token ids only: the replies carry no per-token
-    text (the detokenizer holds back partial characters), and the CLI loads no tokenizer."""
+def _vocab_entries(client: LitelangClient, ids: Iterable[int]) -> dict[int, str]:
+    """id -> vocabulary entry for the tables, in one Detokenize call (the CLI loads no tokenizer)."""
+    unique = sorted(set(ids))
+    return dict(zip(unique, client.convert_ids_to_tokens(unique))) if unique else {}
+
+
+def _top_cells(tops: pb.TopLogprobs, entries: dict[int, str]) -> list[str]:
+    """The alternatives at one position: `id:logprob` and their vocabulary entries, in one order."""
+    return [" ".join(f"{t}:{x:.4f}" for t, x in zip(tops.token_ids, tops.logprobs)),
+            " ".join(entries[t] for t in tops.token_ids)]
+
+
+def _print_logprobs(client: LitelangClient, msg: pb.GenerateResponse | pb.Completion | pb.TurnChunk,
+                    file: TextIO) -> None:
+    """One tab-separated row per generated token: its id, vocabulary entry (byte-level BPE spells a
+    space "Ġ"; entries hold no spaces or tabs) and log-probability, then the alternatives asked for.
+    Entries, not text: the replies carry no per-token text (the detokenizer holds back partial
+    characters)."""
     tops = msg.top_logprobs
-    print("\t".join(["index", "token_id", "logprob"] + (["top_logprobs"] if tops else [])), file=file)
+    entries = _vocab_entries(client, [*msg.token_ids, *(t for top in tops for t in top.token_ids)])
+    print("\t".join(["index", "token_id", "token", "logprob"] + (["top_logprobs", "top_tokens"] if tops else [])),
+          file=file)
     for i, (token, lp) in enumerate(zip(msg.token_ids, msg.logprobs)):
-        row = [str(i), str(token), f"{lp:.4f}"]
+        row = [str(i), str(token), entries[token], f"{lp:.4f}"]
         if tops:
-            row.append(" ".join(f"{t}:{x:.4f}" for t, x in zip(tops[i].token_ids, tops[i].logprobs)))
+            row += _top_cells(tops[i], entries)
         print("\t".join(row), file=file)
 
 
-def _print_prompt_logprobs(reply: pb.GenerateResponse, file: TextIO) -> None:
-    """One row per prompt token after the first: its position and log-probability (the prompt's
-    token ids are the server's tokenization, not in the reply), and the alternatives asked for."""
+def _print_prompt_logprobs(client: LitelangClient, reply: pb.GenerateResponse, file: TextIO) -> None:
+    """One row per prompt token after the first (the server's tokenization of the prompt): its
+    position, id, vocabulary entry and log-probability, and the alternatives asked for."""
     tops = reply.prompt_top_logprobs
-    print("\t".join(["prompt_position", "logprob"] + (["top_logprobs"] if tops else [])), file=file)
+    ids = reply.prompt_token_ids
+    entries = _vocab_entries(client, [*ids, *(t for top in tops for t in top.token_ids)])
+    print("\t".join(["prompt_position", "token_id", "token", "logprob"] + (["top_logprobs", "top_tokens"] if tops else [])),
+          file=file)
     for i, lp in enumerate(reply.prompt_logprobs):
-        row = [str(i + 1), f"{lp:.4f}"]
+        row = [str(i + 1), str(ids[i + 1]), entries[ids[i + 1]], f"{lp:.4f}"]
         if tops:
-            row.append(" ".join(f"{t}:{x:.4f}" for t, x in zip(tops[i].token_ids, tops[i].logprobs)))
+            row += _top_cells(tops[i], entries)
         print("\t".join(row), file=file)
 
 
@@ -107,19 +128,21 @@ def _fold(reply: pb.GenerateResponse, chunk: pb.GenerateStreamChunk) -> None:
     reply.top_logprobs.extend(chunk.top_logprobs)
     reply.prompt_logprobs.extend(chunk.prompt_logprobs)
     reply.prompt_top_logprobs.extend(chunk.prompt_top_logprobs)
+    reply.prompt_token_ids.extend(chunk.prompt_token_ids)
     if chunk.finish_reason:
         reply.finish_reason = chunk.finish_reason
+        reply.stop_string = chunk.stop_string
         reply.usage.CopyFrom(chunk.usage)
         reply.timings.CopyFrom(chunk.timings)
 
 
-def _print_completions(reply: pb.GenerateResponse, with_logprobs: bool) -> None:
+def _print_completions(client: LitelangClient, reply: pb.GenerateResponse, with_logprobs: bool) -> None:
     """n > 1: each completion under a header line, its logprobs table after it."""
     for c in reply.completions:
         print(f"[completion {c.index}: {pb.FinishReason.Name(c.finish_reason)}]")
         print(c.text)
         if with_logprobs:
-            _print_logprobs(c, sys.stdout)
+            _print_logprobs(client, c, sys.stdout)
 
 
 def cmd_generate(client: LitelangClient, args: argparse.Namespace) -> int:
@@ -127,7 +150,7 @@ def cmd_generate(client: LitelangClient, args: argparse.Namespace) -> int:
     if args.n and args.n > 1:  # several completions: wait for all of them (no interleaved stream)
         reply = client.generate(args.prompt, **sampling)
         if not args.json:
-            _print_completions(reply, bool(sampling["logprobs"]))
+            _print_completions(client, reply, bool(sampling["logprobs"]))
     elif args.no_stream:
         reply = client.generate(args.prompt, **sampling)
         if not args.json:
@@ -144,9 +167,9 @@ def cmd_generate(client: LitelangClient, args: argparse.Namespace) -> int:
         print(json_format.MessageToJson(reply, preserving_proto_field_name=True, indent=None,
                                         always_print_fields_with_no_presence=True))
     elif sampling["logprobs"] and not reply.completions:
-        _print_logprobs(reply, sys.stdout)
+        _print_logprobs(client, reply, sys.stdout)
     if not args.json and args.prompt_logprobs is not None:
-        _print_prompt_logprobs(reply, sys.stdout)
+        _print_prompt_logprobs(client, reply, sys.stdout)
     if args.verbose:
         u = reply.usage
         print(f"[{pb.FinishReason.Name(reply.finish_reason)}; {u.prompt_tokens} prompt + "
@@ -175,7 +198,7 @@ def cmd_chat(client: LitelangClient, args: argparse.Namespace) -> int:
                 elif kind == "end":
                     print()
                     if sampling["logprobs"]:  # stderr: the conversation on stdout stays readable
-                        _print_logprobs(turn, sys.stderr)
+                        _print_logprobs(client, turn, sys.stderr)
                 elif kind == "error":
                     print(f"\n[error: {msg.error.message}]", file=sys.stderr)
     finally:

@@ -33,6 +33,8 @@ class LitelangConfig:
     workers: list[str] = field(default_factory=list)  # explicit worker addresses (multi-host); overrides the two above
     dist_port: int = 29571              # torch.distributed rendezvous port of rank 0 (tp > 1)
     metrics_port: int = 0               # Prometheus /metrics over HTTP on host:metrics_port (0 = off)
+    openai_port: int = 0                # OpenAI-compatible HTTP API on host:openai_port (litelang-openai; 0 = off)
+    served_model_name: str = ""         # the model id that API reports and accepts (default: the model folder's name)
     # --- limits ---
     max_batch_size: int = 64            # running requests
     max_input_length: int = 4096        # prompt tokens; longer prompts get INVALID_ARGUMENT
@@ -73,6 +75,9 @@ class LitelangConfig:
             p.append(f"mem_usage must be in (0, 1] (got {self.mem_usage})")
         if not 0.0 <= self.busy_scale <= 1.0:
             p.append(f"busy_scale must be in [0, 1] (got {self.busy_scale})")
+        for name in ("port", "metrics_port", "openai_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                p.append(f"{name} must be a TCP port in [0, 65535] (got {getattr(self, name)})")
         if self.kv_slots < 0:
             p.append(f"kv_slots must be >= 0 (got {self.kv_slots})")
         if self.deterministic and self.tp > 1:

@@ -53,18 +53,24 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
             return self.tokenizer.apply_chat_template(msgs)
         raise InvalidRequest("no input: set one of prompt, input_ids or messages")
 
-    def _new_request(self, request_id: str, prompt_ids: list[int], params: pb.SamplingParams,
-                     index: int = 0) -> Request:
-        """index: which of the request's n completions (a seeded one draws with seed + index)."""
-        sampling = resolve_sampling(params, self.cfg, default_seed=next(self._seeds))
-        if index and params.HasField("seed"):
-            sampling.seed = (sampling.seed + index) % 2**64
-        if index:  # the siblings' prompt is completion 0's: scored once
-            sampling.prompt_logprobs = None
+    def _new_requests(self, request_id: str, prompt_ids: list[int], params: pb.SamplingParams,
+                      n: int = 1) -> list[Request]:
+        """The request's n completions, validated once (ids `<id>/<index>` when n > 1; completion
+        i of a seeded request draws with seed + i)."""
         vocab_size = self.engine.info.vocab_size if self.engine.info else 1 << 31
         check_prompt(prompt_ids, self.cfg, vocab_size)
-        check_logit_bias_ids(sampling.logit_bias, vocab_size)
-        return Request(request_id=request_id or uuid.uuid4().hex, prompt_ids=prompt_ids, sampling=sampling)
+        reqs = []
+        for index in range(n):
+            sampling = resolve_sampling(params, self.cfg, default_seed=next(self._seeds))
+            if index and params.HasField("seed"):
+                sampling.seed = (sampling.seed + index) % 2**64
+            if index:  # the siblings' prompt is completion 0's: scored once
+                sampling.prompt_logprobs = None
+            else:
+                check_logit_bias_ids(sampling.logit_bias, vocab_size)
+            reqs.append(Request(request_id=request_id if n == 1 else f"{request_id}/{index}",
+                                prompt_ids=prompt_ids, sampling=sampling))
+        return reqs
 
     async def _start(self, request: pb.GenerateRequest, context) -> tuple[str, list[Request]]:
         """Submit the request's completions: one engine Request each (ids `<id>/<index>` when
@@ -76,8 +82,7 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
             request_id = request.request_id or uuid.uuid4().hex
             if n > 1 and request_id in self._groups:
                 raise RejectedError(grpc.StatusCode.ALREADY_EXISTS, f"request_id {request_id!r} is already in flight")
-            reqs = [self._new_request(request_id if n == 1 else f"{request_id}/{i}", prompt_ids, request.sampling, i)
-                    for i in range(n)]
+            reqs = self._new_requests(request_id, prompt_ids, request.sampling, n)
             self.engine.submit(*reqs)  # all n or none
         except InvalidRequest as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
@@ -143,7 +148,8 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
         finally:
             if len(reqs) > 1:
                 self._groups.pop(request_id, None)
-        first, outcome = outputs[0].completion(0), outputs[0].last.outcome
+        completions = [out.completion(i) for i, out in enumerate(outputs)]
+        first, outcome = completions[0], outputs[0].last.outcome
         reply = pb.GenerateResponse(
             request_id=request_id, text=first.text, token_ids=first.token_ids, logprobs=first.logprobs,
             finish_reason=first.finish_reason, stop_string=first.stop_string, top_logprobs=first.top_logprobs,
@@ -154,7 +160,7 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
             reply.prompt_logprobs.extend(outputs[0].prompt.prompt_logprobs)
             reply.prompt_top_logprobs.extend(_top_messages(outputs[0].prompt.prompt_top_logprobs or []))
         if len(outputs) > 1:
-            reply.completions.extend(out.completion(i) for i, out in enumerate(outputs))
+            reply.completions.extend(completions)
             _merge_usage(reply, [out.last.outcome for out in outputs])
         return reply
 
@@ -170,6 +176,7 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
                     chunk.prompt_top_logprobs.extend(_top_messages(ev.prompt_top_logprobs or []))
                 if ev.finish_reason != pb.FINISH_REASON_UNSPECIFIED:
                     chunk.finish_reason = ev.finish_reason
+                    chunk.stop_string = ev.outcome.stop_string
                     chunk.usage.CopyFrom(ev.outcome.usage)
                     chunk.timings.CopyFrom(ev.outcome.timings)
                 yield chunk
@@ -214,7 +221,9 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
         if bad:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"token ids {bad[:5]} are outside the vocabulary [0, {vocab_size})")
-        return pb.DetokenizeResponse(text=self.tokenizer.decode(ids, request.skip_special_tokens))
+        return pb.DetokenizeResponse(text=self.tokenizer.decode(ids, request.skip_special_tokens),
+                                     tokens=self.tokenizer.hf.convert_ids_to_tokens(ids),
+                                     token_bytes=self.tokenizer.token_bytes(ids))
 
     async def GetStats(self, request, context):
         try:
@@ -356,7 +365,7 @@ class ChatSession:
                 raise InvalidRequest("prompt_logprobs is for Generate and GenerateStream (a chat turn's prompt is the "
                                      "whole conversation)")
             ids = svc.tokenizer.apply_chat_template(self.messages + [{"role": "user", "content": user.content}])
-            req = svc._new_request(f"{self.session_id}-{self.turn}", ids, params)
+            [req] = svc._new_requests(f"{self.session_id}-{self.turn}", ids, params)
             svc.engine.submit(req)
         except InvalidRequest as e:
             self._error(grpc.StatusCode.INVALID_ARGUMENT, str(e))

@@ -31,6 +31,13 @@ class Tokenizer:
             return ByteLevelDetokenizer(table, special, skip_special_tokens)
         return IncrementalDetokenizer(self, skip_special_tokens)
 
+    def token_bytes(self, ids: list[int]) -> list[bytes]:
+        """Each id's bytes on its own: the byte table's entry, or (other tokenizers) its text."""
+        if self._byte_table is not None:
+            table = self._byte_table[0]
+            return [table[i] for i in ids]
+        return [self.decode([i]).encode("utf-8") for i in ids]
+
     def _eos_ids(self, model_dir: Path) -> list[int]:
         ids: list[int] = []
         gen = model_dir / "generation_config.json"

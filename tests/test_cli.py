@@ -51,15 +51,31 @@ def table(out: str, text: str) -> list[list[str]]:
     return [line.split("\t") for line in out[len(text) + 1:].splitlines()]
 
 
-def check_table(rows: list[list[str]], reply: pb.GenerateResponse, n_top: int) -> None:
-    assert rows[0] == ["index", "token_id", "logprob"] + (["top_logprobs"] if n_top else [])
+@pytest.fixture(scope="module")
+def entries(tiny_model):
+    """The oracle for the tables' token columns: HF's own vocabulary lookup, ids -> entries."""
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(str(tiny_model))
+    return lambda ids: hf.convert_ids_to_tokens(list(ids))
+
+
+def top_cells(top: pb.TopLogprobs, entries) -> list[str]:
+    return [" ".join(f"{t}:{x:.4f}" for t, x in zip(top.token_ids, top.logprobs)), " ".join(entries(top.token_ids))]
+
+
+def check_table(rows: list[list[str]], reply: pb.GenerateResponse, n_top: int, entries) -> None:
+    assert rows[0] == ["index", "token_id", "token", "logprob"] + (["top_logprobs", "top_tokens"] if n_top else [])
     assert len(rows) - 1 == len(reply.token_ids) == NEW, "one row per generated token"
+    tokens = entries(reply.token_ids)
     for i, row in enumerate(rows[1:]):
-        assert row[:3] == [str(i), str(reply.token_ids[i]), f"{reply.logprobs[i]:.4f}"], f"row {i}"
+        assert row[:4] == [str(i), str(reply.token_ids[i]), tokens[i], f"{reply.logprobs[i]:.4f}"], f"row {i}"
         if n_top:
             top = reply.top_logprobs[i]
-            assert row[3].split(" ") == [f"{t}:{x:.4f}" for t, x in zip(top.token_ids, top.logprobs)], f"row {i}"
+            assert row[4:] == top_cells(top, entries), f"row {i}"
             assert len(top.token_ids) == n_top
+        else:
+            assert len(row) == 4
 
 
 # ---- flags -> SamplingParams (no server)
@@ -156,27 +172,27 @@ def test_json_carries_the_clients_logprobs(group, capsys, stream):
 
 @e2e
 @STREAMING
-def test_logprobs_table_matches_the_client(group, capsys, stream):
+def test_logprobs_table_matches_the_client(group, capsys, stream, entries):
     rc, out, _ = cli(group, capsys, "generate", PROMPT, *GREEDY, "--logprobs", "--top-logprobs", "3", stream=stream)
     assert rc == 0
     want = group.client.generate(PROMPT, **GREEDY_KW, logprobs=True, top_logprobs=3)
-    check_table(table(out, want.text), want, n_top=3)
+    check_table(table(out, want.text), want, n_top=3, entries=entries)
 
 
 @e2e
-def test_logprobs_table_without_alternatives(group, capsys):
+def test_logprobs_table_without_alternatives(group, capsys, entries):
     rc, out, _ = cli(group, capsys, "generate", PROMPT, *GREEDY, "--logprobs", stream=True)
     assert rc == 0
     want = group.client.generate(PROMPT, **GREEDY_KW, logprobs=True)
-    check_table(table(out, want.text), want, n_top=0)
+    check_table(table(out, want.text), want, n_top=0, entries=entries)
 
 
 @e2e
-def test_top_logprobs_alone_implies_logprobs(group, capsys):
+def test_top_logprobs_alone_implies_logprobs(group, capsys, entries):
     rc, out, err = cli(group, capsys, "generate", PROMPT, *GREEDY, "--top-logprobs", "2")
     assert rc == 0, err
     want = group.client.generate(PROMPT, **GREEDY_KW, logprobs=True, top_logprobs=2)
-    check_table(table(out, want.text), want, n_top=2)
+    check_table(table(out, want.text), want, n_top=2, entries=entries)
 
 
 @e2e
@@ -227,7 +243,7 @@ def test_stop_token_ids_and_min_new_tokens_reach_the_server(group, capsys):
 
 
 @e2e
-def test_chat_prints_the_table_to_stderr(group, capsys, monkeypatch):
+def test_chat_prints_the_table_to_stderr(group, capsys, monkeypatch, entries):
     ask = dict(max_new_tokens=6, temperature=0, ignore_eos=True, logprobs=True, top_logprobs=2)
     session = group.client.chat(**ask)
     try:
@@ -246,12 +262,11 @@ def test_chat_prints_the_table_to_stderr(group, capsys, monkeypatch):
     assert rc == 0
     assert out == f"> {want.text}\n> "  # input()'s prompts around the reply; no table on stdout
     rows = [line.split("\t") for line in err.splitlines() if "\t" in line]
-    assert rows[0] == ["index", "token_id", "logprob", "top_logprobs"]
+    assert rows[0] == ["index", "token_id", "token", "logprob", "top_logprobs", "top_tokens"]
     assert len(rows) - 1 == len(want.token_ids) == 6
+    tokens = entries(want.token_ids)
     for i, row in enumerate(rows[1:]):
-        top = want.top_logprobs[i]
-        assert row == [str(i), str(want.token_ids[i]), f"{want.logprobs[i]:.4f}",
-                       " ".join(f"{t}:{x:.4f}" for t, x in zip(top.token_ids, top.logprobs))]
+        assert row == [str(i), str(want.token_ids[i]), tokens[i], f"{want.logprobs[i]:.4f}", *top_cells(want.top_logprobs[i], entries)]
 
 
 @e2e
@@ -271,7 +286,7 @@ def test_n_prints_every_completion(group, capsys):
 
 @e2e
 @STREAMING
-def test_prompt_logprobs_table_and_json(group, capsys, stream):
+def test_prompt_logprobs_table_and_json(group, capsys, stream, entries):
     want = group.client.generate(PROMPT, prompt_logprobs=2, **GREEDY_KW)
     assert len(want.prompt_logprobs) > 1
     rc, out, _ = cli(group, capsys, "generate", PROMPT, *GREEDY, "--prompt-logprobs", "2", "--json", stream=stream)
@@ -279,5 +294,13 @@ def test_prompt_logprobs_table_and_json(group, capsys, stream):
     assert rc == 0 and list(got.prompt_logprobs) == list(want.prompt_logprobs)
     assert got.prompt_top_logprobs == want.prompt_top_logprobs
     rc, out, _ = cli(group, capsys, "generate", PROMPT, *GREEDY, "--prompt-logprobs", "0", stream=stream)
-    rows = [line.split("\t") for line in out.splitlines()[out.splitlines().index("prompt_position\tlogprob") + 1:]]
-    assert rows == [[str(i + 1), f"{lp:.4f}"] for i, lp in enumerate(want.prompt_logprobs)]
+    assert list(got.prompt_token_ids) == list(want.prompt_token_ids), "the stream's ids are folded in too"
+    lines = out.splitlines()
+    rows = [line.split("\t") for line in lines[lines.index("prompt_position\ttoken_id\ttoken\tlogprob") + 1:]]
+    ids = list(want.prompt_token_ids)
+    tokens = entries(ids)
+    assert rows == [[str(i + 1), str(ids[i + 1]), tokens[i + 1], f"{lp:.4f}"] for i, lp in enumerate(want.prompt_logprobs)]
+    rc, out, _ = cli(group, capsys, "generate", PROMPT, *GREEDY, "--prompt-logprobs", "2", stream=stream)
+    lines = out.splitlines()
+    rows = [line.split("\t") for line in lines[lines.index("prompt_position\ttoken_id\ttoken\tlogprob\ttop_logprobs\ttop_tokens") + 1:]]
+    assert [row[4:] for row in rows] == [top_cells(top, entries) for top in want.prompt_top_logprobs]

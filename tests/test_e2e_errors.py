@@ -143,6 +143,8 @@ def test_stop_string_cuts_the_output(limited, fib_full, stops):
     chunks = list(limited.client.generate_stream(FIB, max_new_tokens=20, temperature=0, stop=stops))
     assert "".join(c.text for c in chunks) == expected
     assert chunks[-1].finish_reason == pb.FINISH_REASON_STOP_STRING
+    assert chunks[-1].stop_string == first[1], "the last chunk names the stop string, as the unary reply does"
+    assert not any(c.stop_string for c in chunks[:-1])
 
 
 # ------------------------------------------------------------------------------ queue and aborts

@@ -47,6 +47,10 @@ def test_detokenize_matches_hf(group, hf):
     ids = hf.encode(TEXT, add_special_tokens=False) + [hf.convert_tokens_to_ids("<|im_end|>")]
     assert group.client.detokenize(ids) == hf.decode(ids)
     assert group.client.detokenize(ids, skip_special_tokens=True) == hf.decode(ids, skip_special_tokens=True) == TEXT
+    assert group.client.convert_ids_to_tokens(ids) == hf.convert_ids_to_tokens(ids)
+    reply = group.client.stub.Detokenize(pb.DetokenizeRequest(token_ids=ids))
+    assert b"".join(reply.token_bytes) == hf.decode(ids).encode("utf-8"), "the bytes of the ids, in order"
+    assert [hf.decode([i]) for i in ids] == [b.decode("utf-8", errors="replace") for b in reply.token_bytes]
 
 
 def test_generate_sees_the_same_ids(group):

@@ -47,13 +47,13 @@ def tiny_model(tmp_path_factory, default_model_dir) -> Path:
 class Launcher:
     """litelang-launch in its own session; its output collected line by line."""
 
-    def __init__(self, model: Path, tmp: Path):
+    def __init__(self, model: Path, tmp: Path, **extra):
         self.port, self.worker_port = free_ports(2)
         self.config = tmp / "deploy.yaml"
         self.config.write_text(yaml.safe_dump({
             "model": str(model), "device": "cpu", "host": "127.0.0.1", "port": self.port,
             "worker_base_port": self.worker_port, "kv_slots": 8192, "max_batch_size": 4,
-            "max_input_length": 256, "max_output_length": 4096, "startup_timeout_s": 120,
+            "max_input_length": 256, "max_output_length": 4096, "startup_timeout_s": 120, **extra,
         }))
         self.proc: subprocess.Popen | None = None
         self.lines: list[str] = []
@@ -201,3 +201,30 @@ def test_launch_restarts_a_killed_worker(launcher):
     assert "restarting" in launcher.output()
     assert len(new) == 1 and new[0] in launcher.children()
     launcher.stop_and_check(signal.SIGTERM)
+
+
+def test_launch_with_openai_port_serves_the_gateway_too(tiny_model, tmp_path):
+    """openai_port set: the launcher also starts `litelang.gateway.main`, prints its URL, and stops
+    it with the rest (its port released too)."""
+    import json
+    import urllib.request
+
+    import openai
+
+    [http_port] = free_ports(1)
+    launch = Launcher(tiny_model, tmp_path, openai_port=http_port)
+    try:
+        bring_up(launch)
+        line = launch.wait_line("OpenAI-compatible API on")
+        assert f"http://127.0.0.1:{http_port}/v1" in line, line
+        assert sum("litelang.gateway.main" in c for c in launch.children().values()) == 1
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v1/models", timeout=10) as reply:
+            assert [m["id"] for m in json.load(reply)["data"]] == [tiny_model.name]
+        api = openai.OpenAI(base_url=f"http://127.0.0.1:{http_port}/v1", api_key="unused", max_retries=0, timeout=60)
+        got = api.chat.completions.create(model=tiny_model.name, messages=[{"role": "user", "content": "hi"}],
+                                          max_tokens=4, temperature=0, extra_body={"ignore_eos": True})
+        assert got.usage.completion_tokens == 4
+        launch.stop_and_check(signal.SIGTERM)
+        wait_for(lambda: not port_is_listened_on(http_port), 10, "the gateway's port to be released")
+    finally:
+        launch.cleanup()

@@ -317,7 +317,7 @@ def test_config_unknown_key_is_an_error(tmp_path):
 @pytest.mark.parametrize("kwargs, word", [
     (dict(tp=0), "tp"), (dict(max_reqs=0), "max_reqs"), (dict(mem_usage=1.5), "mem_usage"),
     (dict(busy_scale=-0.1), "busy_scale"), (dict(device="tpu"), "device"), (dict(kv_slots=-1), "kv_slots"),
-    (dict(tp=2, workers=["a:1"]), "workers"),
+    (dict(tp=2, workers=["a:1"]), "workers"), (dict(openai_port=70000), "openai_port"), (dict(port=-1), "port"),
 ])
 def test_config_invalid_values(kwargs, word):
     with pytest.raises(ValueError, match=word):

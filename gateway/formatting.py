@@ -1,0 +1,78 @@
+"""litelang replies as OpenAI's response bodies: finish reasons, usage, and both logprob
+layouts (the chat `content` list and the legacy completions columns)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from litelang.proto import litelang_pb2 as pb
+
+FINISH_REASONS = {
+    pb.FINISH_REASON_EOS: "stop",
+    pb.FINISH_REASON_STOP_STRING: "stop",
+    pb.FINISH_REASON_LENGTH: "length",
+    pb.FINISH_REASON_ABORTED: "abort",  # as vLLM reports an aborted request
+}
+
+
+def finish_reason(reason: int) -> str | None:
+    return FINISH_REASONS.get(reason)
+
+
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
+
+
+def token_text(raw: bytes) -> str:
+    """A token as OpenAI spells it: its text, or `bytes:\\x..` when it is part of a character."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+
+
+def chat_logprobs(token_ids: Sequence[int], logprobs: Sequence[float], tops: Sequence[pb.TopLogprobs],
+                  token_bytes: dict[int, bytes]) -> dict:
+    """`choices[i].logprobs` of a chat completion (or of one stream chunk)."""
+
+    def entry(token: int, logprob: float) -> dict:
+        raw = token_bytes[token]
+        return {"token": token_text(raw), "logprob": logprob, "bytes": list(raw)}
+
+    content = []
+    for i, (token, logprob) in enumerate(zip(token_ids, logprobs)):
+        item = entry(token, logprob)
+        item["top_logprobs"] = ([entry(t, x) for t, x in zip(tops[i].token_ids, tops[i].logprobs)]
+                                if i < len(tops) else [])
+        content.append(item)
+    return {"content": content}
+
+
+def completion_logprobs(token_ids: Sequence[int], logprobs: Sequence[float | None],
+                        tops: Sequence[pb.TopLogprobs | None], token_bytes: dict[int, bytes],
+                        text_offset: int) -> dict:
+    """`choices[i].logprobs` of a legacy completion: parallel columns, `text_offset` counting
+    characters from `text_offset` (the text before these tokens in the choice)."""
+    tokens = [token_text(token_bytes[t]) for t in token_ids]
+    offsets = []
+    for token in tokens:
+        offsets.append(text_offset)
+        text_offset += len(token)
+    top_columns = []
+    for top in tops:
+        if top is None:
+            top_columns.append(None)
+        else:
+            top_columns.append({token_text(token_bytes[t]): x for t, x in zip(top.token_ids, top.logprobs)})
+    return {"tokens": tokens, "token_logprobs": list(logprobs), "top_logprobs": top_columns, "text_offset": offsets}
+
+
+def ids_of(token_ids: Sequence[int], tops: Sequence[pb.TopLogprobs | None]) -> set[int]:
+    """Every id a logprobs block names: what to ask Detokenize for."""
+    ids = set(token_ids)
+    for top in tops:
+        if top is not None:
+            ids.update(top.token_ids)
+    return ids

@@ -1,0 +1,168 @@
+"""OpenAI's request bodies (and vLLM's extra sampling fields), validated by pydantic and turned
+into litelang GenerateRequests. The scheduler validates values (ranges, lengths, the vocabulary);
+here we check only what its protocol cannot express."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from litelang.proto import litelang_pb2 as pb
+
+
+class RequestError(ValueError):
+    """A request the gateway refuses before it reaches the scheduler: HTTP 400."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class _Sampling(BaseModel):
+    """Fields both endpoints share. Unknown fields are ignored, as OpenAI's SDKs send new ones."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = ""
+    n: int = 1
+    temperature: float | None = None  # None: OpenAI's default, 1.0
+    top_p: float | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    # vLLM's extra sampling fields
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    stop_token_ids: list[int] | None = None
+    skip_special_tokens: bool = True  # OpenAI's text never shows <|im_end|>
+
+    def sampling(self, max_tokens: int | None, logprobs: bool, top_logprobs: int) -> pb.SamplingParams:
+        if self.n < 1:
+            raise RequestError(f"n must be >= 1 (got {self.n})", "n")
+        try:
+            bias = {int(token): value for token, value in (self.logit_bias or {}).items()}
+        except ValueError:
+            raise RequestError("logit_bias keys must be token ids (integers, as strings)", "logit_bias") from None
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        params = pb.SamplingParams(
+            temperature=1.0 if self.temperature is None else self.temperature,
+            stop=stops, stop_token_ids=self.stop_token_ids or [], ignore_eos=self.ignore_eos,
+            min_new_tokens=self.min_tokens, skip_special_tokens=self.skip_special_tokens,
+            logprobs=logprobs, top_logprobs=top_logprobs, logit_bias=bias,
+        )
+        if self.n != 1:
+            params.n = self.n
+        if max_tokens is not None:
+            params.max_new_tokens = max_tokens
+        for name in ("top_p", "seed", "presence_penalty", "frequency_penalty", "top_k", "min_p", "repetition_penalty"):
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    setattr(params, name, value)
+                except (ValueError, TypeError):  # outside the wire type's range (a negative seed, say)
+                    raise RequestError(f"{name} {value!r} is out of range", name) from None
+        return params
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class CompletionRequest(_Sampling):
+    """POST /v1/completions."""
+
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = 16
+    logprobs: int | None = None  # legacy: N most likely tokens at each position (0 = the token's own only)
+    echo: bool = False
+    best_of: int | None = None
+    suffix: str | None = None
+
+    def generate_requests(self) -> list[pb.GenerateRequest]:
+        """One GenerateRequest per prompt (a list of strings or of token-id lists is a batch)."""
+        if self.suffix:
+            raise RequestError("suffix is not supported", "suffix")
+        if self.best_of is not None and self.best_of != self.n:
+            raise RequestError("best_of must equal n (litelang returns every completion it samples)", "best_of")
+        if self.logprobs is not None and not 0 <= self.logprobs <= 20:
+            raise RequestError(f"logprobs must be in [0, 20] (got {self.logprobs})", "logprobs")
+        want_logprobs = self.logprobs is not None
+        params = self.sampling(self.max_tokens, want_logprobs, self.logprobs or 0)
+        if self.echo and want_logprobs:  # the prompt's own scores, as OpenAI's echo gives them
+            params.prompt_logprobs = self.logprobs or 0
+        prompts = self.prompt
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        if not prompts:
+            raise RequestError("prompt is empty", "prompt")
+        out = []
+        for prompt in prompts:
+            if isinstance(prompt, str):
+                out.append(pb.GenerateRequest(prompt=prompt, sampling=params))
+            else:
+                out.append(pb.GenerateRequest(input_ids=pb.TokenIds(ids=prompt), sampling=params))
+        return out
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content or ""
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: str
+
+
+class ChatCompletionRequest(_Sampling):
+    """POST /v1/chat/completions."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[dict] | None = None
+
+    def generate_request(self, max_output_length: int) -> pb.GenerateRequest:
+        if self.tools:
+            raise RequestError("tools (function calling) are not supported", "tools")
+        if self.response_format is not None and self.response_format.type != "text":
+            raise RequestError(f"response_format {self.response_format.type!r} is not supported (only 'text')",
+                               "response_format")
+        if self.top_logprobs and not self.logprobs:
+            raise RequestError("top_logprobs needs logprobs: true", "top_logprobs")
+        # no limit given: as much as the server allows (OpenAI: up to the context)
+        limit = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        params = self.sampling(max_output_length if limit is None else limit, self.logprobs, self.top_logprobs or 0)
+        # the system role's newer name; Qwen2's chat template knows "system"
+        messages = [pb.ChatMessage(role="system" if m.role == "developer" else m.role, content=m.text())
+                    for m in self.messages]
+        return pb.GenerateRequest(messages=pb.ChatMessages(messages=messages), sampling=params)

@@ -1,0 +1,243 @@
+"""The OpenAI-compatible gateway (`litelang-openai`, gateway/) end to end: a real worker and
+scheduler on a tiny random Qwen2 with the real tokenizer, the gateway as its own process, and
+OpenAI's official Python SDK as the client, so the SDK's own parsing checks the wire format.
+The oracle for every value is litelang's gRPC client on the same server (no prefix cache, so a
+repeated request computes the same way and logprobs match bit for bit)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import openai
+import pytest
+
+from litelang.proto import litelang_pb2 as pb
+
+from helpers import (
+    REPO_ROOT, child_env, free_ports, kill_tree, make_tiny_qwen2_with_tokenizer, port_is_listened_on, server_group,
+    wait_for, wait_idle,
+)
+
+pytestmark = pytest.mark.slow
+
+MODEL = "tiny-qwen2"
+PROMPT = "def fibonacci(n):"
+CHAT = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "What is a radix tree?"}]
+# random weights: EOS could come at any point, so runs are fixed-length unless a test says otherwise
+FIXED = {"ignore_eos": True}
+MAX_REQS = 16
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, default_model_dir):
+    return make_tiny_qwen2_with_tokenizer(tmp_path_factory.mktemp("tiny_openai"), default_model_dir)
+
+
+@pytest.fixture(scope="module")
+def group(tiny_model, tmp_path_factory):
+    with server_group(tiny_model, tmp_path_factory.mktemp("openai_logs"), kv_slots=8192, max_batch_size=4,
+                      max_input_length=64, max_output_length=4096, max_reqs=MAX_REQS, use_radix_cache=False) as g:
+        yield g
+
+
+@pytest.fixture(scope="module")
+def base_url(group, tmp_path_factory):
+    """`litelang-openai` (the installed console script) in front of the group's scheduler."""
+    script = Path(sys.executable).parent / "litelang-openai"
+    assert script.exists(), f"{script} is missing: install litelang with `pip install -e .`"
+    [port] = free_ports(1)
+    log = open(tmp_path_factory.mktemp("gateway_log") / "gateway.log", "wb")
+    proc = subprocess.Popen([str(script), "--port", str(group.port), "--openai-port", str(port),
+                             "--served-model-name", MODEL, "--log-level", "warning"],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=child_env(), start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        assert proc.poll() is None, f"the gateway exited with code {proc.returncode}"
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=1) as reply:
+                return reply.status == 200
+        except OSError:
+            return False
+
+    wait_for(healthy, 60, "the gateway's /health to answer 200")
+    yield f"{url}/v1"
+    assert kill_tree(proc), "the gateway ignored SIGTERM"
+    log.close()
+    wait_for(lambda: not port_is_listened_on(port), 10, f"port {port} to be released")
+
+
+@pytest.fixture(scope="module")
+def api(base_url):
+    return openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=120)
+
+
+def test_models_lists_the_served_model(api, group):
+    models = api.models.list().data
+    assert [m.id for m in models] == [MODEL]
+
+
+def test_completion_matches_the_grpc_client(api, group):
+    want = group.client.generate(PROMPT, max_new_tokens=8, temperature=0, skip_special_tokens=True, **FIXED)
+    got = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=8, temperature=0, extra_body=FIXED)
+    assert got.object == "text_completion" and got.model == MODEL
+    assert [c.text for c in got.choices] == [want.text]
+    assert got.choices[0].finish_reason == "length"
+    assert (got.usage.prompt_tokens, got.usage.completion_tokens) == (want.usage.prompt_tokens, 8)
+    assert got.usage.total_tokens == want.usage.prompt_tokens + 8
+
+
+def test_batched_prompts_token_ids_and_n(api, group):
+    """A list of prompts with n = 2: choice p * n + j is prompt p's completion j, each as the gRPC
+    client's seeded completions. Token-id prompts (one, or a list of them) too."""
+    other = "import numpy as np"
+    kw = dict(max_new_tokens=5, temperature=1.0, seed=11, n=2, skip_special_tokens=True, **FIXED)
+    want = [group.client.generate(PROMPT, **kw), group.client.generate(other, **kw)]
+    args = dict(model=MODEL, max_tokens=5, temperature=1.0, seed=11, n=2, extra_body=FIXED)
+    got = api.completions.create(prompt=[PROMPT, other], **args)
+    assert [c.index for c in got.choices] == [0, 1, 2, 3]
+    assert [c.text for c in got.choices] == [c.text for w in want for c in w.completions]
+    assert got.usage.completion_tokens == 20
+    assert got.usage.prompt_tokens == sum(w.usage.prompt_tokens for w in want)
+    ids = [list(group.client.tokenize(p).token_ids) for p in (PROMPT, other)]
+    assert [c.text for c in api.completions.create(prompt=ids[1], **args).choices] == [c.text for c in want[1].completions]
+    assert [c.text for c in api.completions.create(prompt=ids, **args).choices] == [c.text for c in got.choices]
+
+
+def test_streamed_completion_equals_the_unary_one(api, group):
+    unary = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=12, temperature=0, extra_body=FIXED)
+    chunks = list(api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=12, temperature=0, stream=True,
+                                         stream_options={"include_usage": True}, extra_body=FIXED))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == unary.choices[0].text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 12
+    assert chunks[-1].usage.prompt_tokens == unary.usage.prompt_tokens
+
+
+def test_legacy_logprobs_match_the_grpc_client(api, group):
+    want = group.client.generate(PROMPT, max_new_tokens=6, temperature=0, logprobs=True, top_logprobs=2, **FIXED)
+    got = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=6, temperature=0, logprobs=2,
+                                 extra_body={**FIXED, "skip_special_tokens": False})
+    lp = got.choices[0].logprobs
+    assert lp.token_logprobs == list(want.logprobs)
+    assert "".join(lp.tokens) == got.choices[0].text == want.text
+    tokens = group.client.stub.Detokenize(pb.DetokenizeRequest(token_ids=want.token_ids))
+    assert lp.tokens == [b.decode("utf-8", errors="strict") if _utf8(b) else _escaped(b) for b in tokens.token_bytes]
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(len(lp.tokens))]
+    for top, want_top in zip(lp.top_logprobs, want.top_logprobs):
+        assert sorted(top.values(), reverse=True) == list(want_top.logprobs)[:len(top)]
+        assert 1 <= len(top) <= 2
+
+
+def test_echo_scores_the_prompt(api, group):
+    want = group.client.generate(PROMPT, max_new_tokens=2, temperature=0, logprobs=True, prompt_logprobs=0, **FIXED)
+    got = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2, temperature=0, logprobs=0, echo=True,
+                                 extra_body={**FIXED, "skip_special_tokens": False})
+    choice = got.choices[0]
+    assert choice.text == PROMPT + want.text
+    n_prompt = len(want.prompt_token_ids)
+    assert choice.logprobs.token_logprobs == [None, *want.prompt_logprobs, *want.logprobs]
+    assert "".join(choice.logprobs.tokens[:n_prompt]) == PROMPT
+
+
+def test_chat_matches_the_grpc_client(api, group):
+    want = group.client.generate(CHAT, max_new_tokens=10, temperature=0, skip_special_tokens=True, **FIXED)
+    got = api.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=10, temperature=0, extra_body=FIXED)
+    assert got.object == "chat.completion"
+    assert got.choices[0].message.role == "assistant"
+    assert got.choices[0].message.content == want.text
+    assert got.choices[0].finish_reason == "length"
+    assert got.usage.prompt_tokens == want.usage.prompt_tokens
+    # content parts and the developer role are accepted as OpenAI's newer SDKs send them
+    parts = [{"role": "developer", "content": "Be terse."},
+             {"role": "user", "content": [{"type": "text", "text": "What is a "}, {"type": "text", "text": "radix tree?"}]}]
+    again = api.chat.completions.create(model=MODEL, messages=parts, max_completion_tokens=10, temperature=0,
+                                        extra_body=FIXED)
+    assert again.choices[0].message.content == want.text
+
+
+def test_chat_stream_and_logprobs(api, group):
+    want = group.client.generate(CHAT, max_new_tokens=8, temperature=0, logprobs=True, top_logprobs=3, **FIXED)
+    chunks = list(api.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=8, temperature=0, stream=True,
+                                              logprobs=True, top_logprobs=3,
+                                              extra_body={**FIXED, "skip_special_tokens": False}))
+    assert chunks[0].object == "chat.completion.chunk"
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == want.text
+    assert chunks[-1].choices[0].finish_reason == "length"
+    content = [entry for c in chunks if c.choices[0].logprobs for entry in c.choices[0].logprobs.content]
+    assert [e.logprob for e in content] == list(want.logprobs)
+    assert bytes(b for e in content for b in e.bytes) == want.text.encode("utf-8")
+    for e, want_top in zip(content, want.top_logprobs):
+        assert [t.logprob for t in e.top_logprobs] == list(want_top.logprobs)
+
+
+def test_chat_n_completions(api, group):
+    want = group.client.generate(CHAT, max_new_tokens=4, temperature=1.0, seed=5, n=3, skip_special_tokens=True, **FIXED)
+    got = api.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=4, temperature=1.0, seed=5, n=3,
+                                      extra_body=FIXED)
+    assert [c.message.content for c in got.choices] == [c.text for c in want.completions]
+    assert got.usage.completion_tokens == 12
+
+
+@pytest.mark.parametrize("kwargs, status, word", [
+    (dict(temperature=-1), 400, "temperature"),
+    (dict(top_p=1.5), 400, "top_p"),
+    (dict(max_tokens=10_000), 400, "max_output_length"),
+    (dict(prompt="word " * 200), 400, "max_input_length"),
+    (dict(model="gpt-4"), 404, "gpt-4"),
+    (dict(max_tokens="many"), 400, "max_tokens"),
+    (dict(suffix="x"), 400, "suffix"),
+    (dict(logit_bias={"not-a-token": 1}), 400, "logit_bias"),
+    (dict(seed=-1), 400, "seed"),
+    (dict(n=MAX_REQS + 1), 429, "queue"),
+])
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+def test_bad_requests_get_openai_errors(api, group, kwargs, status, word, stream):
+    """Each failure as the SDK's typed error with the HTTP status and a message naming the
+    problem; a streamed request fails before its stream starts. Nothing is left running."""
+    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 4, **kwargs}
+    with pytest.raises(openai.APIStatusError) as err:
+        result = api.completions.create(**body, stream=stream)
+        list(result) if stream else None
+    assert err.value.status_code == status, err.value.message
+    assert word in err.value.message
+    wait_idle(group.client)
+
+
+def test_chat_refusals(api):
+    for extra, word in ((dict(tools=[{"type": "function", "function": {"name": "f"}}]), "tools"),
+                        (dict(response_format={"type": "json_object"}), "response_format"),
+                        (dict(top_logprobs=2), "top_logprobs")):
+        with pytest.raises(openai.BadRequestError) as err:
+            api.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=2, **extra)
+        assert word in err.value.message
+    with pytest.raises(openai.BadRequestError):
+        api.chat.completions.create(model=MODEL, messages=[], max_tokens=2)
+
+
+def test_a_client_leaving_a_stream_aborts_its_request(api, group):
+    before = wait_idle(group.client).generated_tokens
+    stream = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4000, temperature=0, stream=True,
+                                    extra_body=FIXED)
+    it = iter(stream)
+    next(it), next(it)
+    stream.close()
+    stats = wait_idle(group.client, 30)  # aborted: nothing runs, no KV slot is held
+    assert stats.kv_free == stats.kv_capacity
+    assert stats.generated_tokens - before < 4000, "the request was aborted, not run to its end"
+
+
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def _escaped(raw: bytes) -> str:
+    return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
