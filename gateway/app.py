@@ -1,5 +1,5 @@
 """The OpenAI-compatible HTTP API (FastAPI): /v1/completions, /v1/chat/completions (both with
-server-sent-event streams), /v1/models and /health, each a thin translation onto the scheduler's
+server-sent-event streams), /v1/models and /health, and vLLM's /tokenize and /detokenize, each a thin translation onto the scheduler's
 gRPC API. The gateway holds no model state: it can run anywhere that reaches the scheduler.
 
 Errors keep OpenAI's shape ({"error": {"message", "type", "param", "code"}}) and map gRPC
@@ -24,7 +24,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from litelang.gateway import formatting as fmt
-from litelang.gateway.protocol import ChatCompletionRequest, CompletionRequest, RequestError
+from litelang.gateway.protocol import (
+    ChatCompletionRequest, CompletionRequest, DetokenizeRequest, RequestError, TokenizeRequest,
+)
 from litelang.proto import litelang_pb2 as pb
 from litelang.proto import litelang_pb2_grpc
 
@@ -260,6 +262,20 @@ def build_app(address: str, served_model_name: str = "") -> FastAPI:
         u = reply.usage
         return {**head, "choices": choices, "usage": fmt.usage(u.prompt_tokens, u.completion_tokens, u.cached_tokens)}
 
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest):
+        await backend.check_model(body.model)
+        info = await backend.info()
+        reply = await backend.stub.Tokenize(body.litelang(), timeout=30)
+        return {"tokens": list(reply.token_ids), "count": len(reply.token_ids),
+                "max_model_len": info.max_input_length + info.max_output_length}
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest):
+        await backend.check_model(body.model)
+        reply = await backend.stub.Detokenize(pb.DetokenizeRequest(token_ids=body.tokens), timeout=30)
+        return {"prompt": reply.text}
+
     return app
 
 
@@ -299,70 +315,22 @@ async def _legacy_logprobs(backend: Backend, body: CompletionRequest, reply: pb.
     return fmt.completion_logprobs(ids, lps, tops, known, 0)
 
 
-async def _completion_stream(backend: Backend, body: CompletionRequest, requests: list[pb.GenerateRequest],
-                             calls: list, iterators: list, head: dict) -> AsyncIterator[str]:
-    known: dict[int, bytes] = {}
-    offsets: dict[int, int] = {}  # choice index -> characters sent so far (legacy text_offset)
+async def _event_stream(calls: list, iterators: list, n: int, head: dict, include_usage: bool,
+                        choices_for) -> AsyncIterator[str]:
+    """The SSE body both endpoints share: each chunk of prompt p's completion j becomes the
+    entries `await choices_for(p, p * n + j, chunk)` returns, one event each; then the usage
+    event if asked for, and [DONE]. An error after the start is sent as an error event; leaving
+    (the client went away) cancels the calls, so the scheduler aborts what is left."""
     prompt_tokens = completion_tokens = 0
     try:
         async for p, chunk in _merge(iterators):
-            index = p * body.n + chunk.index
-            text, logprobs = chunk.text, None
-            if index not in offsets:
-                offsets[index] = 0
-                if body.echo:
-                    text = await _echo_text(backend, body, requests[p]) + text
-            if body.logprobs is not None and chunk.token_ids:
-                tops = list(chunk.top_logprobs) if body.logprobs else [None] * len(chunk.token_ids)
-                await backend.token_bytes(fmt.ids_of(chunk.token_ids, tops), known)
-                logprobs = fmt.completion_logprobs(chunk.token_ids, chunk.logprobs, tops, known,
-                                                   offsets[index] + len(text) - len(chunk.text))
-            offsets[index] += len(text)
-            reason = fmt.finish_reason(chunk.finish_reason)
-            if reason is not None:
+            if chunk.finish_reason != pb.FINISH_REASON_UNSPECIFIED:
                 completion_tokens += chunk.usage.completion_tokens
-                if chunk.index == 0:
+                if chunk.index == 0:  # the prompt counts once, however many completions share it
                     prompt_tokens += chunk.usage.prompt_tokens
-            if text or logprobs or reason:
-                yield _sse({**head, "choices": [{"index": index, "text": text, "logprobs": logprobs,
-                                                 "finish_reason": reason}]})
-        if body.include_usage:
-            yield _sse({**head, "choices": [], "usage": fmt.usage(prompt_tokens, completion_tokens)})
-    except grpc.aio.AioRpcError as e:
-        yield _sse(HTTPError.from_rpc(e).body())
-    finally:
-        for c in calls:
-            c.cancel()  # the client went away (or an error): the scheduler aborts what is left
-    yield _sse("[DONE]")
-
-
-async def _chat_stream(backend: Backend, body: ChatCompletionRequest, calls: list, chunks: AsyncIterator,
-                       head: dict) -> AsyncIterator[str]:
-    head = {**head, "object": "chat.completion.chunk"}
-    known: dict[int, bytes] = {}
-    started: set[int] = set()
-    prompt_tokens = completion_tokens = 0
-    try:
-        async for _, chunk in _merge([chunks]):
-            i = chunk.index
-            if i not in started:  # OpenAI's first delta of a choice names the role
-                started.add(i)
-                yield _sse({**head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
-                                                 "logprobs": None, "finish_reason": None}]})
-            logprobs = None
-            if body.logprobs and chunk.token_ids:
-                await backend.token_bytes(fmt.ids_of(chunk.token_ids, chunk.top_logprobs), known)
-                logprobs = fmt.chat_logprobs(chunk.token_ids, chunk.logprobs, chunk.top_logprobs, known)
-            reason = fmt.finish_reason(chunk.finish_reason)
-            if reason is not None:
-                completion_tokens += chunk.usage.completion_tokens
-                if i == 0:
-                    prompt_tokens = chunk.usage.prompt_tokens
-            if chunk.text or logprobs or reason:
-                delta = {"content": chunk.text} if chunk.text else {}
-                yield _sse({**head, "choices": [{"index": i, "delta": delta, "logprobs": logprobs,
-                                                 "finish_reason": reason}]})
-        if body.include_usage:
+            for choice in await choices_for(p, p * n + chunk.index, chunk):
+                yield _sse({**head, "choices": [choice]})
+        if include_usage:
             yield _sse({**head, "choices": [], "usage": fmt.usage(prompt_tokens, completion_tokens)})
     except grpc.aio.AioRpcError as e:
         yield _sse(HTTPError.from_rpc(e).body())
@@ -370,3 +338,53 @@ async def _chat_stream(backend: Backend, body: ChatCompletionRequest, calls: lis
         for c in calls:
             c.cancel()
     yield _sse("[DONE]")
+
+
+def _completion_stream(backend: Backend, body: CompletionRequest, requests: list[pb.GenerateRequest],
+                       calls: list, iterators: list, head: dict) -> AsyncIterator[str]:
+    known: dict[int, bytes] = {}
+    offsets: dict[int, int] = {}  # choice index -> characters sent so far (legacy text_offset)
+
+    async def choices_for(p: int, index: int, chunk: pb.GenerateStreamChunk) -> list[dict]:
+        text, logprobs = chunk.text, None
+        if index not in offsets:
+            offsets[index] = 0
+            if body.echo:
+                text = await _echo_text(backend, body, requests[p]) + text
+        if body.logprobs is not None and chunk.token_ids:
+            tops = list(chunk.top_logprobs) if body.logprobs else [None] * len(chunk.token_ids)
+            await backend.token_bytes(fmt.ids_of(chunk.token_ids, tops), known)
+            logprobs = fmt.completion_logprobs(chunk.token_ids, chunk.logprobs, tops, known,
+                                               offsets[index] + len(text) - len(chunk.text))
+        offsets[index] += len(text)
+        reason = fmt.finish_reason(chunk.finish_reason)
+        if not (text or logprobs or reason):
+            return []
+        return [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}]
+
+    return _event_stream(calls, iterators, body.n, head, body.include_usage, choices_for)
+
+
+def _chat_stream(backend: Backend, body: ChatCompletionRequest, calls: list, chunks: AsyncIterator,
+                 head: dict) -> AsyncIterator[str]:
+    known: dict[int, bytes] = {}
+    started: set[int] = set()
+
+    async def choices_for(p: int, index: int, chunk: pb.GenerateStreamChunk) -> list[dict]:
+        out = []
+        if index not in started:  # OpenAI's first delta of a choice names the role
+            started.add(index)
+            out.append({"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                        "finish_reason": None})
+        logprobs = None
+        if body.logprobs and chunk.token_ids:
+            await backend.token_bytes(fmt.ids_of(chunk.token_ids, chunk.top_logprobs), known)
+            logprobs = fmt.chat_logprobs(chunk.token_ids, chunk.logprobs, chunk.top_logprobs, known)
+        reason = fmt.finish_reason(chunk.finish_reason)
+        if chunk.text or logprobs or reason:
+            out.append({"index": index, "delta": {"content": chunk.text} if chunk.text else {}, "logprobs": logprobs,
+                        "finish_reason": reason})
+        return out
+
+    head = {**head, "object": "chat.completion.chunk"}
+    return _event_stream(calls, [chunks], body.n, head, body.include_usage, choices_for)

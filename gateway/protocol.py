@@ -134,6 +134,11 @@ class ChatMessage(BaseModel):
         return self.content or ""
 
 
+def chat_messages(messages: list[ChatMessage]) -> list[pb.ChatMessage]:
+    # "developer" is the system role's newer name; Qwen2's chat template knows "system"
+    return [pb.ChatMessage(role="system" if m.role == "developer" else m.role, content=m.text()) for m in messages]
+
+
 class ResponseFormat(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -162,7 +167,30 @@ class ChatCompletionRequest(_Sampling):
         # no limit given: as much as the server allows (OpenAI: up to the context)
         limit = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
         params = self.sampling(max_output_length if limit is None else limit, self.logprobs, self.top_logprobs or 0)
-        # the system role's newer name; Qwen2's chat template knows "system"
-        messages = [pb.ChatMessage(role="system" if m.role == "developer" else m.role, content=m.text())
-                    for m in self.messages]
-        return pb.GenerateRequest(messages=pb.ChatMessages(messages=messages), sampling=params)
+        return pb.GenerateRequest(messages=pb.ChatMessages(messages=chat_messages(self.messages)), sampling=params)
+
+
+class TokenizeRequest(BaseModel):
+    """POST /tokenize (vLLM's): text, or chat messages rendered with the chat template."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = ""
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+
+    def litelang(self) -> pb.TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise RequestError("give exactly one of prompt and messages", "prompt")
+        if self.prompt is not None:
+            return pb.TokenizeRequest(prompt=self.prompt)
+        return pb.TokenizeRequest(messages=pb.ChatMessages(messages=chat_messages(self.messages)))
+
+
+class DetokenizeRequest(BaseModel):
+    """POST /detokenize (vLLM's)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = ""
+    tokens: list[int]

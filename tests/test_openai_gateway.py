@@ -6,8 +6,10 @@ repeated request computes the same way and logprobs match bit for bit)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -229,6 +231,32 @@ def test_a_client_leaving_a_stream_aborts_its_request(api, group):
     stats = wait_idle(group.client, 30)  # aborted: nothing runs, no KV slot is held
     assert stats.kv_free == stats.kv_capacity
     assert stats.generated_tokens - before < 4000, "the request was aborted, not run to its end"
+
+
+def post(base_url: str, path: str, body: dict) -> tuple[int, dict]:
+    """POST JSON to the gateway's root (vLLM's extra routes sit beside /v1): (status, body)."""
+    request = urllib.request.Request(base_url.removesuffix("/v1") + path, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return reply.status, json.load(reply)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+
+
+def test_tokenize_and_detokenize_routes(base_url, group):
+    want = group.client.tokenize(PROMPT)
+    status, got = post(base_url, "/tokenize", {"model": MODEL, "prompt": PROMPT})
+    assert status == 200 and got["tokens"] == list(want.token_ids) and got["count"] == len(want.token_ids)
+    assert got["max_model_len"] == 64 + 4096
+    status, got = post(base_url, "/tokenize", {"messages": CHAT})
+    assert status == 200 and got["tokens"] == list(group.client.tokenize(CHAT).token_ids)
+    status, got = post(base_url, "/detokenize", {"tokens": list(want.token_ids)})
+    assert status == 200 and got["prompt"] == PROMPT
+    status, got = post(base_url, "/detokenize", {"tokens": [1, 10**8]})
+    assert status == 400 and "vocabulary" in got["error"]["message"]
+    status, got = post(base_url, "/tokenize", {"model": MODEL})
+    assert status == 400 and "prompt" in got["error"]["message"]
 
 
 def _utf8(raw: bytes) -> bool:
