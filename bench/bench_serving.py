@@ -1,7 +1,8 @@
 """Serving benchmarks through the full gRPC path (client -> scheduler -> worker), on a GPU.
 
     python -m litelang.bench.bench_serving --shape qwen2-1.5b --tokenizer DIR [--only single,batch128,prefix,poisson]
-        [--tp 1,2]   (--only also takes `top`: the cost of top_logprobs; `n`: n completions per request)
+        [--tp 1,2]   (--only also takes `top`: the cost of top_logprobs; `n`: n completions per request;
+                      `openai`: the same streams through the OpenAI-compatible gateway against gRPC)
 
 Launches real processes with litelang-launch on a random-weight checkpoint at the given shape
 (the tokenizer files are copied in from DIR), drives them with the asyncio client, and prints
@@ -43,6 +44,7 @@ class Server:
 
     def __init__(self, model: Path, **overrides):
         self.port = free_port()
+        self.openai_port = overrides.get("openai_port", 0)
         cfg = dict(model=str(model), device=self.device, port=self.port, worker_base_port=free_port(),
                    dist_port=free_port(), max_batch_size=160, max_input_length=4096, max_output_length=2048,
                    max_prefill_tokens=8192, max_reqs=1024, mem_usage=0.8, log_level="warning")
@@ -104,6 +106,72 @@ async def run_concurrent(address: str, prompts: list[list[int]], new: int, arriv
         await asyncio.gather(*(delayed(i, p) for i, p in enumerate(prompts)))
         record["wall"] = time.perf_counter() - t0
     return record
+
+
+async def run_concurrent_http(base_url: str, prompts: list[list[int]], new: int) -> dict:
+    """run_concurrent through the OpenAI gateway: streamed /v1/completions with token-id prompts
+    (httpx; tokens counted from the usage event, inter-token gaps from the text events)."""
+    import json
+
+    import httpx
+
+    record: dict = {}
+
+    async def one(client: httpx.AsyncClient, ids: list[int]) -> None:
+        body = {"prompt": ids, "max_tokens": new, "temperature": 0, "ignore_eos": True, "stream": True,
+                "stream_options": {"include_usage": True}}
+        t0, times, tokens = time.perf_counter(), [], 0
+        async with client.stream("POST", f"{base_url}/v1/completions", json=body) as reply:
+            reply.raise_for_status()
+            async for line in reply.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                event = json.loads(line[6:])
+                if event.get("usage"):
+                    tokens = event["usage"]["completion_tokens"]
+                elif event["choices"]:
+                    times.append(time.perf_counter())
+        record.setdefault("ttft", []).append(times[0] - t0)
+        record.setdefault("itl", []).extend(b - a for a, b in zip(times, times[1:]))
+        record.setdefault("tokens", []).append(tokens)
+
+    limits = httpx.Limits(max_connections=len(prompts) + 8, max_keepalive_connections=len(prompts) + 8)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(client, p) for p in prompts))
+        record["wall"] = time.perf_counter() - t0
+    return record
+
+
+def bench_openai(server: Server, rows: list[str], batches: tuple[int, ...] = (1, 128)) -> None:
+    """The same greedy streams (32-token prompts, 256 new) through gRPC and through the OpenAI
+    gateway in front of the same server, alternating: what HTTP, JSON and SSE cost."""
+    import urllib.request
+
+    base_url = f"http://127.0.0.1:{server.openai_port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base_url}/health", timeout=2) as reply:
+                if reply.status == 200:
+                    break
+        except OSError:
+            pass
+        if time.time() > deadline:
+            raise RuntimeError("the gateway did not come up")
+        time.sleep(0.5)
+    rng = random.Random(5)
+    for batch in batches:
+        prompts = [rand_ids(rng, 32) for _ in range(batch)]
+        asyncio.run(run_concurrent(server.address, prompts, 16))  # warm up both paths
+        asyncio.run(run_concurrent_http(base_url, prompts, 16))
+        for rnd in range(2):
+            for name, rec in (("gRPC", asyncio.run(run_concurrent(server.address, prompts, 256))),
+                              ("OpenAI HTTP", asyncio.run(run_concurrent_http(base_url, prompts, 256)))):
+                assert sum(rec["tokens"]) == 256 * batch, (name, sum(rec["tokens"]))
+                rows.append(f"| {batch} stream{'s' if batch > 1 else ''}, 32-token prompts, 256 new, via {name} "
+                            f"(round {rnd + 1}) | {sum(rec['tokens']) / rec['wall']:,.0f} out tok/s, p50 ITL "
+                            f"{pct(rec['itl'], 0.5) * 1000:.2f} ms, p50 TTFT {pct(rec['ttft'], 0.5) * 1000:.1f} ms | |")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -256,6 +324,12 @@ def main() -> None:
             server.stop()
         if tps != ["1"]:  # label the rows with their server's tp
             rows[start:] = [row.replace("| ", f"| tp {tp}: ", 1) for row in rows[start:]]
+    if "openai" in only:
+        server = Server(model, openai_port=free_port())
+        try:
+            bench_openai(server, rows)
+        finally:
+            server.stop()
     if "prefix" in only:
         bench_prefix(model, rows, tuple(m == "on" for m in args.prefix_cache.split(",")))
     print("\n".join(rows), flush=True)

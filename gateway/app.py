@@ -120,37 +120,53 @@ async def _first_then_rest(call) -> AsyncIterator[pb.GenerateStreamChunk]:
     return chain()
 
 
-async def _merge(streams: Sequence[AsyncIterator]) -> AsyncIterator[tuple[int, object]]:
-    """(stream index, item) from several async iterators as items arrive."""
-    if len(streams) == 1:
-        async for item in streams[0]:
-            yield 0, item
-        return
+async def _merge(streams: Sequence[AsyncIterator[pb.GenerateStreamChunk]]
+                 ) -> AsyncIterator[tuple[int, pb.GenerateStreamChunk]]:
+    """(stream index, chunk) from several chunk streams as chunks arrive. Chunks that pile up
+    while the consumer is busy are joined per completion, so a gateway that falls behind sends
+    fewer, larger events instead of falling further behind (as the scheduler's streams do)."""
     queue: asyncio.Queue = asyncio.Queue()
     done = object()
 
     async def pump(i: int, stream: AsyncIterator) -> None:
         try:
             async for item in stream:
-                await queue.put((i, item))
-            await queue.put((i, done))
+                queue.put_nowait((i, item))
+            queue.put_nowait((i, done))
         except BaseException as e:  # noqa: BLE001 - handed to the consumer
-            await queue.put((i, e))
+            queue.put_nowait((i, e))
 
     tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
     try:
         left = len(tasks)
         while left:
-            i, item = await queue.get()
-            if item is done:
-                left -= 1
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                yield i, item
+            arrived = [await queue.get()]
+            while not queue.empty():
+                arrived.append(queue.get_nowait())
+            pending: dict[tuple[int, int], pb.GenerateStreamChunk] = {}  # in order of arrival
+            for i, item in arrived:
+                if item is done:
+                    left -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    key = (i, item.index)
+                    pending[key] = _joined(pending[key], item) if key in pending else item
+            for (i, _), chunk in pending.items():
+                yield i, chunk
     finally:
         for t in tasks:
             t.cancel()
+
+
+def _joined(first: pb.GenerateStreamChunk, then: pb.GenerateStreamChunk) -> pb.GenerateStreamChunk:
+    """Two consecutive chunks of one completion as one: text concatenated, tokens and logprobs
+    appended, the last one's finish reason, usage and stop string."""
+    out = pb.GenerateStreamChunk()
+    out.CopyFrom(first)
+    out.MergeFrom(then)  # repeated fields append; set scalars and messages take `then`'s
+    out.text = first.text + then.text
+    return out
 
 
 async def _start_streams(requests: list[pb.GenerateRequest], stub) -> tuple[list, list]:

@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     if not cfg.openai_port:
         parser.error("openai_port is 0 (off): give --openai-port PORT")
     app = build_app(cfg.address, cfg.served_model_name)
-    uvicorn.run(app, host=cfg.host, port=cfg.openai_port, log_level=cfg.log_level.lower())
+    # the asyncio loop (grpc.aio's); uvicorn takes httptools' HTTP parser when it is installed
+    uvicorn.run(app, host=cfg.host, port=cfg.openai_port, log_level=cfg.log_level.lower(), loop="asyncio")
     return 0
 
 

@@ -1,0 +1,134 @@
+"""The OpenAI gateway's pieces without a server: request bodies → GenerateRequests, the logprob
+layouts, and the stream merger that joins chunks a busy gateway has not sent yet."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from litelang.gateway import formatting as fmt
+from litelang.gateway.app import _joined, _merge
+from litelang.gateway.protocol import ChatCompletionRequest, CompletionRequest, RequestError
+from litelang.proto import litelang_pb2 as pb
+
+
+def chunk(index: int, text: str, ids: list[int], reason: int = 0, **extra) -> pb.GenerateStreamChunk:
+    return pb.GenerateStreamChunk(index=index, text=text, token_ids=ids, logprobs=[-0.5 * i for i in ids],
+                                  finish_reason=reason, **extra)
+
+
+# ---- request bodies
+
+def test_completion_body_maps_onto_sampling_params():
+    body = CompletionRequest(prompt="hi", max_tokens=7, n=3, stop="\n", logit_bias={"13": -100}, seed=4, top_k=5,
+                             logprobs=2, echo=True, ignore_eos=True)
+    [req] = body.generate_requests()
+    s = req.sampling
+    assert req.prompt == "hi"
+    assert (s.max_new_tokens, s.n, list(s.stop), dict(s.logit_bias), s.seed, s.top_k) == (7, 3, ["\n"], {13: -100.0}, 4, 5)
+    assert s.logprobs and s.top_logprobs == 2 and s.prompt_logprobs == 2 and s.ignore_eos
+    assert s.temperature == 1.0 and s.skip_special_tokens, "OpenAI's defaults"
+    assert not s.HasField("top_p"), "unset fields stay unset: the server's defaults apply"
+
+
+def test_completion_prompt_shapes():
+    assert [r.prompt for r in CompletionRequest(prompt=["a", "b"]).generate_requests()] == ["a", "b"]
+    assert [list(r.input_ids.ids) for r in CompletionRequest(prompt=[1, 2]).generate_requests()] == [[1, 2]]
+    assert [list(r.input_ids.ids) for r in CompletionRequest(prompt=[[1], [2, 3]]).generate_requests()] == [[1], [2, 3]]
+
+
+@pytest.mark.parametrize("fields, param", [
+    (dict(suffix="x"), "suffix"), (dict(best_of=3, n=2), "best_of"), (dict(logprobs=21), "logprobs"),
+    (dict(logit_bias={"x": 1.0}), "logit_bias"), (dict(seed=-1), "seed"), (dict(n=0), "n"), (dict(prompt=[]), "prompt"),
+])
+def test_completion_body_refusals(fields, param):
+    with pytest.raises(RequestError) as err:
+        CompletionRequest(**{"prompt": "hi", **fields}).generate_requests()
+    assert err.value.param == param
+
+
+def test_chat_body():
+    body = ChatCompletionRequest(messages=[{"role": "developer", "content": "terse"},
+                                           {"role": "user", "content": [{"type": "text", "text": "a"},
+                                                                        {"type": "text", "text": "b"}]}],
+                                 max_tokens=9, max_completion_tokens=5, logprobs=True, top_logprobs=3)
+    req = body.generate_request(max_output_length=100)
+    assert [(m.role, m.content) for m in req.messages.messages] == [("system", "terse"), ("user", "ab")]
+    assert req.sampling.max_new_tokens == 5, "max_completion_tokens wins over the older max_tokens"
+    assert req.sampling.logprobs and req.sampling.top_logprobs == 3
+    bare = ChatCompletionRequest(messages=[{"role": "user", "content": "x"}]).generate_request(max_output_length=100)
+    assert bare.sampling.max_new_tokens == 100, "no limit given: the server's"
+
+
+# ---- logprob layouts
+
+def test_token_text_spells_partial_characters_as_bytes():
+    assert fmt.token_text("é".encode()) == "é"
+    assert fmt.token_text("你".encode()[:2]) == "bytes:\\xe4\\xbd"
+
+
+def test_completion_logprobs_columns():
+    tops = [pb.TopLogprobs(token_ids=[1, 2], logprobs=[-0.5, -2.0]), None]
+    known = {1: b"ab", 2: b"c", 3: b"\xe4"}
+    out = fmt.completion_logprobs([1, 3], [-0.5, None], tops, known, text_offset=5)
+    assert out == {"tokens": ["ab", "bytes:\\xe4"], "token_logprobs": [-0.5, None],
+                   "top_logprobs": [{"ab": -0.5, "c": -2.0}, None], "text_offset": [5, 7]}
+
+
+def test_chat_logprobs_entries():
+    out = fmt.chat_logprobs([2], [-0.25], [pb.TopLogprobs(token_ids=[2, 1], logprobs=[-0.25, -3.0])], {1: b"x", 2: b"y"})
+    assert out == {"content": [{"token": "y", "logprob": -0.25, "bytes": [121], "top_logprobs": [
+        {"token": "y", "logprob": -0.25, "bytes": [121]}, {"token": "x", "logprob": -3.0, "bytes": [120]}]}]}
+
+
+# ---- the stream merger
+
+def test_joined_keeps_order_and_the_last_outcome():
+    a = chunk(1, "he", [5], prompt_token_ids=[9, 9])
+    b = chunk(1, "llo", [6, 7], pb.FINISH_REASON_LENGTH, stop_string="", usage=pb.Usage(completion_tokens=3))
+    j = _joined(a, b)
+    assert (j.text, list(j.token_ids), list(j.logprobs)) == ("hello", [5, 6, 7], [-2.5, -3.0, -3.5])
+    assert j.finish_reason == pb.FINISH_REASON_LENGTH and j.usage.completion_tokens == 3
+    assert list(j.prompt_token_ids) == [9, 9] and j.index == 1
+
+
+async def _collect(streams, slow: bool):
+    out = []
+    async for item in _merge(streams):
+        out.append(item)
+        if slow:
+            await asyncio.sleep(0.01)  # the consumer is busy: chunks pile up meanwhile
+    return out
+
+
+async def _paced(chunks, gap: float = 0.001):
+    for c in chunks:
+        await asyncio.sleep(gap)
+        yield c
+
+
+def test_merge_joins_what_piles_up_per_completion():
+    streams = [[chunk(0, f"a{k}", [k]) for k in range(20)] + [chunk(0, "!", [99], pb.FINISH_REASON_EOS)],
+               [chunk(j % 2, f"b{k}", [100 + k]) for k, j in enumerate(range(30))]]
+    for slow in (False, True):
+        got = asyncio.run(_collect([_paced(s) for s in streams], slow))
+        for p, stream in enumerate(streams):
+            for index in (0, 1):
+                mine = [c for i, c in got if i == p and c.index == index]
+                want = [c for c in stream if c.index == index]
+                assert "".join(c.text for c in mine) == "".join(c.text for c in want)
+                assert [t for c in mine for t in c.token_ids] == [t for c in want for t in c.token_ids]
+        finals = [c for i, c in got if c.finish_reason]
+        assert len(finals) == 1 and finals[0].text.endswith("!")
+        if slow:
+            assert len(got) < sum(len(s) for s in streams), "a busy consumer gets joined chunks"
+
+
+def test_merge_raises_a_streams_error():
+    async def failing():
+        yield chunk(0, "a", [1])
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        asyncio.run(_collect([failing(), _paced([chunk(0, "b", [2])] * 50)], slow=False))
