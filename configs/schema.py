@@ -35,6 +35,7 @@ class LitelangConfig:
     metrics_port: int = 0               # Prometheus /metrics over HTTP on host:metrics_port (0 = off)
     openai_port: int = 0                # OpenAI-compatible HTTP API on host:openai_port (litelang-openai; 0 = off)
     served_model_name: str = ""         # the model id that API reports and accepts (default: the model folder's name)
+    api_key: str = ""                   # that API then asks for `Authorization: Bearer <api_key>` (also LITELANG_API_KEY)
     # --- limits ---
     max_batch_size: int = 64            # running requests
     max_input_length: int = 4096        # prompt tokens; longer prompts get INVALID_ARGUMENT

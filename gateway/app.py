@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -40,8 +41,8 @@ HTTP_STATUS = {
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
-ERROR_TYPES = {400: "invalid_request_error", 404: "invalid_request_error", 429: "rate_limit_error",
-               503: "service_unavailable"}
+ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
+               429: "rate_limit_error", 503: "service_unavailable"}
 
 
 class HTTPError(Exception):
@@ -110,7 +111,10 @@ async def _first_then_rest(call) -> AsyncIterator[pb.GenerateStreamChunk]:
     """Await a stream's first chunk now (so its errors come before the HTTP response starts);
     return an iterator over all of them."""
     it = call.__aiter__()
-    first = await it.__anext__()
+    try:
+        first = await it.__anext__()
+    except StopAsyncIteration:  # the scheduler always ends a stream with a final chunk
+        raise HTTPError(502, "the scheduler ended the stream without a reply") from None
 
     async def chain():
         yield first
@@ -182,7 +186,8 @@ async def _start_streams(requests: list[pb.GenerateRequest], stub) -> tuple[list
     return calls, iterators
 
 
-def build_app(address: str, served_model_name: str = "") -> FastAPI:
+def build_app(address: str, served_model_name: str = "", api_key: str = "") -> FastAPI:
+    """api_key: when set, every route but /health asks for `Authorization: Bearer <api_key>`."""
     backend = Backend(address, served_model_name)
 
     @contextlib.asynccontextmanager
@@ -191,7 +196,15 @@ def build_app(address: str, served_model_name: str = "") -> FastAPI:
         yield
         await backend.close()
 
-    app = FastAPI(title="litelang OpenAI-compatible API", lifespan=lifespan)
+    async def require_api_key(request: Request) -> None:
+        if api_key and request.url.path != "/health":
+            given = request.headers.get("authorization", "")
+            if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+                raise HTTPError(401, "Incorrect or missing API key: send `Authorization: Bearer <key>`.",
+                                code="invalid_api_key")
+
+    app = FastAPI(title="litelang OpenAI-compatible API", lifespan=lifespan,
+                  dependencies=[Depends(require_api_key)])
     app.state.backend = backend
 
     @app.exception_handler(HTTPError)

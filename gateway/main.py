@@ -4,6 +4,7 @@ scheduler at host:port (the same config keys as every litelang process)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import uvicorn
@@ -21,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
     if not cfg.openai_port:
         parser.error("openai_port is 0 (off): give --openai-port PORT")
-    app = build_app(cfg.address, cfg.served_model_name)
+    app = build_app(cfg.address, cfg.served_model_name, cfg.api_key or os.environ.get("LITELANG_API_KEY", ""))
     # the asyncio loop (grpc.aio's); uvicorn takes httptools' HTTP parser when it is installed
     uvicorn.run(app, host=cfg.host, port=cfg.openai_port, log_level=cfg.log_level.lower(), loop="asyncio")
     return 0

@@ -59,21 +59,26 @@ class _Sampling(BaseModel):
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         params = pb.SamplingParams(
             temperature=1.0 if self.temperature is None else self.temperature,
-            stop=stops, stop_token_ids=self.stop_token_ids or [], ignore_eos=self.ignore_eos,
-            min_new_tokens=self.min_tokens, skip_special_tokens=self.skip_special_tokens,
-            logprobs=logprobs, top_logprobs=top_logprobs, logit_bias=bias,
+            stop=stops, ignore_eos=self.ignore_eos, skip_special_tokens=self.skip_special_tokens, logprobs=logprobs,
         )
-        if self.n != 1:
-            params.n = self.n
-        if max_tokens is not None:
-            params.max_new_tokens = max_tokens
-        for name in ("top_p", "seed", "presence_penalty", "frequency_penalty", "top_k", "min_p", "repetition_penalty"):
-            value = getattr(self, name)
-            if value is not None:
-                try:
+        fields = dict(stop_token_ids=self.stop_token_ids or [], min_new_tokens=self.min_tokens,
+                      top_logprobs=top_logprobs, logit_bias=bias, n=None if self.n == 1 else self.n,
+                      max_new_tokens=max_tokens)
+        fields.update({name: getattr(self, name) for name in
+                       ("top_p", "seed", "presence_penalty", "frequency_penalty", "top_k", "min_p", "repetition_penalty")})
+        for name, value in fields.items():
+            if value is None:  # unset: the server's default
+                continue
+            try:
+                if isinstance(value, dict):
+                    getattr(params, name).update(value)
+                elif isinstance(value, list):
+                    getattr(params, name).extend(value)
+                else:
                     setattr(params, name, value)
-                except (ValueError, TypeError):  # outside the wire type's range (a negative seed, say)
-                    raise RequestError(f"{name} {value!r} is out of range", name) from None
+            except (ValueError, TypeError):  # outside the wire type's range (a negative seed, say)
+                field = {"min_new_tokens": "min_tokens", "max_new_tokens": "max_tokens"}.get(name, name)
+                raise RequestError(f"{field} {value!r} is out of range", field) from None
         return params
 
     @property

@@ -41,6 +41,7 @@ def test_completion_prompt_shapes():
 @pytest.mark.parametrize("fields, param", [
     (dict(suffix="x"), "suffix"), (dict(best_of=3, n=2), "best_of"), (dict(logprobs=21), "logprobs"),
     (dict(logit_bias={"x": 1.0}), "logit_bias"), (dict(seed=-1), "seed"), (dict(n=0), "n"), (dict(prompt=[]), "prompt"),
+    (dict(min_tokens=2**40), "min_tokens"), (dict(stop_token_ids=[2**40]), "stop_token_ids"),
 ])
 def test_completion_body_refusals(fields, param):
     with pytest.raises(RequestError) as err:

@@ -6,6 +6,7 @@ repeated request computes the same way and logprobs match bit for bit)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import pytest
 from litelang.proto import litelang_pb2 as pb
 
 from helpers import (
-    REPO_ROOT, child_env, free_ports, kill_tree, make_tiny_qwen2_with_tokenizer, port_is_listened_on, server_group,
+    REPO_ROOT, child_env, free_ports, health_status, kill_tree, make_tiny_qwen2_with_tokenizer, port_is_listened_on, server_group,
     wait_for, wait_idle,
 )
 
@@ -45,16 +46,18 @@ def group(tiny_model, tmp_path_factory):
         yield g
 
 
-@pytest.fixture(scope="module")
-def base_url(group, tmp_path_factory):
-    """`litelang-openai` (the installed console script) in front of the group's scheduler."""
+@contextlib.contextmanager
+def gateway(group, log_dir: Path, *flags: str, env: dict | None = None):
+    """`litelang-openai` (the installed console script) in front of the group's scheduler: its
+    base URL; stopped (and its port released) on exit."""
     script = Path(sys.executable).parent / "litelang-openai"
     assert script.exists(), f"{script} is missing: install litelang with `pip install -e .`"
     [port] = free_ports(1)
-    log = open(tmp_path_factory.mktemp("gateway_log") / "gateway.log", "wb")
+    log = open(log_dir / "gateway.log", "wb")
     proc = subprocess.Popen([str(script), "--port", str(group.port), "--openai-port", str(port),
-                             "--served-model-name", MODEL, "--log-level", "warning"],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=child_env(), start_new_session=True)
+                             "--served-model-name", MODEL, "--log-level", "warning", *flags],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env={**child_env(), **(env or {})},
+                            start_new_session=True)
     url = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:
@@ -65,11 +68,19 @@ def base_url(group, tmp_path_factory):
         except OSError:
             return False
 
-    wait_for(healthy, 60, "the gateway's /health to answer 200")
-    yield f"{url}/v1"
-    assert kill_tree(proc), "the gateway ignored SIGTERM"
-    log.close()
-    wait_for(lambda: not port_is_listened_on(port), 10, f"port {port} to be released")
+    try:
+        wait_for(healthy, 60, "the gateway's /health to answer 200")
+        yield f"{url}/v1"
+    finally:
+        assert kill_tree(proc), "the gateway ignored SIGTERM"
+        log.close()
+        wait_for(lambda: not port_is_listened_on(port), 10, f"port {port} to be released")
+
+
+@pytest.fixture(scope="module")
+def base_url(group, tmp_path_factory):
+    with gateway(group, tmp_path_factory.mktemp("gateway_log")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -259,6 +270,25 @@ def test_tokenize_and_detokenize_routes(base_url, group):
     assert status == 400 and "prompt" in got["error"]["message"]
 
 
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_api_key_is_asked_for_when_set(group, tmp_path, how):
+    flags, env = (["--api-key", "s3cret"], None) if how == "flag" else ([], {"LITELANG_API_KEY": "s3cret"})
+    with gateway(group, tmp_path, *flags, env=env) as url:
+        with pytest.raises(openai.AuthenticationError) as err:
+            openai.OpenAI(base_url=url, api_key="wrong", max_retries=0).models.list()
+        assert err.value.status_code == 401 and "API key" in err.value.message
+        status, body = post(url, "/v1/completions", {"prompt": "x"})  # no Authorization header at all
+        assert status == 401 and body["error"]["code"] == "invalid_api_key"
+        status, _ = post(url, "/tokenize", {"prompt": "x"})
+        assert status == 401, "vLLM's extra routes are behind the key too"
+        api = openai.OpenAI(base_url=url, api_key="s3cret", max_retries=0, timeout=60)
+        assert [m.id for m in api.models.list().data] == [MODEL]
+        got = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2, extra_body=FIXED)
+        assert got.usage.completion_tokens == 2
+        with urllib.request.urlopen(url.removesuffix("/v1") + "/health", timeout=5) as reply:
+            assert reply.status == 200, "health stays open for probes"
+
+
 def _utf8(raw: bytes) -> bool:
     try:
         raw.decode("utf-8")
@@ -269,3 +299,28 @@ def _utf8(raw: bytes) -> bool:
 
 def _escaped(raw: bytes) -> str:
     return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+
+
+# last: it kills the group's worker (and restarts it)
+
+def test_a_dead_worker_fails_requests_then_the_gateway_recovers(api, group):
+    """Mid-stream the SDK raises the error event's UNAVAILABLE; while the worker is down a request
+    gets 503; after the restart the same gateway serves again."""
+    stream = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4000, temperature=0, stream=True,
+                                    extra_body=FIXED)
+    it = iter(stream)
+    next(it), next(it)
+    group.kill_worker()
+    with pytest.raises(openai.APIError) as err:
+        list(it)
+    assert err.value.body["code"] == "UNAVAILABLE", err.value.body
+    # (health is what wait_serving reads below: it must have left SERVING first)
+    wait_for(lambda: health_status(group.address) == "NOT_SERVING", 30, "the scheduler to report NOT_SERVING")
+    with pytest.raises(openai.InternalServerError) as down:
+        api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2)
+    assert down.value.status_code == 503 and "retry" in down.value.message
+    group.start_worker()
+    group.wait_serving(120)
+    got = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=3, temperature=0, extra_body=FIXED)
+    assert got.usage.completion_tokens == 3
+    wait_idle(group.client)
