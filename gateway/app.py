@@ -21,10 +21,12 @@ from collections.abc import AsyncIterator, Sequence
 import grpc
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from litelang.gateway import formatting as fmt
+from litelang.gateway.metrics import HTTPMetrics
 from litelang.gateway.protocol import (
     ChatCompletionRequest, CompletionRequest, DetokenizeRequest, RequestError, TokenizeRequest,
 )
@@ -187,7 +189,8 @@ async def _start_streams(requests: list[pb.GenerateRequest], stub) -> tuple[list
 
 
 def build_app(address: str, served_model_name: str = "", api_key: str = "") -> FastAPI:
-    """api_key: when set, every route but /health asks for `Authorization: Bearer <api_key>`."""
+    """api_key: when set, every route but /health and /metrics asks for `Authorization: Bearer
+    <api_key>`."""
     backend = Backend(address, served_model_name)
 
     @contextlib.asynccontextmanager
@@ -197,7 +200,7 @@ def build_app(address: str, served_model_name: str = "", api_key: str = "") -> F
         await backend.close()
 
     async def require_api_key(request: Request) -> None:
-        if api_key and request.url.path != "/health":
+        if api_key and request.url.path not in ("/health", "/metrics"):
             given = request.headers.get("authorization", "")
             if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
                 raise HTTPError(401, "Incorrect or missing API key: send `Authorization: Bearer <key>`.",
@@ -206,6 +209,11 @@ def build_app(address: str, served_model_name: str = "", api_key: str = "") -> F
     app = FastAPI(title="litelang OpenAI-compatible API", lifespan=lifespan,
                   dependencies=[Depends(require_api_key)])
     app.state.backend = backend
+    registry = CollectorRegistry()
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.exception_handler(HTTPError)
     async def on_http_error(request: Request, e: HTTPError):
@@ -244,15 +252,17 @@ def build_app(address: str, served_model_name: str = "", api_key: str = "") -> F
         }]}
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest):
+    async def completions(body: CompletionRequest, http: Request):
         model = await backend.check_model(body.model)
         requests = body.generate_requests()
-        rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        rid, created = _request_id(http, "cmpl"), int(time.time())
+        for p, request in enumerate(requests):  # the scheduler's ids, for its Abort and its logs
+            request.request_id = rid if len(requests) == 1 else f"{rid}-{p}"
         head = {"id": rid, "object": "text_completion", "created": created, "model": model}
         if body.stream:
             calls, iterators = await _start_streams(requests, backend.stub)
             return StreamingResponse(_completion_stream(backend, body, requests, calls, iterators, head),
-                                     media_type="text/event-stream")
+                                     media_type="text/event-stream", headers={"X-Request-Id": rid})
         replies = await _gather_replies(backend.stub, requests)
         choices, known = [], {}
         prompt_tokens = completion_tokens = cached = 0
@@ -267,18 +277,20 @@ def build_app(address: str, served_model_name: str = "", api_key: str = "") -> F
                 if body.logprobs is not None:
                     choice["logprobs"] = await _legacy_logprobs(backend, body, reply, c, known)
                 choices.append(choice)
-        return {**head, "choices": choices, "usage": fmt.usage(prompt_tokens, completion_tokens, cached)}
+        return JSONResponse({**head, "choices": choices, "usage": fmt.usage(prompt_tokens, completion_tokens, cached)},
+                            headers={"X-Request-Id": rid})
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest):
+    async def chat_completions(body: ChatCompletionRequest, http: Request):
         model = await backend.check_model(body.model)
         request = body.generate_request((await backend.info()).max_output_length)
-        rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        rid, created = _request_id(http, "chatcmpl"), int(time.time())
+        request.request_id = rid
         head = {"id": rid, "object": "chat.completion", "created": created, "model": model}
         if body.stream:
             calls, iterators = await _start_streams([request], backend.stub)
             return StreamingResponse(_chat_stream(backend, body, calls, iterators[0], head),
-                                     media_type="text/event-stream")
+                                     media_type="text/event-stream", headers={"X-Request-Id": rid})
         reply = await backend.stub.Generate(request)
         choices, known = [], {}
         for j, c in enumerate(_completions_of(reply)):
@@ -289,7 +301,9 @@ def build_app(address: str, served_model_name: str = "", api_key: str = "") -> F
                 choice["logprobs"] = fmt.chat_logprobs(c.token_ids, c.logprobs, c.top_logprobs, known)
             choices.append(choice)
         u = reply.usage
-        return {**head, "choices": choices, "usage": fmt.usage(u.prompt_tokens, u.completion_tokens, u.cached_tokens)}
+        return JSONResponse({**head, "choices": choices,
+                             "usage": fmt.usage(u.prompt_tokens, u.completion_tokens, u.cached_tokens)},
+                            headers={"X-Request-Id": rid})
 
     @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest):
@@ -305,7 +319,14 @@ def build_app(address: str, served_model_name: str = "", api_key: str = "") -> F
         reply = await backend.stub.Detokenize(pb.DetokenizeRequest(token_ids=body.tokens), timeout=30)
         return {"prompt": reply.text}
 
+    app.add_middleware(HTTPMetrics, registry=registry, routes={route.path for route in app.routes})
     return app
+
+
+def _request_id(http: Request, prefix: str) -> str:
+    """The caller's X-Request-Id (as vLLM takes it), or a fresh `<prefix>-<hex>`: the response's
+    id and the scheduler's, so a gRPC Abort with it ends the request."""
+    return http.headers.get("x-request-id") or f"{prefix}-{uuid.uuid4().hex}"
 
 
 def _completions_of(reply: pb.GenerateResponse) -> list[pb.Completion]:
@@ -350,17 +371,18 @@ async def _event_stream(calls: list, iterators: list, n: int, head: dict, includ
     entries `await choices_for(p, p * n + j, chunk)` returns, one event each; then the usage
     event if asked for, and [DONE]. An error after the start is sent as an error event; leaving
     (the client went away) cancels the calls, so the scheduler aborts what is left."""
-    prompt_tokens = completion_tokens = 0
+    prompt_tokens = completion_tokens = cached_tokens = 0
     try:
         async for p, chunk in _merge(iterators):
             if chunk.finish_reason != pb.FINISH_REASON_UNSPECIFIED:
                 completion_tokens += chunk.usage.completion_tokens
                 if chunk.index == 0:  # the prompt counts once, however many completions share it
                     prompt_tokens += chunk.usage.prompt_tokens
+                    cached_tokens += chunk.usage.cached_tokens
             for choice in await choices_for(p, p * n + chunk.index, chunk):
                 yield _sse({**head, "choices": [choice]})
         if include_usage:
-            yield _sse({**head, "choices": [], "usage": fmt.usage(prompt_tokens, completion_tokens)})
+            yield _sse({**head, "choices": [], "usage": fmt.usage(prompt_tokens, completion_tokens, cached_tokens)})
     except grpc.aio.AioRpcError as e:
         yield _sse(HTTPError.from_rpc(e).body())
     finally:

@@ -270,6 +270,49 @@ def test_tokenize_and_detokenize_routes(base_url, group):
     assert status == 400 and "prompt" in got["error"]["message"]
 
 
+def http_counts(base_url: str) -> dict[tuple[str, str], float]:
+    """litelang_http_requests_total from the gateway's /metrics: (path, status) -> count."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(base_url.removesuffix("/v1") + "/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    return {(s.labels["path"], s.labels["status"]): s.value for family in text_string_to_metric_families(text)
+            for s in family.samples if s.name == "litelang_http_requests_total"}
+
+
+def test_metrics_count_requests_by_path_and_status(api, base_url):
+    before = http_counts(base_url)
+    for _ in range(2):
+        api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2, extra_body=FIXED)
+    list(api.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=2, stream=True, extra_body=FIXED))
+    with pytest.raises(openai.BadRequestError):
+        api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2, temperature=-1)
+    with pytest.raises(urllib.error.HTTPError):  # counted under "other", not under its own path
+        urllib.request.urlopen(base_url.removesuffix("/v1") + "/no/such/path/1", timeout=5)
+    after = http_counts(base_url)
+    delta = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    assert delta == {("/v1/completions", "200"): 2, ("/v1/chat/completions", "200"): 1, ("/v1/completions", "400"): 1,
+                     ("other", "404"): 1}
+
+
+def test_x_request_id_names_the_request(api, group):
+    """The caller's X-Request-Id is the response's id and the scheduler's: a gRPC Abort with it
+    ends the stream; a second request with an id in flight is 409."""
+    got = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2, extra_body=FIXED,
+                                 extra_headers={"X-Request-Id": "mine-1"})
+    assert got.id == "mine-1"
+    stream = api.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=4000, temperature=0, stream=True,
+                                         extra_body=FIXED, extra_headers={"X-Request-Id": "mine-2"})
+    it = iter(stream)
+    next(it), next(it)
+    with pytest.raises(openai.ConflictError) as err:
+        api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2, extra_headers={"X-Request-Id": "mine-2"})
+    assert "already in flight" in err.value.message
+    assert group.client.abort("mine-2") == ["mine-2"]
+    assert [c.choices[0].finish_reason for c in it if c.choices][-1] == "abort"
+    wait_idle(group.client)
+
+
 @pytest.mark.parametrize("how", ["flag", "env"])
 def test_api_key_is_asked_for_when_set(group, tmp_path, how):
     flags, env = (["--api-key", "s3cret"], None) if how == "flag" else ([], {"LITELANG_API_KEY": "s3cret"})
@@ -285,8 +328,9 @@ def test_api_key_is_asked_for_when_set(group, tmp_path, how):
         assert [m.id for m in api.models.list().data] == [MODEL]
         got = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2, extra_body=FIXED)
         assert got.usage.completion_tokens == 2
-        with urllib.request.urlopen(url.removesuffix("/v1") + "/health", timeout=5) as reply:
-            assert reply.status == 200, "health stays open for probes"
+        for open_path in ("/health", "/metrics"):
+            with urllib.request.urlopen(url.removesuffix("/v1") + open_path, timeout=5) as reply:
+                assert reply.status == 200, f"{open_path} stays open for probes and scrapers"
 
 
 def _utf8(raw: bytes) -> bool:
