@@ -38,6 +38,8 @@ def _sampling(args: argparse.Namespace) -> dict:
         # asking for alternatives implies asking for logprobs (the server would refuse otherwise)
         logprobs=(args.logprobs or bool(args.top_logprobs)) or None, top_logprobs=args.top_logprobs,
         logit_bias=dict(args.logit_bias) if args.logit_bias else None,
+        truncate_prompt_tokens=args.truncate_prompt_tokens,
+        include_stop_str_in_output=args.include_stop_str_in_output or None,
     )
 
 
@@ -64,6 +66,10 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--presence-penalty", type=float, default=None, help="in [-2, 2]")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    p.add_argument("--include-stop-str-in-output", action="store_true",
+                   help="keep the matched stop string at the end of the text")
+    p.add_argument("--truncate-prompt-tokens", type=int, default=None, metavar="N",
+                   help="keep only the prompt's last N tokens (after the chat template)")
     p.add_argument("--stop-token-id", type=int, action="append", help="extra stop token id besides EOS (repeatable)")
     p.add_argument("--logit-bias", type=_token_bias, action="append", metavar="TOKEN_ID=BIAS",
                    help="add BIAS ([-100, 100]) to a token's logit before sampling (repeatable)")

@@ -48,6 +48,8 @@ class _Sampling(BaseModel):
     ignore_eos: bool = False
     stop_token_ids: list[int] | None = None
     skip_special_tokens: bool = True  # OpenAI's text never shows <|im_end|>
+    include_stop_str_in_output: bool = False
+    truncate_prompt_tokens: int | None = None
 
     def sampling(self, max_tokens: int | None, logprobs: bool, top_logprobs: int) -> pb.SamplingParams:
         if self.n < 1:
@@ -60,12 +62,14 @@ class _Sampling(BaseModel):
         params = pb.SamplingParams(
             temperature=1.0 if self.temperature is None else self.temperature,
             stop=stops, ignore_eos=self.ignore_eos, skip_special_tokens=self.skip_special_tokens, logprobs=logprobs,
+            include_stop_str_in_output=self.include_stop_str_in_output,
         )
         fields = dict(stop_token_ids=self.stop_token_ids or [], min_new_tokens=self.min_tokens,
                       top_logprobs=top_logprobs, logit_bias=bias, n=None if self.n == 1 else self.n,
                       max_new_tokens=max_tokens)
         fields.update({name: getattr(self, name) for name in
-                       ("top_p", "seed", "presence_penalty", "frequency_penalty", "top_k", "min_p", "repetition_penalty")})
+                       ("top_p", "seed", "presence_penalty", "frequency_penalty", "top_k", "min_p", "repetition_penalty",
+                        "truncate_prompt_tokens")})
         for name, value in fields.items():
             if value is None:  # unset: the server's default
                 continue

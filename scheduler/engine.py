@@ -549,7 +549,7 @@ class Engine:
         if not hits:
             return False
         index, stop = min(hits)
-        r.text = r.text[:index]
+        r.text = r.text[:index + len(stop)] if r.sampling.include_stop_str_in_output else r.text[:index]
         r.stop_string = stop
         return True
 

@@ -32,6 +32,7 @@ class SamplingConfig:
     top_logprobs: int = 0  # alternatives per token (needs logprobs)
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
     prompt_logprobs: int | None = None  # score the prompt, with this many alternatives (None: off)
+    include_stop_str_in_output: bool = False
 
 
 # one position's most likely tokens: (token ids, their logprobs), most likely first

@@ -58,6 +58,11 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
         """The request's n completions, validated once (ids `<id>/<index>` when n > 1; completion
         i of a seeded request draws with seed + i)."""
         vocab_size = self.engine.info.vocab_size if self.engine.info else 1 << 31
+        if params.HasField("truncate_prompt_tokens"):
+            if params.truncate_prompt_tokens < 1:
+                raise InvalidRequest(f"truncate_prompt_tokens must be >= 1 (got {params.truncate_prompt_tokens}): "
+                                     "the number of the prompt's last tokens to keep")
+            prompt_ids = prompt_ids[-params.truncate_prompt_tokens:]
         check_prompt(prompt_ids, self.cfg, vocab_size)
         reqs = []
         for index in range(n):

@@ -80,6 +80,7 @@ def resolve_sampling(params: pb.SamplingParams, cfg: LitelangConfig, default_see
     if params.HasField("seed"):
         s.seed = params.seed
     s.skip_special_tokens = params.skip_special_tokens
+    s.include_stop_str_in_output = params.include_stop_str_in_output
     s.logprobs = params.logprobs
     s.top_logprobs = _top_logprobs(params)
     s.logit_bias = _logit_bias(params)

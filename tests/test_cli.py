@@ -114,11 +114,13 @@ def test_flags_reach_their_fields():
         "--min-p", "0.1", "--repetition-penalty", "1.2", "--frequency-penalty", "-0.5", "--presence-penalty", "0.25",
         "--seed", "3", "--stop", "a", "--stop", "b", "--stop-token-id", "5", "--stop-token-id", "6", "--ignore-eos",
         "--skip-special-tokens", "--logprobs", "--top-logprobs", "4", "--logit-bias", "13=-100", "--logit-bias", "7=2.5",
+        "--truncate-prompt-tokens", "20", "--include-stop-str-in-output",
     )
     assert got == sampling_params(
         max_new_tokens=9, min_new_tokens=2, temperature=0.5, top_p=0.9, top_k=7, min_p=0.1, repetition_penalty=1.2,
         frequency_penalty=-0.5, presence_penalty=0.25, seed=3, stop=["a", "b"], stop_token_ids=[5, 6], ignore_eos=True,
         skip_special_tokens=True, logprobs=True, top_logprobs=4, logit_bias={13: -100.0, 7: 2.5},
+        truncate_prompt_tokens=20, include_stop_str_in_output=True,
     )
 
 

@@ -76,6 +76,7 @@ BAD_INPUT = {
     "empty messages": (_req(messages=pb.ChatMessages()), "messages"),
     "bad role": (_req(messages=pb.ChatMessages(messages=[pb.ChatMessage(role="robot", content="hi")])), "role"),
     "token id outside the vocabulary": (_req(input_ids=pb.TokenIds(ids=[1, 10**8])), "vocabulary"),
+    "truncate_prompt_tokens 0": (_req(prompt=FIB, sampling=dict(truncate_prompt_tokens=0)), "truncate_prompt_tokens"),
 }
 
 
@@ -145,6 +146,32 @@ def test_stop_string_cuts_the_output(limited, fib_full, stops):
     assert chunks[-1].finish_reason == pb.FINISH_REASON_STOP_STRING
     assert chunks[-1].stop_string == first[1], "the last chunk names the stop string, as the unary reply does"
     assert not any(c.stop_string for c in chunks[:-1])
+
+
+def test_stop_string_kept_when_asked(limited, fib_full):
+    """include_stop_str_in_output: the same cut, with the stop string left at the end."""
+    stops = ["return", "<="]
+    index, stop = min((fib_full.text.find(s), s) for s in stops if s in fib_full.text)
+    expected = fib_full.text[: index + len(stop)]
+    got = limited.client.generate(FIB, max_new_tokens=20, temperature=0, stop=stops, include_stop_str_in_output=True)
+    assert (got.text, got.stop_string, got.finish_reason) == (expected, stop, pb.FINISH_REASON_STOP_STRING)
+    chunks = list(limited.client.generate_stream(FIB, max_new_tokens=20, temperature=0, stop=stops,
+                                                 include_stop_str_in_output=True))
+    assert "".join(c.text for c in chunks) == expected and chunks[-1].stop_string == stop
+
+
+def test_truncate_prompt_tokens_keeps_the_prompts_end(limited):
+    """The prompt's last N tokens only: the same greedy tokens as sending those N ids, and the
+    usage counts N. A prompt over max_input_length fits once truncated."""
+    ids = list(limited.client.tokenize(FIB + " # " + "word " * 40).token_ids)
+    keep = 12
+    got = limited.client.generate(FIB + " # " + "word " * 40, max_new_tokens=6, temperature=0, truncate_prompt_tokens=keep)
+    want = limited.client.generate(ids[-keep:], max_new_tokens=6, temperature=0)
+    assert got.usage.prompt_tokens == keep
+    assert list(got.token_ids) == list(want.token_ids)
+    too_long = "word " * (2 * MAX_INPUT)
+    reply = limited.client.generate(too_long, max_new_tokens=2, temperature=0, truncate_prompt_tokens=MAX_INPUT)
+    assert reply.usage.prompt_tokens == MAX_INPUT
 
 
 # ------------------------------------------------------------------------------ queue and aborts
