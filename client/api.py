@@ -34,10 +34,11 @@ def sampling_params(**kwargs) -> pb.SamplingParams:
 
 
 def generate_request(
-    prompt: str | list[int] | list[dict[str, str]], request_id: str = "", **sampling
+    prompt: str | list[int] | list[dict[str, str]], request_id: str = "", priority: int = 0, **sampling
 ) -> pb.GenerateRequest:
-    """A GenerateRequest from text, token ids, or chat messages ([{"role":..., "content":...}])."""
-    req = pb.GenerateRequest(request_id=request_id, sampling=sampling_params(**sampling))
+    """A GenerateRequest from text, token ids, or chat messages ([{"role":..., "content":...}]).
+    priority: lower is served first."""
+    req = pb.GenerateRequest(request_id=request_id, priority=priority, sampling=sampling_params(**sampling))
     if isinstance(prompt, str):
         req.prompt = prompt
     elif prompt and isinstance(prompt[0], dict):
@@ -101,11 +102,12 @@ class LitelangClient:
     def close(self) -> None:
         self.channel.close()
 
-    def generate(self, prompt, request_id: str = "", **sampling) -> pb.GenerateResponse:
-        return self.stub.Generate(generate_request(prompt, request_id, **sampling), timeout=self.timeout)
+    def generate(self, prompt, request_id: str = "", priority: int = 0, **sampling) -> pb.GenerateResponse:
+        return self.stub.Generate(generate_request(prompt, request_id, priority, **sampling), timeout=self.timeout)
 
-    def generate_stream(self, prompt, request_id: str = "", **sampling) -> Iterator[pb.GenerateStreamChunk]:
-        return self.stub.GenerateStream(generate_request(prompt, request_id, **sampling), timeout=self.timeout)
+    def generate_stream(self, prompt, request_id: str = "", priority: int = 0,
+                        **sampling) -> Iterator[pb.GenerateStreamChunk]:
+        return self.stub.GenerateStream(generate_request(prompt, request_id, priority, **sampling), timeout=self.timeout)
 
     def chat(self, system_prompt: str = "", **sampling) -> ChatSession:
         return ChatSession(self.stub, system_prompt, **sampling)
@@ -147,11 +149,12 @@ class AsyncLitelangClient:
     async def close(self) -> None:
         await self.channel.close()
 
-    async def generate(self, prompt, request_id: str = "", **sampling) -> pb.GenerateResponse:
-        return await self.stub.Generate(generate_request(prompt, request_id, **sampling), timeout=self.timeout)
+    async def generate(self, prompt, request_id: str = "", priority: int = 0, **sampling) -> pb.GenerateResponse:
+        return await self.stub.Generate(generate_request(prompt, request_id, priority, **sampling), timeout=self.timeout)
 
-    async def generate_stream(self, prompt, request_id: str = "", **sampling) -> AsyncIterator[pb.GenerateStreamChunk]:
-        call = self.stub.GenerateStream(generate_request(prompt, request_id, **sampling), timeout=self.timeout)
+    async def generate_stream(self, prompt, request_id: str = "", priority: int = 0,
+                              **sampling) -> AsyncIterator[pb.GenerateStreamChunk]:
+        call = self.stub.GenerateStream(generate_request(prompt, request_id, priority, **sampling), timeout=self.timeout)
         async for chunk in call:
             yield chunk
 

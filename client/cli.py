@@ -154,16 +154,16 @@ def _print_completions(client: LitelangClient, reply: pb.GenerateResponse, with_
 def cmd_generate(client: LitelangClient, args: argparse.Namespace) -> int:
     sampling = dict(_sampling(args), n=args.n, prompt_logprobs=args.prompt_logprobs)
     if args.n and args.n > 1:  # several completions: wait for all of them (no interleaved stream)
-        reply = client.generate(args.prompt, **sampling)
+        reply = client.generate(args.prompt, priority=args.priority, **sampling)
         if not args.json:
             _print_completions(client, reply, bool(sampling["logprobs"]))
     elif args.no_stream:
-        reply = client.generate(args.prompt, **sampling)
+        reply = client.generate(args.prompt, priority=args.priority, **sampling)
         if not args.json:
             print(reply.text)
     else:
         reply = pb.GenerateResponse()
-        for chunk in client.generate_stream(args.prompt, **sampling):
+        for chunk in client.generate_stream(args.prompt, priority=args.priority, **sampling):
             _fold(reply, chunk)
             if not args.json:
                 print(chunk.text, end="", flush=True)
@@ -238,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-v", "--verbose", action="store_true", help="print finish reason and usage")
     g.add_argument("--n", type=int, default=None,
                    help="completions of the prompt (1-64), printed one after another once all are done")
+    g.add_argument("--priority", type=int, default=0, help="lower is served first (default 0)")
     g.add_argument("--prompt-logprobs", type=int, default=None, metavar="N",
                    help="also score the prompt: each prompt token's logprob, with the N (0-20) most likely tokens")
     _add_sampling_flags(g)

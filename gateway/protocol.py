@@ -50,6 +50,7 @@ class _Sampling(BaseModel):
     skip_special_tokens: bool = True  # OpenAI's text never shows <|im_end|>
     include_stop_str_in_output: bool = False
     truncate_prompt_tokens: int | None = None
+    priority: int = 0  # vLLM's: lower is served first
 
     def sampling(self, max_tokens: int | None, logprobs: bool, top_logprobs: int) -> pb.SamplingParams:
         if self.n < 1:
@@ -120,9 +121,9 @@ class CompletionRequest(_Sampling):
         out = []
         for prompt in prompts:
             if isinstance(prompt, str):
-                out.append(pb.GenerateRequest(prompt=prompt, sampling=params))
+                out.append(pb.GenerateRequest(prompt=prompt, sampling=params, priority=self.priority))
             else:
-                out.append(pb.GenerateRequest(input_ids=pb.TokenIds(ids=prompt), sampling=params))
+                out.append(pb.GenerateRequest(input_ids=pb.TokenIds(ids=prompt), sampling=params, priority=self.priority))
         return out
 
 
@@ -176,7 +177,8 @@ class ChatCompletionRequest(_Sampling):
         # no limit given: as much as the server allows (OpenAI: up to the context)
         limit = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
         params = self.sampling(max_output_length if limit is None else limit, self.logprobs, self.top_logprobs or 0)
-        return pb.GenerateRequest(messages=pb.ChatMessages(messages=chat_messages(self.messages)), sampling=params)
+        return pb.GenerateRequest(messages=pb.ChatMessages(messages=chat_messages(self.messages)), sampling=params,
+                                  priority=self.priority)
 
 
 class TokenizeRequest(BaseModel):

@@ -150,8 +150,23 @@ class Engine:
         eos = () if s.ignore_eos else self.tokenizer.eos_token_ids
         req.stop_token_set = frozenset((*eos, *s.stop_token_ids))
         req.stop_hold = max((len(x) for x in s.stop), default=1) - 1
-        self.waiting.append(req)
+        self._queue(req)
         self.stats["requests_received"] += 1
+
+    def _queue(self, req: Request) -> None:
+        """Into the waiting queue behind every request of its priority or a lower value (FCFS
+        within a priority; the common all-default case appends)."""
+        if not self.waiting or self.waiting[-1].priority <= req.priority:
+            self.waiting.append(req)
+            return
+        at = next(i for i, r in enumerate(self.waiting) if r.priority > req.priority)
+        self.waiting.insert(at, req)
+
+    def _requeue(self, req: Request) -> None:
+        """Back into the waiting queue ahead of every request of its priority or a higher value:
+        a paused request resumes before new ones of its priority."""
+        at = next((i for i, r in enumerate(self.waiting) if r.priority >= req.priority), len(self.waiting))
+        self.waiting.insert(at, req)
 
     def abort(self, request_id: str) -> bool:
         req = self.by_id.get(request_id)
@@ -349,14 +364,14 @@ class Engine:
         budget = self.cfg.max_prefill_tokens
 
         # 1. one decode slot per request past its prefill whose tokens in flight do not already
-        # reach its output limit; retract the newest until they fit. (The filter is
+        # reach its output limit; retract the newest of the highest priority value until they fit. (The filter is
         # `not r.in_prefill` written out: it runs for every running request every step.)
         while True:
             decoding = [r for r in self.running
                         if len(r.slots) >= r.prefill_target and len(r.output_ids) + r.pending_samples < r.output_limit]
             if len(decoding) <= self._available or len(self.running) <= 1:
                 break
-            self._retract(self.running[-1])
+            self._retract(max(reversed(self.running), key=lambda r: r.priority))
         if decoding:
             slots = self._allocate(len(decoding))
             for r, slot in zip(decoding, slots):
@@ -403,7 +418,7 @@ class Engine:
         self.by_rid.pop(r.rid, None)
         self._release_kv(r)
         r.phase = Phase.WAITING
-        self.waiting.appendleft(r)
+        self._requeue(r)
 
     def _fits(self, cand: Request, budget: int, peak: PeakCheck) -> bool:
         target = len(cand.prompt_ids) + len(cand.output_ids)
@@ -445,7 +460,7 @@ class Engine:
         return take
 
     def _retract(self, r: Request) -> None:
-        """Pause the newest request to free its KV; it resumes first, recomputing its context."""
+        """Pause a request to free its KV; it resumes first, recomputing its context."""
         log.info("retracting request %s (%d slots) to make room", r.request_id, len(r.slots))
         self.running.remove(r)
         self._release_kv(r)
@@ -453,7 +468,7 @@ class Engine:
         r.pending_samples = 0
         self._to_release.append(r.rid)
         self.by_rid.pop(r.rid, None)
-        self.waiting.appendleft(r)
+        self._requeue(r)
         self.stats["retractions"] += 1
 
     # ------------------------------------------------------------ results

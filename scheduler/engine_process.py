@@ -8,7 +8,7 @@ streams catch up with multi-token messages (service.next_events).
 
 They talk over a multiprocessing Pipe with pickled tuples:
 
-    frontend -> engine   ("submit", [(request_id, prompt_ids, SamplingConfig, arrival), ...])   all or none
+    frontend -> engine   ("submit", [(request_id, prompt_ids, SamplingConfig, arrival, priority), ...])   all or none
                          ("abort", request_id)   ("stats", token)   ("stop",)
     engine -> frontend   ("events", [(request_id, OutputEvent), ...])   one message per step
                          ("state", healthy, InitResponse bytes, kv capacity)   when it changes
@@ -142,8 +142,8 @@ class _EngineSide:
     def _handle(self, msg: tuple) -> None:
         kind = msg[0]
         if kind == "submit":
-            reqs = [Request(request_id=rid, prompt_ids=ids, sampling=sampling, arrival=arrival)
-                    for rid, ids, sampling, arrival in msg[1]]
+            reqs = [Request(request_id=rid, prompt_ids=ids, sampling=sampling, arrival=arrival, priority=priority)
+                    for rid, ids, sampling, arrival, priority in msg[1]]
             try:
                 self.engine.submit(*reqs)
             except RejectedError as e:
@@ -231,7 +231,7 @@ class EngineClient:
                 raise RejectedError(grpc.StatusCode.ALREADY_EXISTS, f"request_id {req.request_id!r} is already in flight")
         if not self.healthy:
             raise RejectedError(grpc.StatusCode.UNAVAILABLE, "the workers are not ready (starting or restarting); retry shortly")
-        self._send(("submit", [(r.request_id, r.prompt_ids, r.sampling, r.arrival) for r in reqs]))
+        self._send(("submit", [(r.request_id, r.prompt_ids, r.sampling, r.arrival, r.priority) for r in reqs]))
         for req in reqs:
             self._requests[req.request_id] = req
 

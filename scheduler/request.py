@@ -83,6 +83,7 @@ class Request:
     sampling: SamplingConfig
     rid: int = 0                          # worker-protocol id; a new one at every (re)admission
     arrival: float = field(default_factory=time.monotonic)
+    priority: int = 0                     # lower is served first (then arrival)
     phase: Phase = Phase.WAITING
     # KV state
     slots: list[int] = field(default_factory=list)  # slot of each context token with KV

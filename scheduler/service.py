@@ -88,6 +88,8 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
             if n > 1 and request_id in self._groups:
                 raise RejectedError(grpc.StatusCode.ALREADY_EXISTS, f"request_id {request_id!r} is already in flight")
             reqs = self._new_requests(request_id, prompt_ids, request.sampling, n)
+            for req in reqs:
+                req.priority = request.priority
             self.engine.submit(*reqs)  # all n or none
         except InvalidRequest as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))

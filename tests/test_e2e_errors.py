@@ -224,6 +224,20 @@ def test_client_cancel_frees_kv(single):
     assert after.kv_free == after.kv_capacity
 
 
+@pytest.mark.parametrize("rpc", ["Generate", "GenerateStream"])
+def test_a_passed_deadline_aborts_the_request(single, rpc):
+    """The client's deadline passes mid-generation: DEADLINE_EXCEEDED there, and the server
+    stops generating (far fewer than the 400 tokens asked for) and frees the request's KV."""
+    before = wait_idle(single.client).generated_tokens
+    request = generate_request(FIB, max_new_tokens=400, temperature=0, ignore_eos=True)
+    method = getattr(single.client.stub, rpc)
+    err = rpc_error(lambda: list(method(request, timeout=1.0)) if rpc == "GenerateStream" else method(request, timeout=1.0))
+    assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    after = wait_idle(single.client, 30)
+    assert after.kv_free == after.kv_capacity
+    assert after.generated_tokens - before < 400, "the request ran to its end after its caller gave up"
+
+
 def test_abort_rpc_frees_kv(single):
     call = long_stream(single, "abort-me")
     _read_some(call)

@@ -23,10 +23,10 @@ def chunk(index: int, text: str, ids: list[int], reason: int = 0, **extra) -> pb
 def test_completion_body_maps_onto_sampling_params():
     body = CompletionRequest(prompt="hi", max_tokens=7, n=3, stop="\n", logit_bias={"13": -100}, seed=4, top_k=5,
                              logprobs=2, echo=True, ignore_eos=True, truncate_prompt_tokens=9,
-                             include_stop_str_in_output=True)
+                             include_stop_str_in_output=True, priority=-2)
     [req] = body.generate_requests()
     s = req.sampling
-    assert req.prompt == "hi"
+    assert req.prompt == "hi" and req.priority == -2
     assert (s.max_new_tokens, s.n, list(s.stop), dict(s.logit_bias), s.seed, s.top_k) == (7, 3, ["\n"], {13: -100.0}, 4, 5)
     assert s.logprobs and s.top_logprobs == 2 and s.prompt_logprobs == 2 and s.ignore_eos
     assert s.truncate_prompt_tokens == 9 and s.include_stop_str_in_output

@@ -10,6 +10,7 @@ import contextlib
 import json
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -343,6 +344,43 @@ def _utf8(raw: bytes) -> bool:
 
 def _escaped(raw: bytes) -> str:
     return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+
+
+def test_priority_orders_the_waiting_queue(api, group):
+    """Four long streams fill the batch; a priority 5 request, then a priority -1 one, wait. When
+    one slot frees, the -1 request (sent through the gateway) runs and finishes before the 5 one
+    (sent over gRPC) gets its first token."""
+    import threading
+
+    from litelang.client import generate_request
+
+    long = [group.client.stub.GenerateStream(generate_request(PROMPT, f"long-{i}", max_new_tokens=4000,
+                                                              temperature=0, ignore_eos=True), timeout=120)
+            for i in range(4)]
+    for call in long:
+        next(call)
+    events: dict[str, float] = {}
+
+    def low():
+        for chunk in group.client.generate_stream(PROMPT, priority=5, max_new_tokens=3, **FIXED):
+            events.setdefault("low first token", time.monotonic())
+
+    def high():
+        api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=3, extra_body={**FIXED, "priority": -1})
+        events["high done"] = time.monotonic()
+
+    threads = [threading.Thread(target=low)]
+    threads[0].start()
+    wait_for(lambda: group.client.stats().waiting == 1, 30, "the priority 5 request to wait")
+    threads.append(threading.Thread(target=high))
+    threads[1].start()
+    wait_for(lambda: group.client.stats().waiting == 2, 30, "the priority -1 request to wait")
+    assert group.client.abort("long-0") == ["long-0"]
+    for t in threads:
+        t.join(60)
+    assert events["high done"] < events["low first token"], events
+    assert group.client.abort("long-1", "long-2", "long-3") == ["long-1", "long-2", "long-3"]
+    wait_idle(group.client)
 
 
 # last: it kills the group's worker (and restarts it)

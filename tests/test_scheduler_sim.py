@@ -351,8 +351,8 @@ def check_engine(engine: Engine, order: dict[str, int], fake: FakeWorkerGroup) -
         assert engine.cache.locked_size == locked
     for r in engine.waiting:
         assert r.phase is Phase.WAITING and r.slots == [] and r.tree_node is None
-    seq = [order[r.request_id] for r in engine.waiting]
-    assert seq == sorted(seq), "the waiting queue is not in arrival order (FCFS, retracted ones first)"
+    seq = [(r.priority, order[r.request_id]) for r in engine.waiting]
+    assert seq == sorted(seq), "the waiting queue is not in (priority, arrival) order (retracted ones first)"
 
 
 # ------------------------------------------------------------------------------------------
@@ -420,8 +420,8 @@ class Sim:
         while not self.engine.healthy:
             await self.tick()
 
-    def submit(self, rid: str, prompt: list[int], sampling: SamplingConfig) -> bool:
-        req = Request(request_id=rid, prompt_ids=prompt, sampling=sampling)
+    def submit(self, rid: str, prompt: list[int], sampling: SamplingConfig, priority: int = 0) -> bool:
+        req = Request(request_id=rid, prompt_ids=prompt, sampling=sampling, priority=priority)
         self.order[rid] = len(self.order)
         ahead = len(self.engine.waiting) + len(self.engine.running)
         full = len(self.engine.waiting) >= self.cfg.max_reqs
@@ -676,6 +676,54 @@ def test_request_that_can_never_fit_is_rejected_at_once() -> None:
         assert sim.submit("edge", [5] * 20, SamplingConfig(max_new_tokens=12, ignore_eos=True))
         await sim.drain(max_steps=1000)
         sim.verify()
+        await sim.stop()
+
+    run(main())
+
+
+def test_lower_priority_values_are_admitted_first() -> None:
+    """One running slot, and requests of random priorities submitted before the engine runs: they
+    are admitted in (priority, arrival) order, a stable sort of the submissions."""
+    async def main():
+        sim = Sim(11, 256, max_batch_size=1, max_prefill_tokens=64, max_reqs=64)
+        await sim.start()
+        submitted = []
+        for i in range(24):
+            priority = sim.rng.choice([-3, 0, 0, 0, 2, 7])
+            assert sim.submit(f"p{i}", [i + 2, 7, 9], SamplingConfig(max_new_tokens=3, ignore_eos=True), priority)
+            submitted.append((priority, i))
+        await sim.drain(max_steps=2000)
+        admitted = sorted(sim.tracked, key=lambda rid: sim.tracked[rid].req.first_scheduled)
+        assert admitted == [f"p{i}" for _, i in sorted(submitted)]
+        sim.verify()
+        await sim.stop()
+
+    run(main())
+
+
+def test_retraction_pauses_the_highest_priority_value() -> None:
+    """A pool too small for everything admitted: the requests of priority 0 are never retracted
+    while one of priority 9 runs, and every output still equals an uninterrupted run's."""
+    async def main():
+        sim = Sim(7, 64, max_batch_size=8, max_prefill_tokens=64, max_reqs=64, busy_scale=1.0)
+        await sim.start()
+        retracted = collections.Counter()
+        retract = sim.engine._retract
+
+        def spy(r):
+            running = [x.priority for x in sim.engine.running]
+            assert r.priority == max(running), (r.priority, running)
+            retracted[r.priority] += 1
+            retract(r)
+
+        sim.engine._retract = spy
+        for i in range(16):
+            prompt = [sim.rng.randrange(VOCAB) for _ in range(sim.rng.randint(3, 8))]
+            sim.submit(f"r{i}", prompt, SamplingConfig(max_new_tokens=sim.rng.randint(20, 40), ignore_eos=True),
+                       priority=9 if i % 2 else 0)
+        await sim.drain(max_steps=20_000)
+        sim.verify()
+        assert retracted[9] > 0, "the pool never ran short"
         await sim.stop()
 
     run(main())
