@@ -30,6 +30,7 @@ from litelang.gateway.metrics import HTTPMetrics
 from litelang.gateway.protocol import (
     ChatCompletionRequest, CompletionRequest, DetokenizeRequest, RequestError, TokenizeRequest,
 )
+from litelang.gateway.tool_calls import ToolCallStream, parse_tool_calls
 from litelang.proto import litelang_pb2 as pb
 from litelang.proto import litelang_pb2_grpc
 
@@ -294,8 +295,13 @@ def build_app(address: str, served_model_name: str = "", api_key: str = "") -> F
         reply = await backend.stub.Generate(request)
         choices, known = [], {}
         for j, c in enumerate(_completions_of(reply)):
-            choice = {"index": j, "message": {"role": "assistant", "content": c.text}, "logprobs": None,
-                      "finish_reason": fmt.finish_reason(c.finish_reason)}
+            message, reason = {"role": "assistant", "content": c.text}, fmt.finish_reason(c.finish_reason)
+            if body.uses_tools:
+                message["content"], calls = parse_tool_calls(c.text, body.tool_names)
+                if calls:
+                    message["tool_calls"] = calls
+                    reason = "tool_calls" if reason == "stop" else reason
+            choice = {"index": j, "message": message, "logprobs": None, "finish_reason": reason}
             if body.logprobs:
                 await backend.token_bytes(fmt.ids_of(c.token_ids, c.top_logprobs), known)
                 choice["logprobs"] = fmt.chat_logprobs(c.token_ids, c.logprobs, c.top_logprobs, known)
@@ -419,12 +425,12 @@ def _completion_stream(backend: Backend, body: CompletionRequest, requests: list
 def _chat_stream(backend: Backend, body: ChatCompletionRequest, calls: list, chunks: AsyncIterator,
                  head: dict) -> AsyncIterator[str]:
     known: dict[int, bytes] = {}
-    started: set[int] = set()
+    tools: dict[int, ToolCallStream] = {}  # per choice, when the reply is parsed for tool calls
 
     async def choices_for(p: int, index: int, chunk: pb.GenerateStreamChunk) -> list[dict]:
         out = []
-        if index not in started:  # OpenAI's first delta of a choice names the role
-            started.add(index)
+        if index not in tools:  # OpenAI's first delta of a choice names the role
+            tools[index] = ToolCallStream(body.tool_names)
             out.append({"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                         "finish_reason": None})
         logprobs = None
@@ -432,9 +438,18 @@ def _chat_stream(backend: Backend, body: ChatCompletionRequest, calls: list, chu
             await backend.token_bytes(fmt.ids_of(chunk.token_ids, chunk.top_logprobs), known)
             logprobs = fmt.chat_logprobs(chunk.token_ids, chunk.logprobs, chunk.top_logprobs, known)
         reason = fmt.finish_reason(chunk.finish_reason)
-        if chunk.text or logprobs or reason:
-            out.append({"index": index, "delta": {"content": chunk.text} if chunk.text else {}, "logprobs": logprobs,
-                        "finish_reason": reason})
+        text, calls = chunk.text, []
+        if body.uses_tools:
+            text = tools[index].add(text)
+            if reason is not None:
+                rest, calls = tools[index].finish()
+                text += rest
+        if text or logprobs or (reason and not calls):
+            out.append({"index": index, "delta": {"content": text} if text else {}, "logprobs": logprobs,
+                        "finish_reason": None if calls else reason})
+        if calls:
+            out.append({"index": index, "delta": {"tool_calls": [{"index": k, **call} for k, call in enumerate(calls)]},
+                        "logprobs": None, "finish_reason": "tool_calls" if reason == "stop" else reason})
         return out
 
     head = {**head, "object": "chat.completion.chunk"}

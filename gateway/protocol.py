@@ -4,6 +4,7 @@ here we check only what its protocol cannot express."""
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -135,8 +136,11 @@ class TextPart(BaseModel):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    tool_calls: list[dict] | None = None  # assistant: the calls it made
+    tool_call_id: str | None = None       # tool: the call this result answers
+    name: str | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -146,7 +150,10 @@ class ChatMessage(BaseModel):
 
 def chat_messages(messages: list[ChatMessage]) -> list[pb.ChatMessage]:
     # "developer" is the system role's newer name; Qwen2's chat template knows "system"
-    return [pb.ChatMessage(role="system" if m.role == "developer" else m.role, content=m.text()) for m in messages]
+    return [pb.ChatMessage(role="system" if m.role == "developer" else m.role, content=m.text(),
+                           tool_calls_json=json.dumps(m.tool_calls) if m.tool_calls else "",
+                           tool_call_id=m.tool_call_id or "", name=m.name or "")
+            for m in messages]
 
 
 class ResponseFormat(BaseModel):
@@ -165,10 +172,21 @@ class ChatCompletionRequest(_Sampling):
     top_logprobs: int | None = None
     response_format: ResponseFormat | None = None
     tools: list[dict] | None = None
+    tool_choice: str | dict | None = None
+
+    @property
+    def uses_tools(self) -> bool:
+        """Tools offered to the model (and its reply parsed for calls)."""
+        return bool(self.tools) and self.tool_choice != "none"
+
+    @property
+    def tool_names(self) -> set[str]:
+        return {t.get("function", {}).get("name") for t in self.tools or []} - {None}
 
     def generate_request(self, max_output_length: int) -> pb.GenerateRequest:
-        if self.tools:
-            raise RequestError("tools (function calling) are not supported", "tools")
+        if self.tool_choice not in (None, "auto", "none"):
+            raise RequestError("tool_choice must be auto or none: litelang does not force a call (that needs "
+                               "constrained decoding)", "tool_choice")
         if self.response_format is not None and self.response_format.type != "text":
             raise RequestError(f"response_format {self.response_format.type!r} is not supported (only 'text')",
                                "response_format")
@@ -177,8 +195,9 @@ class ChatCompletionRequest(_Sampling):
         # no limit given: as much as the server allows (OpenAI: up to the context)
         limit = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
         params = self.sampling(max_output_length if limit is None else limit, self.logprobs, self.top_logprobs or 0)
-        return pb.GenerateRequest(messages=pb.ChatMessages(messages=chat_messages(self.messages)), sampling=params,
-                                  priority=self.priority)
+        chat = pb.ChatMessages(messages=chat_messages(self.messages),
+                               tools_json=json.dumps(self.tools) if self.uses_tools else "")
+        return pb.GenerateRequest(messages=chat, sampling=params, priority=self.priority)
 
 
 class TokenizeRequest(BaseModel):

@@ -23,7 +23,7 @@ from litelang.scheduler.engine_process import EngineClient
 from litelang.scheduler.request import OutputEvent, Request, TopLogprobs
 from litelang.scheduler.tokenizer import Tokenizer
 from litelang.scheduler.validation import (
-    InvalidRequest, check_logit_bias_ids, check_prompt, completion_count, resolve_sampling,
+    InvalidRequest, chat_template_input, check_logit_bias_ids, check_prompt, completion_count, resolve_sampling,
 )
 
 log = logging.getLogger("litelang.scheduler")
@@ -44,13 +44,8 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
         if kind == "input_ids":
             return list(request.input_ids.ids)
         if kind == "messages":
-            msgs = [{"role": m.role, "content": m.content} for m in request.messages.messages]
-            if not msgs:
-                raise InvalidRequest("messages is empty: send at least one message")
-            bad = [m["role"] for m in msgs if m["role"] not in ("system", "user", "assistant")]
-            if bad:
-                raise InvalidRequest(f"message roles must be system, user or assistant (got {bad[0]!r})")
-            return self.tokenizer.apply_chat_template(msgs)
+            msgs, tools = chat_template_input(request.messages)
+            return self.tokenizer.apply_chat_template(msgs, tools)
         raise InvalidRequest("no input: set one of prompt, input_ids or messages")
 
     def _new_requests(self, request_id: str, prompt_ids: list[int], params: pb.SamplingParams,

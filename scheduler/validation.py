@@ -1,7 +1,10 @@
-"""Turning client SamplingParams into a SamplingConfig, or a message a person can act on."""
+"""Turning client SamplingParams into a SamplingConfig (and chat messages into a chat template's
+input), or a message a person can act on."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 
 from litelang.configs.schema import LitelangConfig
@@ -140,3 +143,37 @@ def check_prompt(ids: list[int], cfg: LitelangConfig, vocab_size: int) -> None:
     if min(ids) < 0 or max(ids) >= vocab_size:  # C loops; the list below only on failure
         bad = [i for i in ids if not 0 <= i < vocab_size]
         raise InvalidRequest(f"token ids {bad[:5]} are outside the vocabulary [0, {vocab_size})")
+
+
+def chat_template_input(chat: pb.ChatMessages) -> tuple[list[dict], list[dict] | None]:
+    """The messages and tools as HF chat templates take them, or InvalidRequest. Tool calls'
+    JSON-string arguments become objects, as templates render them with `tojson`."""
+    if not chat.messages:
+        raise InvalidRequest("messages is empty: send at least one message")
+    msgs = []
+    for m in chat.messages:
+        if m.role not in ("system", "user", "assistant", "tool"):
+            raise InvalidRequest(f"message roles must be system, user, assistant or tool (got {m.role!r})")
+        msg: dict = {"role": m.role, "content": m.content}
+        if m.tool_calls_json:
+            calls = _json_list(m.tool_calls_json, "tool_calls")
+            for call in calls:
+                function = call.get("function", call)
+                if isinstance(function.get("arguments"), str):
+                    with contextlib.suppress(json.JSONDecodeError):
+                        function["arguments"] = json.loads(function["arguments"])
+            msg["tool_calls"] = calls
+        if m.role == "tool":
+            msg.update(tool_call_id=m.tool_call_id, name=m.name)
+        msgs.append(msg)
+    return msgs, _json_list(chat.tools_json, "tools") if chat.tools_json else None
+
+
+def _json_list(text: str, what: str) -> list[dict]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidRequest(f"{what} is not valid JSON: {e}") from None
+    if not isinstance(value, list) or not all(isinstance(x, dict) for x in value):
+        raise InvalidRequest(f"{what} must be a JSON list of objects")
+    return value

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 
@@ -316,3 +317,34 @@ def make_tiny_qwen2_with_tokenizer(path: Path, tokenizer_dir: Path, **overrides)
         if (Path(tokenizer_dir) / name).exists():
             shutil.copyfile(Path(tokenizer_dir) / name, Path(path) / name)
     return path
+
+
+@contextlib.contextmanager
+def openai_gateway(group, log_dir: Path, *flags: str, env: dict | None = None):
+    """`litelang-openai` (the installed console script) in front of the group's scheduler: its
+    base URL; stopped (and its port released) on exit."""
+    script = Path(sys.executable).parent / "litelang-openai"
+    assert script.exists(), f"{script} is missing: install litelang with `pip install -e .`"
+    [port] = free_ports(1)
+    log = open(log_dir / "gateway.log", "wb")
+    proc = subprocess.Popen([str(script), "--port", str(group.port), "--openai-port", str(port),
+                             "--log-level", "warning", *flags],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env={**child_env(), **(env or {})},
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        assert proc.poll() is None, f"the gateway exited with code {proc.returncode}"
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=1) as reply:
+                return reply.status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_for(healthy, 60, "the gateway's /health to answer 200")
+        yield f"{url}/v1"
+    finally:
+        assert kill_tree(proc), "the gateway ignored SIGTERM"
+        log.close()
+        wait_for(lambda: not port_is_listened_on(port), 10, f"port {port} to be released")

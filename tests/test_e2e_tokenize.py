@@ -4,6 +4,8 @@ prompt's ids equal what Generate counts and what prompt_logprobs reports; bad in
 
 from __future__ import annotations
 
+import json
+
 import grpc
 import pytest
 from transformers import AutoTokenizer
@@ -51,6 +53,37 @@ def test_detokenize_matches_hf(group, hf):
     reply = group.client.stub.Detokenize(pb.DetokenizeRequest(token_ids=ids))
     assert b"".join(reply.token_bytes) == hf.decode(ids).encode("utf-8"), "the bytes of the ids, in order"
     assert [hf.decode([i]) for i in ids] == [b.decode("utf-8", errors="replace") for b in reply.token_bytes]
+
+
+TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+TOOL_TURNS = [
+    {"role": "user", "content": "Weather in Paris?"},
+    {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+    {"role": "tool", "tool_call_id": "call_1", "name": "get_weather", "content": '{"celsius": 21}'},
+]
+
+
+def test_tools_and_tool_turns_render_as_hf_renders_them(group, hf):
+    """Offered tools, an assistant turn that called one (OpenAI's string arguments) and the tool's
+    answer: the ids equal HF's template over the same conversation (arguments as an object)."""
+    chat = pb.ChatMessages(tools_json=json.dumps(TOOLS), messages=[
+        pb.ChatMessage(role=m["role"], content=m["content"], tool_calls_json=json.dumps(m.get("tool_calls", [])) if
+                       m.get("tool_calls") else "", tool_call_id=m.get("tool_call_id", ""), name=m.get("name", ""))
+        for m in TOOL_TURNS])
+    got = list(group.client.stub.Tokenize(pb.TokenizeRequest(messages=chat)).token_ids)
+    hf_turns = json.loads(json.dumps(TOOL_TURNS))
+    hf_turns[1]["tool_calls"][0]["function"]["arguments"] = {"city": "Paris"}
+    text = hf.apply_chat_template(hf_turns, tools=TOOLS, tokenize=False, add_generation_prompt=True)
+    assert "<tools>" in text and "<tool_response>" in text and '"arguments": {"city": "Paris"}' in text
+    assert got == hf.encode(text, add_special_tokens=False)
+    for bad, word in (('{"not": "a list"}', "list"), ("[1, 2]", "objects"), ("{", "JSON")):
+        with pytest.raises(grpc.RpcError) as err:
+            group.client.stub.Tokenize(pb.TokenizeRequest(messages=pb.ChatMessages(
+                messages=chat.messages, tools_json=bad)))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and word in err.value.details()
 
 
 def test_generate_sees_the_same_ids(group):

@@ -10,6 +10,7 @@ import pytest
 from litelang.gateway import formatting as fmt
 from litelang.gateway.app import _joined, _merge
 from litelang.gateway.protocol import ChatCompletionRequest, CompletionRequest, RequestError
+from litelang.gateway.tool_calls import OPEN, ToolCallStream, parse_tool_calls
 from litelang.proto import litelang_pb2 as pb
 
 
@@ -135,3 +136,69 @@ def test_merge_raises_a_streams_error():
 
     with pytest.raises(RuntimeError, match="boom"):
         asyncio.run(_collect([failing(), _paced([chunk(0, "b", [2])] * 50)], slow=False))
+
+
+# ---- tool calls (Qwen2.5's <tool_call> blocks)
+
+CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "C"}}\n</tool_call>'
+CALL2 = '<tool_call>\n{"name": "now", "arguments": {}}\n</tool_call>'
+
+
+def test_tool_calls_parsed_from_a_whole_reply():
+    content, calls = parse_tool_calls(CALL)
+    assert content is None and [c["function"] for c in calls] == [
+        {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "C"}'}]
+    assert calls[0]["type"] == "function" and calls[0]["id"].startswith("call_")
+    content, calls = parse_tool_calls("Let me look.\n" + CALL + "\n" + CALL2)
+    assert content == "Let me look." and [c["function"]["name"] for c in calls] == ["get_weather", "now"]
+    assert len({c["id"] for c in calls}) == 2
+
+
+@pytest.mark.parametrize("text", [
+    "no calls here", CALL.replace("}}", "}"),  # not JSON
+    '<tool_call>\n["a list"]\n</tool_call>', CALL + "\n<tool_call>\n{\"name\": \"cut off",  # unclosed
+])
+def test_text_that_is_not_a_clean_call_stays_content(text):
+    assert parse_tool_calls(text) == (text, [])
+
+
+@pytest.mark.parametrize("text", ["plain reply with a < and <tool but no call", "Sure.\n" + CALL + "\n" + CALL2,
+                                  CALL, "x" + CALL[:-3]])
+def test_streamed_tool_calls_match_the_whole_reply_at_every_split(text):
+    """Content deltas never show part of a block, and the end gives what parsing the whole
+    reply gives, wherever the stream's chunks happen to split the text."""
+    at = text.find(OPEN)
+    content, calls = parse_tool_calls(text[at:]) if at >= 0 else (None, [])
+    want = (text[:at] + (content or ""), [c["function"] for c in calls]) if calls else (text, [])
+    for cuts in [[k] for k in range(1, len(text))] + [list(range(1, len(text)))]:
+        stream, sent = ToolCallStream(), []
+        for a, b in zip([0, *cuts], [*cuts, len(text)]):
+            sent.append(stream.add(text[a:b]))
+            if calls:  # nothing of a block is sent as content
+                assert text[:at].startswith("".join(sent)), (cuts, sent)
+        rest, got_calls = stream.finish()
+        assert ("".join(sent) + rest, [c["function"] for c in got_calls]) == want, cuts
+
+
+BARE = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
+
+
+@pytest.mark.parametrize("text, names, is_call", [
+    (BARE, {"get_weather"}, True), ("  " + BARE + "\n", {"get_weather"}, True),
+    (BARE, {"other_tool"}, False),  # a name not offered: content
+    (BARE, set(), False), ('{"a": 1} and then prose', {"get_weather"}, False),
+    ('{"name": "get_weather", "arguments": "not an object"}', {"get_weather"}, False),
+])
+def test_a_bare_call_object_naming_an_offered_tool(text, names, is_call):
+    """Small Qwen2.5 models often drop the tags; a reply that is only the call object counts, whole
+    or streamed in any pieces, and anything else stays content."""
+    content, calls = parse_tool_calls(text, names)
+    assert (content, [c["function"] for c in calls]) == (
+        (None, [{"name": "get_weather", "arguments": '{"city": "Paris"}'}]) if is_call else (text, []))
+    for cuts in [[k] for k in range(1, len(text))]:
+        stream, sent = ToolCallStream(names), []
+        for a, b in zip([0, *cuts], [*cuts, len(text)]):
+            sent.append(stream.add(text[a:b]))
+        rest, got = stream.finish()
+        assert "".join(sent) == "", "a reply that opens with { is held until it ends"
+        assert (rest, [c["function"] for c in got]) == (("", [c["function"] for c in calls]) if is_call else (text, []))

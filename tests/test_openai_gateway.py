@@ -6,24 +6,17 @@ repeated request computes the same way and logprobs match bit for bit)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import openai
 import pytest
 
 from litelang.proto import litelang_pb2 as pb
 
-from helpers import (
-    REPO_ROOT, child_env, free_ports, health_status, kill_tree, make_tiny_qwen2_with_tokenizer, port_is_listened_on, server_group,
-    wait_for, wait_idle,
-)
+from helpers import health_status, make_tiny_qwen2_with_tokenizer, openai_gateway, server_group, wait_for, wait_idle
 
 pytestmark = pytest.mark.slow
 
@@ -43,44 +36,13 @@ def tiny_model(tmp_path_factory, default_model_dir):
 @pytest.fixture(scope="module")
 def group(tiny_model, tmp_path_factory):
     with server_group(tiny_model, tmp_path_factory.mktemp("openai_logs"), kv_slots=8192, max_batch_size=4,
-                      max_input_length=64, max_output_length=4096, max_reqs=MAX_REQS, use_radix_cache=False) as g:
+                      max_input_length=256, max_output_length=4096, max_reqs=MAX_REQS, use_radix_cache=False) as g:
         yield g
-
-
-@contextlib.contextmanager
-def gateway(group, log_dir: Path, *flags: str, env: dict | None = None):
-    """`litelang-openai` (the installed console script) in front of the group's scheduler: its
-    base URL; stopped (and its port released) on exit."""
-    script = Path(sys.executable).parent / "litelang-openai"
-    assert script.exists(), f"{script} is missing: install litelang with `pip install -e .`"
-    [port] = free_ports(1)
-    log = open(log_dir / "gateway.log", "wb")
-    proc = subprocess.Popen([str(script), "--port", str(group.port), "--openai-port", str(port),
-                             "--served-model-name", MODEL, "--log-level", "warning", *flags],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env={**child_env(), **(env or {})},
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        assert proc.poll() is None, f"the gateway exited with code {proc.returncode}"
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=1) as reply:
-                return reply.status == 200
-        except OSError:
-            return False
-
-    try:
-        wait_for(healthy, 60, "the gateway's /health to answer 200")
-        yield f"{url}/v1"
-    finally:
-        assert kill_tree(proc), "the gateway ignored SIGTERM"
-        log.close()
-        wait_for(lambda: not port_is_listened_on(port), 10, f"port {port} to be released")
 
 
 @pytest.fixture(scope="module")
 def base_url(group, tmp_path_factory):
-    with gateway(group, tmp_path_factory.mktemp("gateway_log")) as url:
+    with openai_gateway(group, tmp_path_factory.mktemp("gateway_log"), "--served-model-name", MODEL) as url:
         yield url
 
 
@@ -189,6 +151,23 @@ def test_chat_stream_and_logprobs(api, group):
         assert [t.logprob for t in e.top_logprobs] == list(want_top.logprobs)
 
 
+def test_chat_with_tools_renders_them_into_the_prompt(api, group, tiny_model):
+    """The tools reach the chat template (the prompt grows by HF's own rendering of them); the
+    random model calls none, so the reply is content with the usual finish reason."""
+    from transformers import AutoTokenizer
+
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}]
+    hf = AutoTokenizer.from_pretrained(str(tiny_model))
+    want = len(hf.encode(hf.apply_chat_template(CHAT, tools=tools, tokenize=False, add_generation_prompt=True),
+                         add_special_tokens=False))
+    got = api.chat.completions.create(model=MODEL, messages=CHAT, tools=tools, max_tokens=3, extra_body=FIXED)
+    assert got.usage.prompt_tokens == want > group.client.generate(CHAT, max_new_tokens=1).usage.prompt_tokens
+    assert got.choices[0].finish_reason == "length" and got.choices[0].message.tool_calls is None
+    none = api.chat.completions.create(model=MODEL, messages=CHAT, tools=tools, tool_choice="none", max_tokens=1)
+    assert none.usage.prompt_tokens < want, "tool_choice none: the tools are not offered"
+
+
 def test_chat_n_completions(api, group):
     want = group.client.generate(CHAT, max_new_tokens=4, temperature=1.0, seed=5, n=3, skip_special_tokens=True, **FIXED)
     got = api.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=4, temperature=1.0, seed=5, n=3,
@@ -201,7 +180,7 @@ def test_chat_n_completions(api, group):
     (dict(temperature=-1), 400, "temperature"),
     (dict(top_p=1.5), 400, "top_p"),
     (dict(max_tokens=10_000), 400, "max_output_length"),
-    (dict(prompt="word " * 200), 400, "max_input_length"),
+    (dict(prompt="word " * 400), 400, "max_input_length"),
     (dict(model="gpt-4"), 404, "gpt-4"),
     (dict(max_tokens="many"), 400, "max_tokens"),
     (dict(suffix="x"), 400, "suffix"),
@@ -223,7 +202,8 @@ def test_bad_requests_get_openai_errors(api, group, kwargs, status, word, stream
 
 
 def test_chat_refusals(api):
-    for extra, word in ((dict(tools=[{"type": "function", "function": {"name": "f"}}]), "tools"),
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    for extra, word in ((dict(tools=tools, tool_choice="required"), "tool_choice"),
                         (dict(response_format={"type": "json_object"}), "response_format"),
                         (dict(top_logprobs=2), "top_logprobs")):
         with pytest.raises(openai.BadRequestError) as err:
@@ -260,7 +240,7 @@ def test_tokenize_and_detokenize_routes(base_url, group):
     want = group.client.tokenize(PROMPT)
     status, got = post(base_url, "/tokenize", {"model": MODEL, "prompt": PROMPT})
     assert status == 200 and got["tokens"] == list(want.token_ids) and got["count"] == len(want.token_ids)
-    assert got["max_model_len"] == 64 + 4096
+    assert got["max_model_len"] == 256 + 4096
     status, got = post(base_url, "/tokenize", {"messages": CHAT})
     assert status == 200 and got["tokens"] == list(group.client.tokenize(CHAT).token_ids)
     status, got = post(base_url, "/detokenize", {"tokens": list(want.token_ids)})
@@ -317,7 +297,7 @@ def test_x_request_id_names_the_request(api, group):
 @pytest.mark.parametrize("how", ["flag", "env"])
 def test_api_key_is_asked_for_when_set(group, tmp_path, how):
     flags, env = (["--api-key", "s3cret"], None) if how == "flag" else ([], {"LITELANG_API_KEY": "s3cret"})
-    with gateway(group, tmp_path, *flags, env=env) as url:
+    with openai_gateway(group, tmp_path, "--served-model-name", MODEL, *flags, env=env) as url:
         with pytest.raises(openai.AuthenticationError) as err:
             openai.OpenAI(base_url=url, api_key="wrong", max_retries=0).models.list()
         assert err.value.status_code == 401 and "API key" in err.value.message
