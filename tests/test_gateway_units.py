@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from litelang.gateway import formatting as fmt
-from litelang.gateway.app import _joined, _merge
+from litelang.gateway.streams import joined, merge
 from litelang.gateway.protocol import ChatCompletionRequest, CompletionRequest, RequestError
 from litelang.gateway.tool_calls import OPEN, ToolCallStream, parse_tool_calls
 from litelang.proto import litelang_pb2 as pb
@@ -91,7 +91,7 @@ def test_chat_logprobs_entries():
 def test_joined_keeps_order_and_the_last_outcome():
     a = chunk(1, "he", [5], prompt_token_ids=[9, 9])
     b = chunk(1, "llo", [6, 7], pb.FINISH_REASON_LENGTH, stop_string="", usage=pb.Usage(completion_tokens=3))
-    j = _joined(a, b)
+    j = joined(a, b)
     assert (j.text, list(j.token_ids), list(j.logprobs)) == ("hello", [5, 6, 7], [-2.5, -3.0, -3.5])
     assert j.finish_reason == pb.FINISH_REASON_LENGTH and j.usage.completion_tokens == 3
     assert list(j.prompt_token_ids) == [9, 9] and j.index == 1
@@ -99,7 +99,7 @@ def test_joined_keeps_order_and_the_last_outcome():
 
 async def _collect(streams, slow: bool):
     out = []
-    async for item in _merge(streams):
+    async for item in merge(streams):
         out.append(item)
         if slow:
             await asyncio.sleep(0.01)  # the consumer is busy: chunks pile up meanwhile
