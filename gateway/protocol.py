@@ -173,6 +173,7 @@ class ChatCompletionRequest(_Sampling):
     response_format: ResponseFormat | None = None
     tools: list[dict] | None = None
     tool_choice: str | dict | None = None
+    continue_final_message: bool = False  # vLLM's: continue the last (assistant) message, a prefilled reply
 
     @property
     def uses_tools(self) -> bool:
@@ -195,7 +196,7 @@ class ChatCompletionRequest(_Sampling):
         # no limit given: as much as the server allows (OpenAI: up to the context)
         limit = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
         params = self.sampling(max_output_length if limit is None else limit, self.logprobs, self.top_logprobs or 0)
-        chat = pb.ChatMessages(messages=chat_messages(self.messages),
+        chat = pb.ChatMessages(messages=chat_messages(self.messages), continue_final_message=self.continue_final_message,
                                tools_json=json.dumps(self.tools) if self.uses_tools else "")
         return pb.GenerateRequest(messages=chat, sampling=params, priority=self.priority)
 

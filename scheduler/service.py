@@ -45,7 +45,7 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
             return list(request.input_ids.ids)
         if kind == "messages":
             msgs, tools = chat_template_input(request.messages)
-            return self.tokenizer.apply_chat_template(msgs, tools)
+            return self.tokenizer.apply_chat_template(msgs, tools, request.messages.continue_final_message)
         raise InvalidRequest("no input: set one of prompt, input_ids or messages")
 
     def _new_requests(self, request_id: str, prompt_ids: list[int], params: pb.SamplingParams,

@@ -54,8 +54,13 @@ class Tokenizer:
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
         return self.hf.decode(ids, skip_special_tokens=skip_special_tokens)
 
-    def apply_chat_template(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+    def apply_chat_template(self, messages: list[dict], tools: list[dict] | None = None,
+                            continue_final_message: bool = False) -> list[int]:
+        """continue_final_message: leave the last (assistant) message open to be continued, instead
+        of starting a new assistant turn."""
         if not self.has_chat_template:
             raise InvalidRequest("this checkpoint's tokenizer has no chat template; send a raw prompt instead")
-        text = self.hf.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
+        text = self.hf.apply_chat_template(messages, tools=tools, tokenize=False,
+                                           add_generation_prompt=not continue_final_message,
+                                           continue_final_message=continue_final_message)
         return self.encode(text)

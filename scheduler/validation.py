@@ -150,6 +150,9 @@ def chat_template_input(chat: pb.ChatMessages) -> tuple[list[dict], list[dict] |
     JSON-string arguments become objects, as templates render them with `tojson`."""
     if not chat.messages:
         raise InvalidRequest("messages is empty: send at least one message")
+    if chat.continue_final_message and chat.messages[-1].role != "assistant":
+        raise InvalidRequest("continue_final_message needs the last message to be the assistant's (the start of "
+                             f"its reply), not {chat.messages[-1].role!r}")
     msgs = []
     for m in chat.messages:
         if m.role not in ("system", "user", "assistant", "tool"):

@@ -86,6 +86,23 @@ def test_tools_and_tool_turns_render_as_hf_renders_them(group, hf):
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and word in err.value.details()
 
 
+def test_continue_final_message_leaves_the_reply_open(group, hf):
+    """A prefilled start of the assistant's reply: HF's continue_final_message rendering (no end
+    of turn after it, no new assistant turn); a last message that is not the assistant's is
+    refused."""
+    turns = [{"role": "user", "content": "Write fibonacci."}, {"role": "assistant", "content": "def fibonacci(n):"}]
+    chat = pb.ChatMessages(continue_final_message=True,
+                           messages=[pb.ChatMessage(role=m["role"], content=m["content"]) for m in turns])
+    got = list(group.client.stub.Tokenize(pb.TokenizeRequest(messages=chat)).token_ids)
+    text = hf.apply_chat_template(turns, tokenize=False, continue_final_message=True, add_generation_prompt=False)
+    assert text.endswith("def fibonacci(n):")
+    assert got == hf.encode(text, add_special_tokens=False)
+    with pytest.raises(grpc.RpcError) as err:
+        group.client.stub.Tokenize(pb.TokenizeRequest(messages=pb.ChatMessages(
+            continue_final_message=True, messages=chat.messages[:1])))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "assistant" in err.value.details()
+
+
 def test_generate_sees_the_same_ids(group):
     ids = list(group.client.tokenize(TEXT).token_ids)
     reply = group.client.generate(TEXT, max_new_tokens=2, prompt_logprobs=0)

@@ -168,6 +168,22 @@ def test_chat_with_tools_renders_them_into_the_prompt(api, group, tiny_model):
     assert none.usage.prompt_tokens < want, "tool_choice none: the tools are not offered"
 
 
+def test_chat_continues_a_prefilled_reply(api, group):
+    """continue_final_message: the reply continues the assistant message the client started, as
+    the gRPC Generate of the same open conversation does."""
+    turns = CHAT + [{"role": "assistant", "content": "A radix tree is"}]
+    chat = pb.ChatMessages(continue_final_message=True,
+                           messages=[pb.ChatMessage(role=m["role"], content=m["content"]) for m in turns])
+    want = group.client.stub.Generate(pb.GenerateRequest(messages=chat, sampling=pb.SamplingParams(
+        temperature=0, max_new_tokens=6, ignore_eos=True, skip_special_tokens=True)))
+    got = api.chat.completions.create(model=MODEL, messages=turns, max_tokens=6, temperature=0,
+                                      extra_body={**FIXED, "continue_final_message": True})
+    assert got.choices[0].message.content == want.text
+    assert got.usage.prompt_tokens == want.usage.prompt_tokens
+    plain = api.chat.completions.create(model=MODEL, messages=turns, max_tokens=1, extra_body=FIXED)
+    assert plain.usage.prompt_tokens > want.usage.prompt_tokens, "without it, the turn is closed and a new one opened"
+
+
 def test_chat_n_completions(api, group):
     want = group.client.generate(CHAT, max_new_tokens=4, temperature=1.0, seed=5, n=3, skip_special_tokens=True, **FIXED)
     got = api.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=4, temperature=1.0, seed=5, n=3,
