@@ -364,8 +364,9 @@ class Engine:
         budget = self.cfg.max_prefill_tokens
 
         # 1. one decode slot per request past its prefill whose tokens in flight do not already
-        # reach its output limit; retract the newest of the highest priority value until they fit. (The filter is
-        # `not r.in_prefill` written out: it runs for every running request every step.)
+        # reach its output limit; retract the newest of the highest priority value until they
+        # fit. (The filter is `not r.in_prefill` written out: it runs for every running request
+        # every step.)
         while True:
             decoding = [r for r in self.running
                         if len(r.slots) >= r.prefill_target and len(r.output_ids) + r.pending_samples < r.output_limit]
