@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the device machine: GPU tests and benchmarks, results into $OUT (or ./out).
 #   bash bench/device_run.sh tests|kernels|model15|model7|serving|openai|first_burst ...
-# (openai and first_burst need the gateway's wheels carried in .whl: fastapi, uvicorn, httpx, ...)
+# (openai needs the gateway's wheels carried in .whl: fastapi, uvicorn, httptools, httpx, ...)
 source "$(dirname "$0")/device_setup.sh"
 OUT=${OUT:-out}; mkdir -p "$OUT"
 # tokenizer files for the serving benchmark: carried to the device, or the prepared default model
