@@ -7,11 +7,13 @@ import asyncio
 
 import pytest
 
-from litelang.gateway import formatting as fmt
-from litelang.gateway.streams import joined, merge
-from litelang.gateway.protocol import ChatCompletionRequest, CompletionRequest, RequestError
-from litelang.gateway.tool_calls import OPEN, ToolCallStream, parse_tool_calls
-from litelang.proto import litelang_pb2 as pb
+pytest.importorskip("fastapi")  # as test_openai_gateway: collected, not run, on the device's GPU runs
+
+from litelang.gateway import formatting as fmt  # noqa: E402
+from litelang.gateway.protocol import ChatCompletionRequest, CompletionRequest, RequestError  # noqa: E402
+from litelang.gateway.streams import joined, merge  # noqa: E402
+from litelang.gateway.tool_calls import OPEN, ToolCallStream, parse_tool_calls  # noqa: E402
+from litelang.proto import litelang_pb2 as pb  # noqa: E402
 
 
 def chunk(index: int, text: str, ids: list[int], reason: int = 0, **extra) -> pb.GenerateStreamChunk:
