@@ -36,6 +36,7 @@ class LitelangConfig:
     openai_port: int = 0                # OpenAI-compatible HTTP API on host:openai_port (litelang-openai; 0 = off)
     served_model_name: str = ""         # the model id that API reports and accepts (default: the model folder's name)
     api_key: str = ""                   # that API then asks for `Authorization: Bearer <api_key>` (also LITELANG_API_KEY)
+    allowed_origins: list[str] = field(default_factory=lambda: ["*"])  # that API's CORS origins, for browser clients ([] = none)
     # --- limits ---
     max_batch_size: int = 64            # running requests
     max_input_length: int = 4096        # prompt tokens; longer prompts get INVALID_ARGUMENT

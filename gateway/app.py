@@ -14,6 +14,7 @@ import uuid
 import grpc
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -29,9 +30,11 @@ from litelang.gateway.tool_calls import parse_tool_calls
 from litelang.proto import litelang_pb2 as pb
 
 
-def build_app(address: str, served_model_name: str = "", api_key: str = "") -> FastAPI:
+def build_app(address: str, served_model_name: str = "", api_key: str = "",
+              allowed_origins: list[str] | None = None) -> FastAPI:
     """api_key: when set, every route but /health and /metrics asks for `Authorization: Bearer
-    <api_key>`."""
+    <api_key>`. allowed_origins: the browser origins CORS lets call the API (as vLLM's default,
+    any: the key is a header, not a cookie)."""
     backend = Backend(address, served_model_name)
 
     @contextlib.asynccontextmanager
@@ -41,7 +44,7 @@ def build_app(address: str, served_model_name: str = "", api_key: str = "") -> F
         await backend.close()
 
     async def require_api_key(request: Request) -> None:
-        if api_key and request.url.path not in ("/health", "/metrics"):
+        if api_key and request.url.path not in ("/health", "/metrics") and request.method != "OPTIONS":
             given = request.headers.get("authorization", "")
             if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
                 raise HTTPError(401, "Incorrect or missing API key: send `Authorization: Bearer <key>`.",
@@ -84,13 +87,19 @@ def build_app(address: str, served_model_name: str = "", api_key: str = "") -> F
             serving = False
         return JSONResponse({"status": "ok" if serving else "unavailable"}, status_code=200 if serving else 503)
 
+    async def model_card() -> dict:
+        info = await backend.info()
+        return {"id": await backend.model_name(), "object": "model", "created": 0, "owned_by": "litelang",
+                "root": info.model_path, "max_model_len": info.max_input_length + info.max_output_length}
+
     @app.get("/v1/models")
     async def models():
-        info = await backend.info()
-        return {"object": "list", "data": [{
-            "id": await backend.model_name(), "object": "model", "created": 0, "owned_by": "litelang",
-            "root": info.model_path, "max_model_len": info.max_input_length + info.max_output_length,
-        }]}
+        return {"object": "list", "data": [await model_card()]}
+
+    @app.get("/v1/models/{model:path}")
+    async def model(model: str):
+        await backend.check_model(model or "-")
+        return await model_card()
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, http: Request):
@@ -166,6 +175,8 @@ def build_app(address: str, served_model_name: str = "", api_key: str = "") -> F
         return {"prompt": reply.text}
 
     app.add_middleware(HTTPMetrics, registry=registry, routes={route.path for route in app.routes})
+    if allowed_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=allowed_origins, allow_methods=["*"], allow_headers=["*"])
     return app
 
 

@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
     if not cfg.openai_port:
         parser.error("openai_port is 0 (off): give --openai-port PORT")
-    app = build_app(cfg.address, cfg.served_model_name, cfg.api_key or os.environ.get("LITELANG_API_KEY", ""))
+    app = build_app(cfg.address, cfg.served_model_name, cfg.api_key or os.environ.get("LITELANG_API_KEY", ""),
+                    cfg.allowed_origins)
     # the asyncio loop (grpc.aio's); uvicorn takes httptools' HTTP parser when it is installed
     uvicorn.run(app, host=cfg.host, port=cfg.openai_port, log_level=cfg.log_level.lower(), loop="asyncio")
     return 0

@@ -57,6 +57,25 @@ def api(base_url):
 def test_models_lists_the_served_model(api, group):
     models = api.models.list().data
     assert [m.id for m in models] == [MODEL]
+    assert api.models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError):
+        api.models.retrieve("gpt-4")
+
+
+def preflight(base_url: str, path: str, origin: str) -> dict[str, str]:
+    """A browser's CORS preflight for a POST with a JSON body and a bearer key: the headers."""
+    request = urllib.request.Request(base_url.removesuffix("/v1") + path, method="OPTIONS", headers={
+        "Origin": origin, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type"})
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        return {k.lower(): v for k, v in reply.headers.items()}
+
+
+def test_browsers_may_call_the_api(base_url, api):
+    headers = preflight(base_url, "/v1/chat/completions", "http://localhost:3000")
+    assert headers["access-control-allow-origin"] in ("*", "http://localhost:3000")
+    assert "POST" in headers["access-control-allow-methods"]
+    assert "authorization" in headers["access-control-allow-headers"].lower()
 
 
 def test_completion_matches_the_grpc_client(api, group):
@@ -313,6 +332,14 @@ def test_x_request_id_names_the_request(api, group):
     wait_idle(group.client)
 
 
+def test_allowed_origins_limits_which_pages_may_call(group, tmp_path):
+    with openai_gateway(group, tmp_path, "--served-model-name", MODEL, "--allowed-origins", "http://ok.example") as url:
+        assert preflight(url, "/v1/completions", "http://ok.example")["access-control-allow-origin"] == "http://ok.example"
+        with pytest.raises(urllib.error.HTTPError) as err:
+            preflight(url, "/v1/completions", "http://evil.example")
+        assert err.value.code == 400
+
+
 @pytest.mark.parametrize("how", ["flag", "env"])
 def test_api_key_is_asked_for_when_set(group, tmp_path, how):
     flags, env = (["--api-key", "s3cret"], None) if how == "flag" else ([], {"LITELANG_API_KEY": "s3cret"})
@@ -324,6 +351,8 @@ def test_api_key_is_asked_for_when_set(group, tmp_path, how):
         assert status == 401 and body["error"]["code"] == "invalid_api_key"
         status, _ = post(url, "/tokenize", {"prompt": "x"})
         assert status == 401, "vLLM's extra routes are behind the key too"
+        headers = preflight(url, "/v1/completions", "http://localhost:3000")  # browsers send no key here
+        assert headers["access-control-allow-origin"] in ("*", "http://localhost:3000")
         api = openai.OpenAI(base_url=url, api_key="s3cret", max_retries=0, timeout=60)
         assert [m.id for m in api.models.list().data] == [MODEL]
         got = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2, extra_body=FIXED)
