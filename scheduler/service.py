@@ -8,6 +8,7 @@ says what to change; load problems come from the engine (RESOURCE_EXHAUSTED, UNA
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import uuid
@@ -103,7 +104,11 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
         return self._events(reqs[0], context) if len(reqs) == 1 else self._merged_events(reqs, context)
 
     async def _events(self, req: Request, context):
-        """Yield (0, event) for the request's OutputEvents; abort it if the client goes away."""
+        """Yield (0, event) for the request's OutputEvents; abort it if the client goes away.
+
+        The abort sits in `finally`, not in an `except CancelledError`: gRPC cancels a stream
+        wherever its handler waits, and while it waits to write a chunk this generator is not
+        cancelled but closed later (GeneratorExit), and the request would run to its end."""
         try:
             while True:
                 ev = await next_events(req)
@@ -112,9 +117,8 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
                 yield 0, ev
                 if ev.final:
                     return
-        except asyncio.CancelledError:
-            self.engine.abort(req.request_id)
-            raise
+        finally:
+            self.engine.abort(req.request_id)  # a no-op once the request has ended
 
     async def _merged_events(self, reqs: list[Request], context):
         """_events over n > 1 completions, interleaved as they arrive. An error in one fails the
@@ -132,12 +136,10 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
                     yield i, ev
                     if not ev.final:
                         waits[asyncio.ensure_future(next_events(reqs[i]))] = i
-        except asyncio.CancelledError:
-            self._abort_all(reqs)
-            raise
-        finally:
+        finally:  # as in _events: however the stream ends, nothing of it runs on
             for fut in waits:
                 fut.cancel()
+            self._abort_all(reqs)
 
     # ------------------------------------------------------------ RPCs
 
@@ -145,8 +147,9 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
         request_id, reqs = await self._start(request, context)
         outputs = [_Collected() for _ in reqs]
         try:
-            async for i, ev in self._completion_events(reqs, context):
-                outputs[i].add(ev)
+            async with contextlib.aclosing(self._completion_events(reqs, context)) as events:
+                async for i, ev in events:
+                    outputs[i].add(ev)
         finally:
             if len(reqs) > 1:
                 self._groups.pop(request_id, None)
@@ -169,19 +172,9 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
     async def GenerateStream(self, request, context):
         request_id, reqs = await self._start(request, context)
         try:
-            async for i, ev in self._completion_events(reqs, context):
-                chunk = pb.GenerateStreamChunk(request_id=request_id, text=ev.text, token_ids=ev.token_ids, index=i,
-                                               logprobs=ev.logprobs, top_logprobs=_top_messages(ev.top_logprobs))
-                if ev.prompt_logprobs is not None:
-                    chunk.prompt_token_ids.extend(reqs[0].prompt_ids)
-                    chunk.prompt_logprobs.extend(ev.prompt_logprobs)
-                    chunk.prompt_top_logprobs.extend(_top_messages(ev.prompt_top_logprobs or []))
-                if ev.finish_reason != pb.FINISH_REASON_UNSPECIFIED:
-                    chunk.finish_reason = ev.finish_reason
-                    chunk.stop_string = ev.outcome.stop_string
-                    chunk.usage.CopyFrom(ev.outcome.usage)
-                    chunk.timings.CopyFrom(ev.outcome.timings)
-                yield chunk
+            async with contextlib.aclosing(self._completion_events(reqs, context)) as events:
+                async for i, ev in events:
+                    yield _stream_chunk(request_id, reqs[0], i, ev)
         finally:
             if len(reqs) > 1:
                 self._groups.pop(request_id, None)
@@ -280,6 +273,21 @@ def _merge_usage(reply: pb.GenerateResponse, outcomes: list) -> None:
     reply.timings.queue_ms = min(o.timings.queue_ms for o in outcomes)
     reply.timings.ttft_ms = min(o.timings.ttft_ms for o in outcomes)
     reply.timings.total_ms = max(o.timings.total_ms for o in outcomes)
+
+
+def _stream_chunk(request_id: str, first: Request, index: int, ev: OutputEvent) -> pb.GenerateStreamChunk:
+    chunk = pb.GenerateStreamChunk(request_id=request_id, text=ev.text, token_ids=ev.token_ids, index=index,
+                                   logprobs=ev.logprobs, top_logprobs=_top_messages(ev.top_logprobs))
+    if ev.prompt_logprobs is not None:
+        chunk.prompt_token_ids.extend(first.prompt_ids)
+        chunk.prompt_logprobs.extend(ev.prompt_logprobs)
+        chunk.prompt_top_logprobs.extend(_top_messages(ev.prompt_top_logprobs or []))
+    if ev.finish_reason != pb.FINISH_REASON_UNSPECIFIED:
+        chunk.finish_reason = ev.finish_reason
+        chunk.stop_string = ev.outcome.stop_string
+        chunk.usage.CopyFrom(ev.outcome.usage)
+        chunk.timings.CopyFrom(ev.outcome.timings)
+    return chunk
 
 
 def _top_messages(tops: list[TopLogprobs]) -> list[pb.TopLogprobs]:
