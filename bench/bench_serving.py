@@ -27,7 +27,7 @@ import yaml
 
 from litelang.bench.shapes import random_checkpoint
 from litelang.client import AsyncLitelangClient, LitelangClient
-from litelang.launch import is_serving
+from litelang.launch import http_ok, is_serving
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json")
 
@@ -165,17 +165,9 @@ def run_http_clients(base_url: str, prompts: list[list[int]], new: int, processe
 def bench_openai(server: Server, rows: list[str], batches: tuple[int, ...] = (1, 128)) -> None:
     """The same greedy streams (32-token prompts, 256 new) through gRPC and through the OpenAI
     gateway in front of the same server, alternating: what HTTP, JSON and SSE cost."""
-    import urllib.request
-
     base_url = f"http://127.0.0.1:{server.openai_port}"
     deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base_url}/health", timeout=2) as reply:
-                if reply.status == 200:
-                    break
-        except OSError:
-            pass
+    while not http_ok(f"{base_url}/health"):
         if time.time() > deadline:
             raise RuntimeError("the gateway did not come up")
         time.sleep(0.5)

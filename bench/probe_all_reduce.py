@@ -62,7 +62,7 @@ def main() -> None:
     rows = queue.get(timeout=600)
     for p in procs:
         p.join()
-    print(f"| rows × width | bytes | NCCL, µs | one-shot, µs | max error against NCCL's float32 sum |")
+    print("| rows × width | bytes | NCCL, µs | one-shot, µs | max error against NCCL's float32 sum |")
     print("| --- | --- | --- | --- | --- |")
     for m, n, nbytes, nccl_us, one_us, err in rows:
         print(f"| {m} × {n} | {nbytes:,} | {nccl_us:.2f} | {one_us:.2f} | {err:.3g} |")

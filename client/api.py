@@ -15,6 +15,7 @@ GenerateStreamChunk's index says which completion it continues.
 
 from __future__ import annotations
 
+import json
 from typing import AsyncIterator, Iterator
 
 import grpc
@@ -42,7 +43,7 @@ def generate_request(
     if isinstance(prompt, str):
         req.prompt = prompt
     elif prompt and isinstance(prompt[0], dict):
-        req.messages.messages.extend(pb.ChatMessage(role=m["role"], content=m["content"]) for m in prompt)
+        req.messages.CopyFrom(chat_messages(prompt))
     else:
         req.input_ids.ids.extend(prompt)
     return req
@@ -51,8 +52,20 @@ def generate_request(
 def tokenize_request(prompt: str | list[dict[str, str]]) -> pb.TokenizeRequest:
     if isinstance(prompt, str):
         return pb.TokenizeRequest(prompt=prompt)
-    messages = [pb.ChatMessage(role=m["role"], content=m["content"]) for m in prompt]
-    return pb.TokenizeRequest(messages=pb.ChatMessages(messages=messages))
+    return pb.TokenizeRequest(messages=chat_messages(prompt))
+
+
+def chat_messages(messages: list[dict], tools: list[dict] | None = None,
+                  continue_final_message: bool = False) -> pb.ChatMessages:
+    """Messages as OpenAI writes them ({"role", "content"}; an assistant's "tool_calls", a tool
+    result's "tool_call_id" and "name"), the tools offered, and whether the last (assistant)
+    message is a reply to continue."""
+    return pb.ChatMessages(
+        messages=[pb.ChatMessage(role=m["role"], content=m.get("content") or "",
+                                 tool_calls_json=json.dumps(m["tool_calls"]) if m.get("tool_calls") else "",
+                                 tool_call_id=m.get("tool_call_id") or "", name=m.get("name") or "")
+                  for m in messages],
+        tools_json=json.dumps(tools) if tools else "", continue_final_message=continue_final_message)
 
 
 class ChatSession:

@@ -206,10 +206,10 @@ async def _gather_replies(stub, requests: list[pb.GenerateRequest]) -> list[pb.G
 async def _legacy_logprobs(backend: Backend, body: CompletionRequest, reply: pb.GenerateResponse,
                            c: pb.Completion, known: dict[int, bytes]) -> dict:
     """The completion's columns; with echo, the prompt's tokens first (the first has no score)."""
-    ids, lps, tops = list(c.token_ids), list(c.logprobs), list(c.top_logprobs) if body.logprobs else [None] * len(c.token_ids)
+    ids, lps, tops = list(c.token_ids), list(c.logprobs), list(c.top_logprobs)
     if body.echo:
-        prompt_ids = list(reply.prompt_token_ids)
-        prompt_tops = [None] + (list(reply.prompt_top_logprobs) if body.logprobs else [None] * len(reply.prompt_logprobs))
-        ids, lps, tops = prompt_ids + ids, [None, *reply.prompt_logprobs] + lps, prompt_tops + tops
+        ids = list(reply.prompt_token_ids) + ids
+        lps = [None, *reply.prompt_logprobs] + lps
+        tops = [None, *reply.prompt_top_logprobs] + tops if tops else []
     await backend.token_bytes(fmt.ids_of(ids, tops), known)
     return fmt.completion_logprobs(ids, lps, tops, known, 0)

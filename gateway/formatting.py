@@ -54,18 +54,15 @@ def completion_logprobs(token_ids: Sequence[int], logprobs: Sequence[float | Non
                         tops: Sequence[pb.TopLogprobs | None], token_bytes: dict[int, bytes],
                         text_offset: int) -> dict:
     """`choices[i].logprobs` of a legacy completion: parallel columns, `text_offset` counting
-    characters from `text_offset` (the text before these tokens in the choice)."""
+    characters from `text_offset` (the text before these tokens in the choice). No `tops` (none
+    asked for): a None at each position."""
     tokens = [token_text(token_bytes[t]) for t in token_ids]
     offsets = []
     for token in tokens:
         offsets.append(text_offset)
         text_offset += len(token)
-    top_columns = []
-    for top in tops:
-        if top is None:
-            top_columns.append(None)
-        else:
-            top_columns.append({token_text(token_bytes[t]): x for t, x in zip(top.token_ids, top.logprobs)})
+    top_columns = [None if top is None else {token_text(token_bytes[t]): x for t, x in zip(top.token_ids, top.logprobs)}
+                   for top in tops] if tops else [None] * len(tokens)
     return {"tokens": tokens, "token_logprobs": list(logprobs), "top_logprobs": top_columns, "text_offset": offsets}
 
 

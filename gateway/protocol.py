@@ -4,11 +4,11 @@ here we check only what its protocol cannot express."""
 
 from __future__ import annotations
 
-import json
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from litelang.client.api import chat_messages
 from litelang.proto import litelang_pb2 as pb
 
 
@@ -148,12 +148,11 @@ class ChatMessage(BaseModel):
         return self.content or ""
 
 
-def chat_messages(messages: list[ChatMessage]) -> list[pb.ChatMessage]:
-    # "developer" is the system role's newer name; Qwen2's chat template knows "system"
-    return [pb.ChatMessage(role="system" if m.role == "developer" else m.role, content=m.text(),
-                           tool_calls_json=json.dumps(m.tool_calls) if m.tool_calls else "",
-                           tool_call_id=m.tool_call_id or "", name=m.name or "")
-            for m in messages]
+def message_dicts(messages: list[ChatMessage]) -> list[dict]:
+    """The messages as litelang's client takes them (client.api.chat_messages): "developer" is
+    the system role's newer name, which Qwen2's chat template does not know."""
+    return [{"role": "system" if m.role == "developer" else m.role, "content": m.text(), "tool_calls": m.tool_calls,
+             "tool_call_id": m.tool_call_id, "name": m.name} for m in messages]
 
 
 class ResponseFormat(BaseModel):
@@ -196,8 +195,8 @@ class ChatCompletionRequest(_Sampling):
         # no limit given: as much as the server allows (OpenAI: up to the context)
         limit = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
         params = self.sampling(max_output_length if limit is None else limit, self.logprobs, self.top_logprobs or 0)
-        chat = pb.ChatMessages(messages=chat_messages(self.messages), continue_final_message=self.continue_final_message,
-                               tools_json=json.dumps(self.tools) if self.uses_tools else "")
+        chat = chat_messages(message_dicts(self.messages), self.tools if self.uses_tools else None,
+                             self.continue_final_message)
         return pb.GenerateRequest(messages=chat, sampling=params, priority=self.priority)
 
 
@@ -215,7 +214,7 @@ class TokenizeRequest(BaseModel):
             raise RequestError("give exactly one of prompt and messages", "prompt")
         if self.prompt is not None:
             return pb.TokenizeRequest(prompt=self.prompt)
-        return pb.TokenizeRequest(messages=pb.ChatMessages(messages=chat_messages(self.messages)))
+        return pb.TokenizeRequest(messages=chat_messages(message_dicts(self.messages)))
 
 
 class DetokenizeRequest(BaseModel):

@@ -140,9 +140,8 @@ def completion_stream(backend: Backend, body: CompletionRequest, requests: list[
             if body.echo:
                 text = await backend.prompt_text(requests[p]) + text
         if body.logprobs is not None and chunk.token_ids:
-            tops = list(chunk.top_logprobs) if body.logprobs else [None] * len(chunk.token_ids)
-            await backend.token_bytes(fmt.ids_of(chunk.token_ids, tops), known)
-            logprobs = fmt.completion_logprobs(chunk.token_ids, chunk.logprobs, tops, known,
+            await backend.token_bytes(fmt.ids_of(chunk.token_ids, chunk.top_logprobs), known)
+            logprobs = fmt.completion_logprobs(chunk.token_ids, chunk.logprobs, chunk.top_logprobs, known,
                                                offsets[index] + len(text) - len(chunk.text))
         offsets[index] += len(text)
         reason = fmt.finish_reason(chunk.finish_reason)

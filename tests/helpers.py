@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 
@@ -323,6 +322,8 @@ def make_tiny_qwen2_with_tokenizer(path: Path, tokenizer_dir: Path, **overrides)
 def openai_gateway(group, log_dir: Path, *flags: str, env: dict | None = None):
     """`litelang-openai` (the installed console script) in front of the group's scheduler: its
     base URL; stopped (and its port released) on exit."""
+    from litelang.launch import http_ok
+
     script = Path(sys.executable).parent / "litelang-openai"
     assert script.exists(), f"{script} is missing: install litelang with `pip install -e .`"
     [port] = free_ports(1)
@@ -335,11 +336,7 @@ def openai_gateway(group, log_dir: Path, *flags: str, env: dict | None = None):
 
     def healthy() -> bool:
         assert proc.poll() is None, f"the gateway exited with code {proc.returncode}"
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=1) as reply:
-                return reply.status == 200
-        except OSError:
-            return False
+        return http_ok(f"{url}/health")
 
     try:
         wait_for(healthy, 60, "the gateway's /health to answer 200")

@@ -11,6 +11,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from helpers import make_tiny_qwen2_with_tokenizer, server_group
+from litelang.client.api import chat_messages
 from litelang.client.cli import main
 from litelang.proto import litelang_pb2 as pb
 
@@ -69,10 +70,7 @@ TOOL_TURNS = [
 def test_tools_and_tool_turns_render_as_hf_renders_them(group, hf):
     """Offered tools, an assistant turn that called one (OpenAI's string arguments) and the tool's
     answer: the ids equal HF's template over the same conversation (arguments as an object)."""
-    chat = pb.ChatMessages(tools_json=json.dumps(TOOLS), messages=[
-        pb.ChatMessage(role=m["role"], content=m["content"], tool_calls_json=json.dumps(m.get("tool_calls", [])) if
-                       m.get("tool_calls") else "", tool_call_id=m.get("tool_call_id", ""), name=m.get("name", ""))
-        for m in TOOL_TURNS])
+    chat = chat_messages(TOOL_TURNS, TOOLS)
     got = list(group.client.stub.Tokenize(pb.TokenizeRequest(messages=chat)).token_ids)
     hf_turns = json.loads(json.dumps(TOOL_TURNS))
     hf_turns[1]["tool_calls"][0]["function"]["arguments"] = {"city": "Paris"}
@@ -91,8 +89,7 @@ def test_continue_final_message_leaves_the_reply_open(group, hf):
     of turn after it, no new assistant turn); a last message that is not the assistant's is
     refused."""
     turns = [{"role": "user", "content": "Write fibonacci."}, {"role": "assistant", "content": "def fibonacci(n):"}]
-    chat = pb.ChatMessages(continue_final_message=True,
-                           messages=[pb.ChatMessage(role=m["role"], content=m["content"]) for m in turns])
+    chat = chat_messages(turns, continue_final_message=True)
     got = list(group.client.stub.Tokenize(pb.TokenizeRequest(messages=chat)).token_ids)
     text = hf.apply_chat_template(turns, tokenize=False, continue_final_message=True, add_generation_prompt=False)
     assert text.endswith("def fibonacci(n):")

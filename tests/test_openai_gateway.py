@@ -17,6 +17,7 @@ import pytest
 # (test_units checks that it does, so a missing install cannot pass as skips)
 openai = pytest.importorskip("openai")
 
+from litelang.client.api import chat_messages  # noqa: E402
 from litelang.proto import litelang_pb2 as pb  # noqa: E402
 
 from helpers import health_status, make_tiny_qwen2_with_tokenizer, openai_gateway, server_group, wait_for, wait_idle  # noqa: E402
@@ -194,8 +195,7 @@ def test_chat_continues_a_prefilled_reply(api, group):
     """continue_final_message: the reply continues the assistant message the client started, as
     the gRPC Generate of the same open conversation does."""
     turns = CHAT + [{"role": "assistant", "content": "A radix tree is"}]
-    chat = pb.ChatMessages(continue_final_message=True,
-                           messages=[pb.ChatMessage(role=m["role"], content=m["content"]) for m in turns])
+    chat = chat_messages(turns, continue_final_message=True)
     want = group.client.stub.Generate(pb.GenerateRequest(messages=chat, sampling=pb.SamplingParams(
         temperature=0, max_new_tokens=6, ignore_eos=True, skip_special_tokens=True)))
     got = api.chat.completions.create(model=MODEL, messages=turns, max_tokens=6, temperature=0,

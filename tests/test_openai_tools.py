@@ -15,6 +15,7 @@ import pytest
 openai = pytest.importorskip("openai")
 
 from helpers import openai_gateway, server_group  # noqa: E402
+from litelang.client.api import chat_messages  # noqa: E402
 from litelang.proto import litelang_pb2 as pb  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -43,7 +44,7 @@ def api(group, tmp_path_factory):
 @pytest.fixture(scope="module")
 def said(group) -> dict:
     """What the model says over gRPC, given the tools: the call object it wrote."""
-    chat = pb.ChatMessages(messages=[pb.ChatMessage(role="user", content=ASK[0]["content"])], tools_json=json.dumps(TOOLS))
+    chat = chat_messages(ASK, TOOLS)
     reply = group.client.stub.Generate(pb.GenerateRequest(
         messages=chat, sampling=pb.SamplingParams(temperature=0, max_new_tokens=60)))
     text = reply.text.strip()
@@ -86,11 +87,7 @@ def test_the_tools_answer_goes_back_to_the_model(api, group, said):
         {"role": "tool", "tool_call_id": call.id, "name": call.function.name, "content": '{"celsius": 21, "sky": "clear"}'},
     ]
     got = api.chat.completions.create(model=MODEL, messages=turns, tools=TOOLS, temperature=0, max_tokens=40)
-    chat = pb.ChatMessages(tools_json=json.dumps(TOOLS), messages=[
-        pb.ChatMessage(role="user", content=ASK[0]["content"]),
-        pb.ChatMessage(role="assistant", tool_calls_json=json.dumps([call.model_dump()])),
-        pb.ChatMessage(role="tool", tool_call_id=call.id, name=call.function.name, content=turns[2]["content"]),
-    ])
+    chat = chat_messages(turns, TOOLS)
     want = group.client.stub.Generate(pb.GenerateRequest(messages=chat, sampling=pb.SamplingParams(
         temperature=0, max_new_tokens=40, skip_special_tokens=True)))
     assert got.choices[0].message.content == want.text
