@@ -181,8 +181,9 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
 
     async def Chat(self, request_iterator, context):
         session = ChatSession(self, context)
-        async for msg in session.run(request_iterator):
-            yield msg
+        async with contextlib.aclosing(session.run(request_iterator)) as messages:  # see _events
+            async for msg in messages:
+                yield msg
 
     async def Abort(self, request, context):
         aborted = []
