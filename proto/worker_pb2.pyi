@@ -93,18 +93,28 @@ class Extend(_message.Message):
     def __init__(self, rid: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., slots: _Optional[_Iterable[int]] = ..., prefix_slots: _Optional[_Iterable[int]] = ..., prefix_len: _Optional[int] = ..., sample: _Optional[bool] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., is_new: _Optional[bool] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., generated_ids: _Optional[_Iterable[int]] = ..., score: _Optional[bool] = ..., score_next_token: _Optional[int] = ..., score_top_n: _Optional[int] = ...) -> None: ...
 
 class StepRequest(_message.Message):
-    __slots__ = ("step_id", "extends", "release", "decode_rids", "decode_slots")
+    __slots__ = ("step_id", "extends", "release", "decode_rids", "decode_slots", "token_masks")
     STEP_ID_FIELD_NUMBER: _ClassVar[int]
     EXTENDS_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FIELD_NUMBER: _ClassVar[int]
     DECODE_RIDS_FIELD_NUMBER: _ClassVar[int]
     DECODE_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_MASKS_FIELD_NUMBER: _ClassVar[int]
     step_id: int
     extends: _containers.RepeatedCompositeFieldContainer[Extend]
     release: _containers.RepeatedScalarFieldContainer[int]
     decode_rids: _containers.RepeatedScalarFieldContainer[int]
     decode_slots: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, step_id: _Optional[int] = ..., extends: _Optional[_Iterable[_Union[Extend, _Mapping]]] = ..., release: _Optional[_Iterable[int]] = ..., decode_rids: _Optional[_Iterable[int]] = ..., decode_slots: _Optional[_Iterable[int]] = ...) -> None: ...
+    token_masks: _containers.RepeatedCompositeFieldContainer[TokenMask]
+    def __init__(self, step_id: _Optional[int] = ..., extends: _Optional[_Iterable[_Union[Extend, _Mapping]]] = ..., release: _Optional[_Iterable[int]] = ..., decode_rids: _Optional[_Iterable[int]] = ..., decode_slots: _Optional[_Iterable[int]] = ..., token_masks: _Optional[_Iterable[_Union[TokenMask, _Mapping]]] = ...) -> None: ...
+
+class TokenMask(_message.Message):
+    __slots__ = ("rid", "allowed")
+    RID_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    rid: int
+    allowed: bytes
+    def __init__(self, rid: _Optional[int] = ..., allowed: _Optional[bytes] = ...) -> None: ...
 
 class StepResponse(_message.Message):
     __slots__ = ("step_id", "rids", "token_ids", "logprobs", "top_n", "top_ids", "top_logprobs", "score_rids", "score_first_positions", "score_counts", "score_logprobs", "score_top_n", "score_top_ids", "score_top_logprobs", "forward_ms", "gpu_ms", "gpu_gap_ms")

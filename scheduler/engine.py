@@ -32,6 +32,7 @@ from litelang.scheduler.kv_allocator import SlotAllocator
 from litelang.scheduler.metrics import Metrics
 from litelang.scheduler.radix_cache import RadixCache
 from litelang.scheduler.request import OutcomeDetails, OutputEvent, Phase, Request, TopLogprobs
+from litelang.scheduler.structured import GrammarCompiler, OutputMatcher
 from litelang.scheduler.tokenizer import Tokenizer
 from litelang.scheduler.worker_client import WorkerError, WorkerGroup
 from litelang.tools.profiling import StepTrace
@@ -72,6 +73,8 @@ class Engine:
         # prompt + output tokens a request may reach: the config's lengths, capped by the workers'
         # (the model's positions) once they are connected
         self.max_context = cfg.max_context
+        self.vocab_size = 0  # the model's, once the workers are connected
+        self._grammars: GrammarCompiler | None = None  # structured outputs: made on first use
         self._next_rid = 1
         self._step_id = 0
         self._wake = asyncio.Event()
@@ -97,6 +100,8 @@ class Engine:
                 await self._task
         await self.workers.close()
         self.trace.close()
+        if self._grammars is not None:
+            self._grammars.close()
         self._fail_all(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
         self._flush()
 
@@ -150,8 +155,37 @@ class Engine:
         eos = () if s.ignore_eos else self.tokenizer.eos_token_ids
         req.stop_token_set = frozenset((*eos, *s.stop_token_ids))
         req.stop_hold = max((len(x) for x in s.stop), default=1) - 1
+        if s.output_format is not None:
+            self._compile_format(req)
         self._queue(req)
         self.stats["requests_received"] += 1
+
+    def _compile_format(self, req: Request) -> None:
+        """Start compiling the request's format off the loop; it is admitted once that is done
+        (the loop wakes up for it)."""
+        if self._grammars is None:
+            self._grammars = GrammarCompiler(self.tokenizer.hf, self.vocab_size, self.tokenizer.eos_token_ids)
+        req.grammar = self._grammars.compile(req.sampling.output_format)
+        loop = asyncio.get_running_loop()
+        req.grammar.add_done_callback(lambda _: loop.call_soon_threadsafe(self._wake.set))
+
+    def _format_ready(self, r: Request) -> bool:
+        """Whether r may be admitted as far as its format goes: none, or compiled (its matcher
+        made). A format that failed to compile fails the request."""
+        if r.grammar is None or r.matcher is not None:
+            return True
+        if not r.grammar.done():
+            return False
+        error = r.grammar.exception()
+        if error is not None:
+            self.waiting.remove(r)
+            r.phase = Phase.FINISHED
+            self._forget(r)
+            self._emit(r, OutputEvent(text="", token_ids=[], error=(
+                grpc.StatusCode.INVALID_ARGUMENT.value[0], f"structured_output does not compile: {error}")))
+            return False
+        r.matcher = OutputMatcher(r.grammar.result())
+        return True
 
     def _queue(self, req: Request) -> None:
         """Into the waiting queue behind every request of its priority or a lower value (FCFS
@@ -351,6 +385,7 @@ class Engine:
             return
         self._reset_kv(int(info.kv_slots))
         self.max_context = min(self.cfg.max_context, int(info.max_context) or self.cfg.max_context)
+        self.vocab_size = int(info.vocab_size)
         self._to_release.clear()
         self._inflight.clear()
         self.healthy = True
@@ -369,7 +404,8 @@ class Engine:
         # every step.)
         while True:
             decoding = [r for r in self.running
-                        if len(r.slots) >= r.prefill_target and len(r.output_ids) + r.pending_samples < r.output_limit]
+                        if len(r.slots) >= r.prefill_target and len(r.output_ids) + r.pending_samples < r.output_limit
+                        and not (r.matcher and r.pending_samples)]  # a format's mask needs the last token
             if len(decoding) <= self._available or len(self.running) <= 1:
                 break
             self._retract(max(reversed(self.running), key=lambda r: r.priority))
@@ -380,6 +416,9 @@ class Engine:
                 r.pending_samples += 1
             step.decode_rids.extend([r.rid for r in decoding])
             step.decode_slots.extend(slots)
+            for r in decoding:
+                if r.matcher:
+                    step.token_masks.add(rid=r.rid, allowed=r.matcher.allowed())
 
         # 2. next chunks of prompts being read
         for r in self.running:
@@ -391,6 +430,10 @@ class Engine:
             (r.prefill_target + len(r.output_ids), r.remaining_output) for r in self.running])
         while self.waiting and len(self.running) < self.cfg.max_batch_size and budget > 0:
             r = self.waiting[0]
+            if not self._format_ready(r):
+                if r.phase is Phase.FINISHED:  # its format failed: the next one may go
+                    continue
+                break
             if not self._fits(r, budget, peak):
                 break
             self.waiting.popleft()
@@ -440,6 +483,8 @@ class Engine:
             rid=r.rid, token_ids=r.context(start, start + take), slots=slots, prefix_len=start,
             sample=start + take == target, is_new=is_new, prefix_slots=r.slots[:start] if is_new else [],
         )
+        if r.matcher and ext.sample:
+            step.token_masks.add(rid=r.rid, allowed=r.matcher.allowed())
         if r.scores_prompt and start < len(r.prompt_ids) - 1:
             end = start + take
             ext.score, ext.score_top_n = True, r.sampling.prompt_logprobs
@@ -528,7 +573,11 @@ class Engine:
         r.output_ids.append(token)
         n = len(r.output_ids)
         finish = pb.FINISH_REASON_UNSPECIFIED
-        if token in r.stop_token_set and n > s.min_new_tokens:
+        if r.matcher and not r.matcher.accept(token):  # cannot happen while the worker applies the mask
+            log.error("request %s: token %d breaks its format; failing it", r.request_id, token)
+            self._fail(r, grpc.StatusCode.INTERNAL, f"token {token} does not fit the structured_output format")
+            return
+        if (token in r.stop_token_set and n > s.min_new_tokens) or (r.matcher and r.matcher.complete):
             finish = pb.FINISH_REASON_EOS
         else:
             piece = r.detokenizer.add(token)
@@ -592,6 +641,16 @@ class Engine:
     def _forget(self, r: Request) -> None:
         self.by_id.pop(r.request_id, None)
         self.by_rid.pop(r.rid, None)
+
+    def _fail(self, r: Request, code: grpc.StatusCode, message: str) -> None:
+        """End a running request with an error (its KV freed)."""
+        if r in self.running:
+            self.running.remove(r)
+            self._to_release.append(r.rid)
+        self._release_kv(r)
+        r.phase = Phase.FINISHED
+        self._forget(r)
+        self._emit(r, OutputEvent(text="", token_ids=[], error=(code.value[0], message)))
 
     def _fail_all(self, code: grpc.StatusCode, message: str) -> None:
         for r in list(self.running) + list(self.waiting):

@@ -10,6 +10,15 @@ from dataclasses import dataclass, field
 from litelang.proto import litelang_pb2 as pb
 
 
+@dataclass(frozen=True)
+class OutputFormat:
+    """A validated structured-output format as plain values (scheduler/structured.py): kind is
+    "json_schema", "regex" or "grammar" (json_object and choice arrive as one of those)."""
+
+    kind: str
+    spec: str
+
+
 @dataclass
 class SamplingConfig:
     """SamplingParams with every default resolved and every value validated."""
@@ -33,6 +42,7 @@ class SamplingConfig:
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
     prompt_logprobs: int | None = None  # score the prompt, with this many alternatives (None: off)
     include_stop_str_in_output: bool = False
+    output_format: OutputFormat | None = None  # structured outputs: what the text must match
 
 
 # one position's most likely tokens: (token ids, their logprobs), most likely first
@@ -114,6 +124,9 @@ class Request:
     prompt_scores: list[float] = field(default_factory=list)
     prompt_top: list[TopLogprobs] = field(default_factory=list)
     prompt_scores_sent: bool = False
+    # structured outputs: the compiled format (a future until compiled), then this completion's matcher
+    grammar: object = None                # concurrent.futures.Future of an xgrammar CompiledGrammar
+    matcher: object = None                # structured.OutputMatcher, from admission on
 
     @property
     def num_computed(self) -> int:

@@ -22,6 +22,7 @@ from litelang.proto import litelang_pb2_grpc
 from litelang.scheduler.engine import RejectedError
 from litelang.scheduler.engine_process import EngineClient
 from litelang.scheduler.request import OutputEvent, Request, TopLogprobs
+from litelang.scheduler.structured import output_format
 from litelang.scheduler.tokenizer import Tokenizer
 from litelang.scheduler.validation import (
     InvalidRequest, chat_template_input, check_logit_bias_ids, check_prompt, completion_count, resolve_sampling,
@@ -60,9 +61,14 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
                                      "the number of the prompt's last tokens to keep")
             prompt_ids = prompt_ids[-params.truncate_prompt_tokens:]
         check_prompt(prompt_ids, self.cfg, vocab_size)
+        fmt = output_format(params.structured_output) if params.HasField("structured_output") else None
+        if fmt is not None and params.min_new_tokens:
+            raise InvalidRequest("min_new_tokens cannot be combined with structured_output: the format decides "
+                                 "where the output may end")
         reqs = []
         for index in range(n):
             sampling = resolve_sampling(params, self.cfg, default_seed=next(self._seeds))
+            sampling.output_format = fmt
             if index and params.HasField("seed"):
                 sampling.seed = (sampling.seed + index) % 2**64
             if index:  # the siblings' prompt is completion 0's: scored once

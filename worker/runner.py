@@ -8,6 +8,7 @@ N's tokens have reached the host (`launch` enqueues GPU work; `PendingStep.resul
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -20,7 +21,7 @@ from litelang.worker.forward_batch import ForwardBatch, to_device
 from litelang.worker.kv_pool import KVPool
 from litelang.worker.model import Qwen2Model
 from litelang.worker.sampler import (
-    MAX_LOGIT_BIAS, PenaltyState, SamplingMode, SamplingTensors, sample_and_record, top_alternatives,
+    MAX_LOGIT_BIAS, PenaltyState, SamplingMode, SamplingTensors, allowed_tokens, sample_and_record, top_alternatives,
 )
 
 MAX_SCORE_TOP_N = 20  # alternatives per scored prompt position (as top_logprobs)
@@ -87,6 +88,8 @@ class StepPlan:
     score_first_positions: list[int] = field(default_factory=list)
     score_counts: list[int] = field(default_factory=list)
     score_top_n: int = 0
+    # structured outputs: (index in samplers, TokenMask.allowed) of each sampler with a format
+    token_masks: list[tuple[int, bytes]] = field(default_factory=list)
 
     @property
     def num_extend_tokens(self) -> int:
@@ -196,14 +199,18 @@ class ModelRunner:
             gpu_start.record()
         self._write_table(plan)
         mode = plan.mode
-        if plan.decode_only and self.graphs is not None and self.graphs.fits(len(plan.dec_rows)):
+        allowed = None
+        if plan.token_masks:  # eager, on the full path: the mask goes between the logits and the draw
+            allowed = allowed_tokens(plan.token_masks, len(plan.samplers), self.model.spec.vocab_size, dev)
+            mode = dataclasses.replace(mode, greedy=False)
+        if allowed is None and plan.decode_only and self.graphs is not None and self.graphs.fits(len(plan.dec_rows)):
             tokens, logprobs, scored = self.graphs.run(plan, mode)
         else:
             batch = self._forward_batch(plan)
             rows = _t([s.row for s in plan.samplers], torch.long, dev)
             tokens, logprobs, scored = sample_and_record(
                 self.model, self.kernels, batch, SamplingTensors.from_states(plan.samplers, dev), mode, rows,
-                self.last_tokens, self.penalties, self.pool.k, self.pool.v,
+                self.last_tokens, self.penalties, self.pool.k, self.pool.v, allowed,
             )
             if plan.score_index:
                 scores = self.model.score(batch.scored_hidden, _t(plan.score_targets, torch.long, dev),
@@ -343,7 +350,19 @@ class ModelRunner:
         plan.dec_slots.extend(slots)
         plan.logits_index.extend(range(first_index, first_index + len(rids)))
         plan.sampler_rids.extend(rids)
+        if req.token_masks:
+            self._plan_masks(plan, req.token_masks)
         return plan
+
+    def _plan_masks(self, plan: StepPlan, masks) -> None:
+        index = {rid: i for i, rid in enumerate(plan.sampler_rids)}
+        size = 4 * ((self.model.spec.vocab_size + 31) // 32)
+        for m in masks:
+            if m.rid not in index:
+                raise StepError(f"token mask for request {m.rid}, which samples nothing in this step")
+            if len(m.allowed) != size:
+                raise StepError(f"token mask of {len(m.allowed)} bytes for request {m.rid}; the vocabulary needs {size}")
+            plan.token_masks.append((index[m.rid], m.allowed))
 
     def _plan_scores(self, plan: StepPlan, ext: worker_pb2.Extend, first_position: int) -> None:
         """Score each token of the extend as the prediction of the next one (prompt_logprobs)."""

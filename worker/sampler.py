@@ -154,16 +154,29 @@ class PenaltyState:
             self.output_counts[row].index_add_(0, ids, torch.ones_like(ids, dtype=torch.int32))
 
 
+def allowed_tokens(masks: list[tuple[int, bytes]], rows: int, vocab: int, device) -> torch.Tensor:
+    """[rows, vocab] bool: True where a row may sample a token. masks: (row, TokenMask.allowed)
+    for the rows with a format (bit j of int32 word i allows token 32 * i + j); others allow all."""
+    words = torch.frombuffer(bytearray(b"".join(m for _, m in masks)), dtype=torch.int32).view(len(masks), -1)
+    shifts = torch.arange(32, dtype=torch.int32, device=device)
+    bits = ((to_device(words, device)[:, :, None] >> shifts) & 1).view(len(masks), -1)[:, :vocab].bool()
+    allowed = torch.ones((rows, vocab), dtype=torch.bool, device=device)
+    allowed[to_device(torch.tensor([r for r, _ in masks], dtype=torch.long), device)] = bits
+    return allowed
+
+
 def sample_and_record(
     model: Qwen2Model, kernels: KernelSet, batch: ForwardBatch, sampling: SamplingTensors, mode: SamplingMode,
     sampler_rows: torch.Tensor, last_tokens: torch.Tensor, penalties: PenaltyState, k_pools, v_pools,
+    allowed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Forward, sample, and store each sampled token as its request's next decode input.
     Returns (tokens, their logprobs, the logits those logprobs are taken from: the model's in
     greedy mode, else float32 with penalties and stop-token masks, before temperature and
     filters). top_alternatives takes a step's top-N from the last.
 
-    Device work only (no host sync), so CUDA graphs can capture it whole.
+    Device work only (no host sync), so CUDA graphs can capture it whole. allowed: structured
+    outputs' [rows, vocab] mask (allowed_tokens; eager steps only), applied after the logit_bias.
     """
     hidden = None
     if batch.input_ids is None:  # decode only: the table writes and the embedding in one kernel
@@ -185,6 +198,8 @@ def sample_and_record(
             sampling.repetition, sampling.frequency, sampling.presence,
         )
     logits = penalties.add_bias(logits, sampler_rows)
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, float("-inf"))
     tokens = kernels.sample(
         logits, sampling.temperature, sampling.top_k, sampling.top_p, sampling.min_p, sampling.seeds,
         sampling.positions, needs_filter=mode.filtered,
