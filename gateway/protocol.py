@@ -4,6 +4,7 @@ here we check only what its protocol cannot express."""
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,6 +19,33 @@ class RequestError(ValueError):
     def __init__(self, message: str, param: str | None = None):
         super().__init__(message)
         self.param = param
+
+
+class StructuredOutputs(BaseModel):
+    """vLLM's `structured_outputs` object: one of these."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    json_: str | dict | None = Field(None, alias="json")
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+
+
+def _format_of(json_schema=None, regex=None, choice=None, grammar=None, json_object=None) -> pb.StructuredOutput | None:
+    given = {k: v for k, v in dict(json_schema=json_schema, regex=regex, choice=choice, grammar=grammar,
+                                   json_object=json_object).items() if v is not None}
+    if not given:
+        return None
+    if len(given) > 1:
+        raise RequestError(f"give one structured output format, not {sorted(given)}", "structured_outputs")
+    [(kind, value)] = given.items()
+    if kind == "json_schema" and not isinstance(value, str):
+        value = json.dumps(value)
+    if kind == "choice":
+        return pb.StructuredOutput(choice=pb.ChoiceList(choices=value))
+    return pb.StructuredOutput(**{kind: value})
 
 
 class StreamOptions(BaseModel):
@@ -52,6 +80,30 @@ class _Sampling(BaseModel):
     include_stop_str_in_output: bool = False
     truncate_prompt_tokens: int | None = None
     priority: int = 0  # vLLM's: lower is served first
+    # vLLM's structured outputs: the object, or the older guided_* fields (chat also takes
+    # OpenAI's response_format)
+    structured_outputs: StructuredOutputs | None = None
+    guided_json: str | dict | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+
+    def output_formats(self) -> list[pb.StructuredOutput]:
+        """The formats this body asks for (the scheduler takes one: more is refused by the caller)."""
+        formats = [_format_of(self.guided_json, self.guided_regex, self.guided_choice, self.guided_grammar)]
+        if self.structured_outputs is not None:
+            o = self.structured_outputs
+            formats.append(_format_of(o.json_, o.regex, o.choice, o.grammar, o.json_object))
+        return [f for f in formats if f is not None]
+
+    def with_format(self, params: pb.SamplingParams, *more: pb.StructuredOutput | None) -> pb.SamplingParams:
+        formats = self.output_formats() + [f for f in more if f is not None]
+        if len(formats) > 1:
+            raise RequestError("give one structured output format (response_format, structured_outputs or one "
+                               "guided_* field)", "structured_outputs")
+        if formats:
+            params.structured_output.CopyFrom(formats[0])
+        return params
 
     def sampling(self, max_tokens: int | None, logprobs: bool, top_logprobs: int) -> pb.SamplingParams:
         if self.n < 1:
@@ -111,7 +163,7 @@ class CompletionRequest(_Sampling):
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:
             raise RequestError(f"logprobs must be in [0, 20] (got {self.logprobs})", "logprobs")
         want_logprobs = self.logprobs is not None
-        params = self.sampling(self.max_tokens, want_logprobs, self.logprobs or 0)
+        params = self.with_format(self.sampling(self.max_tokens, want_logprobs, self.logprobs or 0))
         if self.echo and want_logprobs:  # the prompt's own scores, as OpenAI's echo gives them
             params.prompt_logprobs = self.logprobs or 0
         prompts = self.prompt
@@ -156,9 +208,23 @@ def message_dicts(messages: list[ChatMessage]) -> list[dict]:
 
 
 class ResponseFormat(BaseModel):
+    """OpenAI's response_format: text, json_object, or json_schema {name, schema, strict}."""
+
     model_config = ConfigDict(extra="ignore")
 
-    type: str
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict | None = None
+
+    def output_format(self) -> pb.StructuredOutput | None:
+        if self.type == "json_object":
+            return pb.StructuredOutput(json_object=True)
+        if self.type == "json_schema":
+            schema = (self.json_schema or {}).get("schema")
+            if not isinstance(schema, dict):
+                raise RequestError("response_format json_schema needs json_schema.schema, a JSON Schema object",
+                                   "response_format")
+            return pb.StructuredOutput(json_schema=json.dumps(schema))
+        return None
 
 
 class ChatCompletionRequest(_Sampling):
@@ -187,14 +253,13 @@ class ChatCompletionRequest(_Sampling):
         if self.tool_choice not in (None, "auto", "none"):
             raise RequestError("tool_choice must be auto or none: litelang does not force a call (that needs "
                                "constrained decoding)", "tool_choice")
-        if self.response_format is not None and self.response_format.type != "text":
-            raise RequestError(f"response_format {self.response_format.type!r} is not supported (only 'text')",
-                               "response_format")
         if self.top_logprobs and not self.logprobs:
             raise RequestError("top_logprobs needs logprobs: true", "top_logprobs")
         # no limit given: as much as the server allows (OpenAI: up to the context)
         limit = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
-        params = self.sampling(max_output_length if limit is None else limit, self.logprobs, self.top_logprobs or 0)
+        params = self.with_format(self.sampling(max_output_length if limit is None else limit, self.logprobs,
+                                                self.top_logprobs or 0),
+                                  self.response_format and self.response_format.output_format())
         chat = chat_messages(message_dicts(self.messages), self.tools if self.uses_tools else None,
                              self.continue_final_message)
         return pb.GenerateRequest(messages=chat, sampling=params, priority=self.priority)

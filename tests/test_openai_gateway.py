@@ -239,10 +239,32 @@ def test_bad_requests_get_openai_errors(api, group, kwargs, status, word, stream
     wait_idle(group.client)
 
 
+def test_structured_outputs(api, group):
+    """OpenAI's response_format and vLLM's structured_outputs / guided_* fields reach the
+    scheduler's format: random weights produce the format only through it."""
+    schema = {"type": "object", "properties": {"answer": {"enum": ["yes", "no"]}}, "required": ["answer"],
+              "additionalProperties": False}
+    chat = api.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=32, temperature=1.0, seed=1,
+                                       response_format={"type": "json_schema",
+                                                        "json_schema": {"name": "a", "schema": schema}})
+    assert json.loads(chat.choices[0].message.content)["answer"] in ("yes", "no")
+    assert chat.choices[0].finish_reason == "stop"
+    choice = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=8, temperature=1.0, seed=2,
+                                    extra_body={"structured_outputs": {"choice": ["red", "green"]}})
+    assert choice.choices[0].text in ("red", "green")
+    stream = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=16, temperature=1.0, seed=3, stream=True,
+                                    extra_body={"guided_regex": "[0-9]{4}"})
+    text = "".join(chunk.choices[0].text for chunk in stream if chunk.choices)
+    assert len(text) == 4 and text.isdigit()
+
+
 def test_chat_refusals(api):
     tools = [{"type": "function", "function": {"name": "f"}}]
     for extra, word in ((dict(tools=tools, tool_choice="required"), "tool_choice"),
-                        (dict(response_format={"type": "json_object"}), "response_format"),
+                        (dict(response_format={"type": "json_schema", "json_schema": {"name": "x"}}), "response_format"),
+                        (dict(response_format={"type": "json_object"}, extra_body={"guided_regex": "a+"}),
+                         "one structured output format"),
+                        (dict(extra_body={"guided_regex": "[a-"}), "regex does not parse"),
                         (dict(top_logprobs=2), "top_logprobs")):
         with pytest.raises(openai.BadRequestError) as err:
             api.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=2, **extra)
