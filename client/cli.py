@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TextIO
 
 import grpc
@@ -40,7 +41,23 @@ def _sampling(args: argparse.Namespace) -> dict:
         logit_bias=dict(args.logit_bias) if args.logit_bias else None,
         truncate_prompt_tokens=args.truncate_prompt_tokens,
         include_stop_str_in_output=args.include_stop_str_in_output or None,
+        structured_output=_output_format(args),
     )
+
+
+def _output_format(args: argparse.Namespace) -> pb.StructuredOutput | None:
+    """--json-schema FILE, --json-object, --regex, --grammar FILE or --choice: at most one."""
+    given = [name for name in ("json_schema", "json_object", "regex", "grammar", "choice") if getattr(args, name)]
+    if not given:
+        return None
+    if len(given) > 1:
+        raise SystemExit(f"litelang: give one output format, not {', '.join('--' + g.replace('_', '-') for g in given)}")
+    kind = given[0]
+    if kind == "choice":
+        return pb.StructuredOutput(choice=pb.ChoiceList(choices=args.choice))
+    if kind in ("json_schema", "grammar"):  # from a file
+        return pb.StructuredOutput(**{kind: Path(getattr(args, kind)).read_text()})
+    return pb.StructuredOutput(**{kind: getattr(args, kind)})
 
 
 def _token_bias(text: str) -> tuple[int, float]:
@@ -73,6 +90,11 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop-token-id", type=int, action="append", help="extra stop token id besides EOS (repeatable)")
     p.add_argument("--logit-bias", type=_token_bias, action="append", metavar="TOKEN_ID=BIAS",
                    help="add BIAS ([-100, 100]) to a token's logit before sampling (repeatable)")
+    p.add_argument("--json-schema", metavar="FILE", help="the output is JSON that this JSON Schema (a file) accepts")
+    p.add_argument("--json-object", action="store_true", help="the output is a JSON object")
+    p.add_argument("--regex", help="the whole output matches this regular expression")
+    p.add_argument("--grammar", metavar="FILE", help="the output follows this EBNF grammar (a file; start rule root)")
+    p.add_argument("--choice", action="append", help="the output is exactly one of these strings (repeatable)")
     p.add_argument("--ignore-eos", action="store_true", help="keep generating past the model's EOS tokens (stop strings and --stop-token-id still stop)")
     p.add_argument("--skip-special-tokens", action="store_true", help="drop special tokens from the text")
     p.add_argument("--logprobs", action="store_true",

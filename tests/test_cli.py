@@ -124,6 +124,18 @@ def test_flags_reach_their_fields():
     )
 
 
+def test_output_format_flags(tmp_path):
+    schema = tmp_path / "schema.json"
+    schema.write_text('{"type": "object"}')
+    assert parse_sampling("--json-schema", str(schema)).structured_output == pb.StructuredOutput(json_schema='{"type": "object"}')
+    assert parse_sampling("--regex", "a+").structured_output == pb.StructuredOutput(regex="a+")
+    assert parse_sampling("--json-object").structured_output == pb.StructuredOutput(json_object=True)
+    assert parse_sampling("--choice", "yes", "--choice", "no").structured_output == \
+        pb.StructuredOutput(choice=pb.ChoiceList(choices=["yes", "no"]))
+    with pytest.raises(SystemExit, match="one output format"):
+        parse_sampling("--regex", "a+", "--json-object")
+
+
 @pytest.mark.parametrize("bad", ["13", "x=1", "13=y"])
 def test_malformed_logit_bias_is_a_usage_error(bad):
     with pytest.raises(SystemExit):
