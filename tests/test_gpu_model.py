@@ -285,3 +285,53 @@ def test_prompt_logprobs_match_hf(ckpt):
     agree = (top_ids[:, 0] == want[350:].argmax(-1)).float().mean().item()
     hf_agree = (hf16[350:].argmax(-1) == want[350:].argmax(-1)).float().mean().item()
     assert agree >= hf_agree - 0.05, f"top-1 agreement with HF fp32: {agree:.0%} (HF bf16 {hf_agree:.0%})"
+
+
+def _mask_bytes(allowed: list[int]) -> bytes:
+    words = [0] * ((VOCAB + 31) // 32)
+    for t in allowed:
+        words[t // 32] |= 1 << (t % 32)
+    return b"".join(w.to_bytes(4, "little") for w in words)
+
+
+def test_token_masks_on_the_gpu(ckpt):
+    """Structured outputs' TokenMask at real shapes: masked rows (greedy and sampled) draw only
+    allowed tokens, in the prefill and in decode steps (which leave the CUDA graphs for eager),
+    and an unmasked row beside them gets the tokens it gets in the same batch without masks
+    (there through the graphs)."""
+    prompts = random_prompts([9, 40, 17], seed=8)
+    runner = make_runner(ckpt, cuda_graphs=True)
+    rng = torch.Generator().manual_seed(1)
+    allowed = {1: torch.randint(0, VOCAB, (40,), generator=rng).tolist(),
+               2: torch.randint(0, VOCAB, (3,), generator=rng).tolist()}
+    sampling = {1: greedy(), 2: worker_pb2.Sampling(temperature=1.0, top_p=1.0, seed=4), 3: greedy()}
+
+    def run(first_rid: int, masks: dict[int, list[int]]) -> dict[int, list[int]]:
+        rids = {rid: first_rid + rid for rid in sampling}
+        out = {rid: [] for rid in sampling}
+        slot = 0
+        with torch.no_grad():
+            for step in range(6):
+                req = worker_pb2.StepRequest(step_id=step)
+                for rid, p in zip(sampling, prompts):
+                    n = len(p) if step == 0 else 1
+                    if step == 0:
+                        req.extends.add(rid=rids[rid], token_ids=p, slots=range(slot, slot + n), sample=True,
+                                        is_new=True, sampling=sampling[rid])
+                    else:
+                        req.decode_rids.append(rids[rid])
+                        req.decode_slots.append(slot)
+                    slot += n
+                for rid, tokens in masks.items():
+                    req.token_masks.add(rid=rids[rid], allowed=_mask_bytes(tokens))
+                reply = runner.step(req)
+                back = {v: k for k, v in rids.items()}
+                for rid, token in zip(reply.rids, reply.token_ids):
+                    out[back[rid]].append(token)
+            runner.step(worker_pb2.StepRequest(step_id=6, release=list(rids.values())))
+        return out
+
+    free, masked = run(0, {}), run(10, allowed)
+    assert all(t in allowed[1] for t in masked[1]) and all(t in allowed[2] for t in masked[2])
+    assert not all(t in allowed[1] for t in free[1])
+    assert masked[3] == free[3]
