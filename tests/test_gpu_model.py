@@ -296,9 +296,9 @@ def _mask_bytes(allowed: list[int]) -> bytes:
 
 def test_token_masks_on_the_gpu(ckpt):
     """Structured outputs' TokenMask at real shapes: masked rows (greedy and sampled) draw only
-    allowed tokens, in the prefill and in decode steps (which leave the CUDA graphs for eager),
-    and an unmasked row beside them gets the tokens it gets in the same batch without masks
-    (there through the graphs)."""
+    allowed tokens, in the prefill (eager) and in decode steps (the full-sampling CUDA graph, the
+    same tokens as eager), and an unmasked row beside them gets the tokens it gets in the same
+    batch without masks."""
     prompts = random_prompts([9, 40, 17], seed=8)
     runner = make_runner(ckpt, cuda_graphs=True)
     rng = torch.Generator().manual_seed(1)
@@ -306,7 +306,7 @@ def test_token_masks_on_the_gpu(ckpt):
                2: torch.randint(0, VOCAB, (3,), generator=rng).tolist()}
     sampling = {1: greedy(), 2: worker_pb2.Sampling(temperature=1.0, top_p=1.0, seed=4), 3: greedy()}
 
-    def run(first_rid: int, masks: dict[int, list[int]]) -> dict[int, list[int]]:
+    def run(first_rid: int, masks: dict[int, list[int]], runner=runner) -> dict[int, list[int]]:
         rids = {rid: first_rid + rid for rid in sampling}
         out = {rid: [] for rid in sampling}
         slot = 0
@@ -335,3 +335,4 @@ def test_token_masks_on_the_gpu(ckpt):
     assert all(t in allowed[1] for t in masked[1]) and all(t in allowed[2] for t in masked[2])
     assert not all(t in allowed[1] for t in free[1])
     assert masked[3] == free[3]
+    assert run(20, allowed, make_runner(ckpt, cuda_graphs=False)) == masked

@@ -10,7 +10,9 @@ gives the same tokens as the eager path for any mix of parameters. The graphs ke
 their logprobs come from as an output, so a step where a request asks for top_logprobs takes
 the top-N from them after the replay (a topk and a few small ops: only those steps pay). That
 keeps sum(buckets) x vocab x 6 bytes (bf16 greedy, float32 full) of graph memory, which is
-allocated before the KV pool is sized.
+allocated before the KV pool is sized. Structured outputs' token masks go through the full graph
+too: it applies a static [max_batch, vocab] bool buffer of allowed tokens, all True except the
+columns a step's masks set (and the next step resets).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import torch
 
 from litelang.worker.forward_batch import ForwardBatch
 from litelang.worker.runner import ModelRunner, StepPlan
-from litelang.worker.sampler import FULL_SAMPLING, GREEDY, SamplingMode, SamplingTensors, sample_and_record
+from litelang.worker.forward_batch import to_device
+from litelang.worker.sampler import FULL_SAMPLING, GREEDY, SamplingMode, SamplingTensors, mask_bits, sample_and_record
 
 log = logging.getLogger("litelang.worker")
 
@@ -49,6 +52,10 @@ class DecodeGraphs:
         self._pad_ints = self.ints[:, :1].cpu().numpy()
         self._pad_floats = self.floats[:, :1].cpu().numpy()
         self.inputs = PinnedInputs(self.ints, self.floats)
+        # structured outputs: which tokens each column may sample (full mode), and the columns
+        # the last masked step set
+        self.allowed = torch.ones((n, runner.model.spec.vocab_size), dtype=torch.bool, device=dev)
+        self._masked_columns: torch.Tensor | None = None
         self.graphs: dict[tuple[int, SamplingMode], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
 
     def fits(self, batch_size: int) -> bool:
@@ -87,7 +94,8 @@ class DecodeGraphs:
         )
         sampling = SamplingTensors.from_packed(self.floats[:, :b], self.ints[4:, :b])
         return sample_and_record(
-            r.model, r.kernels, batch, sampling, mode, rows, r.last_tokens, r.penalties, r.pool.k, r.pool.v
+            r.model, r.kernels, batch, sampling, mode, rows, r.last_tokens, r.penalties, r.pool.k, r.pool.v,
+            None if mode.greedy else self.allowed[:b],
         )
 
     @torch.inference_mode()
@@ -132,9 +140,22 @@ class DecodeGraphs:
         ints[:, n:] = self._pad_ints
         floats[:, n:] = self._pad_floats
         self.inputs.upload(self.ints, self.floats)
+        self._set_masks(plan)
         graph, tokens, logprobs, scored = self.graphs[(b, GREEDY if mode.greedy else FULL_SAMPLING)]
         graph.replay()
         return tokens[:n], logprobs[:n], scored[:n]
+
+
+    def _set_masks(self, plan: StepPlan) -> None:
+        """Columns of a decode-only plan are its samplers in order: a mask's sampler index is its column."""
+        if self._masked_columns is not None:
+            self.allowed[self._masked_columns] = True
+            self._masked_columns = None
+        if plan.token_masks:
+            dev = self.runner.device
+            columns = to_device(torch.tensor([i for i, _ in plan.token_masks], dtype=torch.long), dev)
+            self.allowed[columns] = mask_bits([m for _, m in plan.token_masks], self.allowed.shape[1], dev)
+            self._masked_columns = columns
 
 
 class PinnedInputs:

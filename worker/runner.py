@@ -199,13 +199,14 @@ class ModelRunner:
             gpu_start.record()
         self._write_table(plan)
         mode = plan.mode
-        allowed = None
-        if plan.token_masks:  # eager, on the full path: the mask goes between the logits and the draw
-            allowed = allowed_tokens(plan.token_masks, len(plan.samplers), self.model.spec.vocab_size, dev)
+        if plan.token_masks:  # structured outputs: the mask goes between the logits and the draw
             mode = dataclasses.replace(mode, greedy=False)
-        if allowed is None and plan.decode_only and self.graphs is not None and self.graphs.fits(len(plan.dec_rows)):
+        if plan.decode_only and self.graphs is not None and self.graphs.fits(len(plan.dec_rows)):
             tokens, logprobs, scored = self.graphs.run(plan, mode)
         else:
+            allowed = None
+            if plan.token_masks:
+                allowed = allowed_tokens(plan.token_masks, len(plan.samplers), self.model.spec.vocab_size, dev)
             batch = self._forward_batch(plan)
             rows = _t([s.row for s in plan.samplers], torch.long, dev)
             tokens, logprobs, scored = sample_and_record(

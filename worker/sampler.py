@@ -154,14 +154,20 @@ class PenaltyState:
             self.output_counts[row].index_add_(0, ids, torch.ones_like(ids, dtype=torch.int32))
 
 
+def mask_bits(masks: list[bytes], vocab: int, device) -> torch.Tensor:
+    """[len(masks), vocab] bool from TokenMask.allowed bitmasks (bit j of int32 word i allows
+    token 32 * i + j)."""
+    words = torch.frombuffer(bytearray(b"".join(masks)), dtype=torch.int32).view(len(masks), -1)
+    shifts = torch.arange(32, dtype=torch.int32, device=device)
+    return ((to_device(words, device)[:, :, None] >> shifts) & 1).view(len(masks), -1)[:, :vocab].bool()
+
+
 def allowed_tokens(masks: list[tuple[int, bytes]], rows: int, vocab: int, device) -> torch.Tensor:
     """[rows, vocab] bool: True where a row may sample a token. masks: (row, TokenMask.allowed)
-    for the rows with a format (bit j of int32 word i allows token 32 * i + j); others allow all."""
-    words = torch.frombuffer(bytearray(b"".join(m for _, m in masks)), dtype=torch.int32).view(len(masks), -1)
-    shifts = torch.arange(32, dtype=torch.int32, device=device)
-    bits = ((to_device(words, device)[:, :, None] >> shifts) & 1).view(len(masks), -1)[:, :vocab].bool()
+    for the rows with a format; the others allow every token."""
     allowed = torch.ones((rows, vocab), dtype=torch.bool, device=device)
-    allowed[to_device(torch.tensor([r for r, _ in masks], dtype=torch.long), device)] = bits
+    allowed[to_device(torch.tensor([r for r, _ in masks], dtype=torch.long), device)] = \
+        mask_bits([m for _, m in masks], vocab, device)
     return allowed
 
 
@@ -176,7 +182,7 @@ def sample_and_record(
     filters). top_alternatives takes a step's top-N from the last.
 
     Device work only (no host sync), so CUDA graphs can capture it whole. allowed: structured
-    outputs' [rows, vocab] mask (allowed_tokens; eager steps only), applied after the logit_bias.
+    outputs' [rows, vocab] mask (full sampling only), applied after the logit_bias.
     """
     hidden = None
     if batch.input_ids is None:  # decode only: the table writes and the embedding in one kernel
