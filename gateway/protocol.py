@@ -251,8 +251,8 @@ class ChatCompletionRequest(_Sampling):
 
     def generate_request(self, max_output_length: int) -> pb.GenerateRequest:
         if self.tool_choice not in (None, "auto", "none"):
-            raise RequestError("tool_choice must be auto or none: litelang does not force a call (that needs "
-                               "constrained decoding)", "tool_choice")
+            raise RequestError("tool_choice must be auto or none: litelang does not force a call yet",
+                               "tool_choice")
         if self.top_logprobs and not self.logprobs:
             raise RequestError("top_logprobs needs logprobs: true", "top_logprobs")
         # no limit given: as much as the server allows (OpenAI: up to the context)

@@ -179,10 +179,7 @@ class Engine:
         error = r.grammar.exception()
         if error is not None:
             self.waiting.remove(r)
-            r.phase = Phase.FINISHED
-            self._forget(r)
-            self._emit(r, OutputEvent(text="", token_ids=[], error=(
-                grpc.StatusCode.INVALID_ARGUMENT.value[0], f"structured_output does not compile: {error}")))
+            self._fail(r, grpc.StatusCode.INVALID_ARGUMENT, f"structured_output does not compile: {error}")
             return False
         r.matcher = OutputMatcher(r.grammar.result())
         return True
@@ -643,7 +640,7 @@ class Engine:
         self.by_rid.pop(r.rid, None)
 
     def _fail(self, r: Request, code: grpc.StatusCode, message: str) -> None:
-        """End a running request with an error (its KV freed)."""
+        """End a request (running, or taken out of the waiting queue) with an error, its KV freed."""
         if r in self.running:
             self.running.remove(r)
             self._to_release.append(r.rid)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import threading
+
 from litelang.proto import litelang_pb2 as pb
 from litelang.scheduler.request import OutputFormat
 from litelang.scheduler.validation import InvalidRequest

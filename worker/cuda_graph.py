@@ -22,9 +22,8 @@ import logging
 
 import torch
 
-from litelang.worker.forward_batch import ForwardBatch
+from litelang.worker.forward_batch import ForwardBatch, to_device
 from litelang.worker.runner import ModelRunner, StepPlan
-from litelang.worker.forward_batch import to_device
 from litelang.worker.sampler import FULL_SAMPLING, GREEDY, SamplingMode, SamplingTensors, mask_bits, sample_and_record
 
 log = logging.getLogger("litelang.worker")
@@ -144,7 +143,6 @@ class DecodeGraphs:
         graph, tokens, logprobs, scored = self.graphs[(b, GREEDY if mode.greedy else FULL_SAMPLING)]
         graph.replay()
         return tokens[:n], logprobs[:n], scored[:n]
-
 
     def _set_masks(self, plan: StepPlan) -> None:
         """Columns of a decode-only plan are its samplers in order: a mask's sampler index is its column."""
