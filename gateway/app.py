@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from litelang.gateway import formatting as fmt
 from litelang.gateway.backend import Backend, HTTPError
+from litelang.gateway.forced_tools import forced_reply
 from litelang.gateway.metrics import HTTPMetrics
 from litelang.gateway.protocol import (
     ChatCompletionRequest, CompletionRequest, DetokenizeRequest, RequestError, TokenizeRequest,
@@ -145,11 +146,15 @@ def build_app(address: str, served_model_name: str = "", api_key: str = "",
         choices, known = [], {}
         for j, c in enumerate(_completions_of(reply)):
             message, reason = {"role": "assistant", "content": c.text}, fmt.finish_reason(c.finish_reason)
-            if body.uses_tools:
+            if body.forces_call:
+                message["content"], calls, reason = forced_reply(c.text, reason, body.forced_name)
+            elif body.uses_tools:
                 message["content"], calls = parse_tool_calls(c.text, body.tool_names)
-                if calls:
-                    message["tool_calls"] = calls
-                    reason = "tool_calls" if reason == "stop" else reason
+                reason = "tool_calls" if calls and reason == "stop" else reason
+            else:
+                calls = []
+            if calls:
+                message["tool_calls"] = calls
             choice = {"index": j, "message": message, "logprobs": None, "finish_reason": reason}
             if body.logprobs:
                 await backend.token_bytes(fmt.ids_of(c.token_ids, c.top_logprobs), known)

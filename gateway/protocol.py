@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from litelang.client.api import chat_messages
+from litelang.gateway.forced_tools import forced_schema
 from litelang.proto import litelang_pb2 as pb
 
 
@@ -249,17 +250,49 @@ class ChatCompletionRequest(_Sampling):
     def tool_names(self) -> set[str]:
         return {t.get("function", {}).get("name") for t in self.tools or []} - {None}
 
+    @property
+    def forces_call(self) -> bool:
+        """tool_choice "required" or a named function: the reply is a forced call (forced_tools.py)."""
+        return self.tool_choice == "required" or isinstance(self.tool_choice, dict)
+
+    @property
+    def forced_name(self) -> str | None:
+        """The function a named tool_choice forces (None for "required" and the rest)."""
+        function = self.tool_choice.get("function") if isinstance(self.tool_choice, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        return name if isinstance(name, str) else None
+
+    def forced_format(self) -> pb.StructuredOutput | None:
+        """The format that forces tool_choice's call, or None when the model answers freely."""
+        if self.tool_choice in (None, "auto", "none"):
+            return None
+        if not self.forces_call:
+            raise RequestError(f"tool_choice must be none, auto, required or {{\"type\": \"function\", \"function\": "
+                               f"{{\"name\": ...}}}} (got {self.tool_choice!r})", "tool_choice")
+        if not self.tool_names:
+            raise RequestError("tool_choice forces a tool call: offer the tools in `tools`", "tool_choice")
+        if isinstance(self.tool_choice, dict):
+            name = self.forced_name
+            if self.tool_choice.get("type") != "function" or name is None:
+                raise RequestError('a named tool_choice is {"type": "function", "function": {"name": ...}}',
+                                   "tool_choice")
+            if name not in self.tool_names:
+                raise RequestError(f"tool_choice names {name!r}, which is not an offered tool (offered: "
+                                   f"{', '.join(sorted(self.tool_names))})", "tool_choice")
+        if self.output_formats() or (self.response_format and self.response_format.output_format()):
+            raise RequestError("tool_choice forces a call with a structured output format: give no response_format, "
+                               "structured_outputs or guided_* field with it (one format per request)", "tool_choice")
+        return pb.StructuredOutput(json_schema=json.dumps(forced_schema(self.tools, self.forced_name)))
+
     def generate_request(self, max_output_length: int) -> pb.GenerateRequest:
-        if self.tool_choice not in (None, "auto", "none"):
-            raise RequestError("tool_choice must be auto or none: litelang does not force a call yet",
-                               "tool_choice")
+        forced = self.forced_format()
         if self.top_logprobs and not self.logprobs:
             raise RequestError("top_logprobs needs logprobs: true", "top_logprobs")
         # no limit given: as much as the server allows (OpenAI: up to the context)
         limit = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
         params = self.with_format(self.sampling(max_output_length if limit is None else limit, self.logprobs,
                                                 self.top_logprobs or 0),
-                                  self.response_format and self.response_format.output_format())
+                                  forced or (self.response_format and self.response_format.output_format()))
         chat = chat_messages(message_dicts(self.messages), self.tools if self.uses_tools else None,
                              self.continue_final_message)
         return pb.GenerateRequest(messages=chat, sampling=params, priority=self.priority)

@@ -14,6 +14,7 @@ import grpc
 
 from litelang.gateway import formatting as fmt
 from litelang.gateway.backend import Backend, HTTPError
+from litelang.gateway.forced_tools import forced_reply
 from litelang.gateway.protocol import ChatCompletionRequest, CompletionRequest
 from litelang.gateway.tool_calls import ToolCallStream
 from litelang.proto import litelang_pb2 as pb
@@ -156,6 +157,7 @@ def chat_stream(backend: Backend, body: ChatCompletionRequest, calls: list, chun
                  head: dict) -> AsyncIterator[str]:
     known: dict[int, bytes] = {}
     tools: dict[int, ToolCallStream] = {}  # per choice, when the reply is parsed for tool calls
+    forced: dict[int, str] = {}  # per choice, a forced call's text until the choice ends
 
     async def choices_for(p: int, index: int, chunk: pb.GenerateStreamChunk) -> list[dict]:
         out = []
@@ -169,17 +171,24 @@ def chat_stream(backend: Backend, body: ChatCompletionRequest, calls: list, chun
             logprobs = fmt.chat_logprobs(chunk.token_ids, chunk.logprobs, chunk.top_logprobs, known)
         reason = fmt.finish_reason(chunk.finish_reason)
         text, calls = chunk.text, []
-        if body.uses_tools:
+        if body.forces_call:  # the forced JSON is read whole at its end: no content deltas before
+            forced[index] = forced.get(index, "") + text
+            text = ""
+            if reason is not None:
+                content, calls, reason = forced_reply(forced.pop(index), reason, body.forced_name)
+                text = content or ""
+        elif body.uses_tools:
             text = tools[index].add(text)
             if reason is not None:
                 rest, calls = tools[index].finish()
                 text += rest
+                reason = "tool_calls" if calls and reason == "stop" else reason
         if text or logprobs or (reason and not calls):
             out.append({"index": index, "delta": {"content": text} if text else {}, "logprobs": logprobs,
                         "finish_reason": None if calls else reason})
         if calls:
             out.append({"index": index, "delta": {"tool_calls": [{"index": k, **call} for k, call in enumerate(calls)]},
-                        "logprobs": None, "finish_reason": "tool_calls" if reason == "stop" else reason})
+                        "logprobs": None, "finish_reason": reason})
         return out
 
     head = {**head, "object": "chat.completion.chunk"}

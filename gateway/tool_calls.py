@@ -42,9 +42,12 @@ def _call(obj) -> dict | None:
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
         return None
     arguments = obj.get("arguments", {})
-    return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-            "function": {"name": obj["name"], "arguments": arguments if isinstance(arguments, str)
-                         else json.dumps(arguments, ensure_ascii=False)}}
+    return new_call(obj["name"], arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False))
+
+
+def new_call(name: str, arguments: str) -> dict:
+    """One of OpenAI's `tool_calls`, with a fresh id; `arguments` is JSON text."""
+    return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
 def _bare_call(text: str, tool_names: set[str]) -> dict | None:

@@ -4,6 +4,7 @@ layouts, and the stream merger that joins chunks a busy gateway has not sent yet
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -11,7 +12,8 @@ pytest.importorskip("fastapi")  # as test_openai_gateway: collected, not run, on
 
 from litelang.gateway import formatting as fmt  # noqa: E402
 from litelang.gateway.protocol import ChatCompletionRequest, CompletionRequest, RequestError  # noqa: E402
-from litelang.gateway.streams import joined, merge  # noqa: E402
+from litelang.gateway.forced_tools import forced_reply  # noqa: E402
+from litelang.gateway.streams import chat_stream, joined, merge  # noqa: E402
 from litelang.gateway.tool_calls import OPEN, ToolCallStream, parse_tool_calls  # noqa: E402
 from litelang.proto import litelang_pb2 as pb  # noqa: E402
 
@@ -204,3 +206,158 @@ def test_a_bare_call_object_naming_an_offered_tool(text, names, is_call):
         rest, got = stream.finish()
         assert "".join(sent) == "", "a reply that opens with { is held until it ends"
         assert (rest, [c["function"] for c in got]) == (("", [c["function"] for c in calls]) if is_call else (text, []))
+
+
+# ---- forced tool calls (tool_choice "required" or a named function, through structured outputs)
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+NOW = {"type": "function", "function": {"name": "now"}}  # no parameters: any object
+ASK = [{"role": "user", "content": "weather?"}]
+
+
+def forced_request(tool_choice, tools=(WEATHER, NOW), **extra) -> pb.GenerateRequest:
+    body = ChatCompletionRequest(messages=ASK, tools=list(tools), tool_choice=tool_choice, **extra)
+    return body.generate_request(max_output_length=100)
+
+
+def test_a_named_tool_choice_constrains_the_reply_to_its_parameters():
+    req = forced_request({"type": "function", "function": {"name": "get_weather"}})
+    assert json.loads(req.sampling.structured_output.json_schema) == WEATHER["function"]["parameters"]
+    assert json.loads(req.messages.tools_json) == [WEATHER, NOW], "the chat template still shows the model the tools"
+    req = forced_request({"type": "function", "function": {"name": "now"}})
+    assert json.loads(req.sampling.structured_output.json_schema) == {"type": "object"}
+
+
+def test_required_constrains_the_reply_to_an_array_of_calls():
+    req = forced_request("required")
+    assert json.loads(req.sampling.structured_output.json_schema) == {"type": "array", "minItems": 1, "items": {"anyOf": [
+        {"type": "object", "properties": {"name": {"type": "string", "enum": ["get_weather"]},
+                                          "parameters": WEATHER["function"]["parameters"]},
+         "required": ["name", "parameters"]},
+        {"type": "object", "properties": {"name": {"type": "string", "enum": ["now"]}, "parameters": {"type": "object"}},
+         "required": ["name", "parameters"]}]}}
+
+
+def test_forced_schemas_compile_and_accept_only_calls():
+    """The scheduler's own check (xgrammar, no free whitespace) takes both schemas, and they accept
+    exactly the calls: an offered name with its arguments, at least one call."""
+    pytest.importorskip("xgrammar.testing")
+    from xgrammar.testing import _is_grammar_accept_string
+    from litelang.scheduler.structured import output_format, parse
+
+    def accepts(spec: pb.StructuredOutput, text: str) -> bool:
+        return _is_grammar_accept_string(parse(output_format(spec)), text)
+
+    required = forced_request("required").sampling.structured_output
+    assert accepts(required, json.dumps([{"name": "get_weather", "parameters": {"city": "Paris"}}]))
+    assert accepts(required, json.dumps([{"name": "now", "parameters": {}},
+                                         {"name": "get_weather", "parameters": {"city": "x"}}]))
+    for bad in ([], [{"name": "other", "parameters": {}}], [{"name": "get_weather", "parameters": {}}],
+                {"name": "now", "parameters": {}}, "Sure!"):
+        assert not accepts(required, json.dumps(bad)), bad
+    named = forced_request({"type": "function", "function": {"name": "get_weather"}}).sampling.structured_output
+    assert accepts(named, json.dumps({"city": "Paris"}))
+    assert not accepts(named, "{}") and not accepts(named, json.dumps({"city": 3}))
+
+
+@pytest.mark.parametrize("tool_choice, extra, words", [
+    ({"type": "function", "function": {"name": "nope"}}, {}, ["nope", "get_weather", "now"]),  # names what is offered
+    ("required", dict(tools=[]), ["tools"]),
+    ({"type": "function", "function": {"name": "now"}}, dict(tools=[]), ["tools"]),
+    ("bogus", {}, ["bogus"]),
+    ({"type": "function"}, {}, ["named"]),
+    ("required", dict(response_format={"type": "json_object"}), ["response_format"]),
+    ({"type": "function", "function": {"name": "now"}},
+     dict(response_format={"type": "json_schema", "json_schema": {"schema": {"type": "object"}}}), ["response_format"]),
+    ("required", dict(guided_regex="a+"), ["one format"]),
+    ("required", dict(structured_outputs={"choice": ["a"]}), ["one format"]),
+])
+def test_forced_tool_choice_refusals(tool_choice, extra, words):
+    fields = {"tools": [WEATHER, NOW], **extra}
+    with pytest.raises(RequestError) as err:
+        ChatCompletionRequest(messages=ASK, tool_choice=tool_choice, **fields).generate_request(max_output_length=100)
+    assert err.value.param == "tool_choice"
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_auto_and_none_are_as_before():
+    for choice in ("auto", "none", None):
+        req = forced_request(choice)
+        assert not req.sampling.HasField("structured_output")
+    assert ChatCompletionRequest(messages=ASK, tool_choice="none").generate_request(100)  # no tools: fine, as before
+    text = forced_request("required", response_format={"type": "text"}).sampling.structured_output.json_schema
+    assert json.loads(text)["type"] == "array", "response_format text asks for no format"
+
+
+def test_a_required_array_becomes_tool_calls():
+    text = '[{"name":"get_weather","parameters":{"city":"Paris"}},{"name":"now","parameters":{}}]'
+    content, calls, reason = forced_reply(text, "stop", None)
+    assert content is None and reason == "tool_calls"
+    assert [c["function"] for c in calls] == [{"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                                              {"name": "now", "arguments": "{}"}]
+    assert all(c["type"] == "function" and c["id"].startswith("call_") for c in calls)
+    assert len({c["id"] for c in calls}) == 2
+
+
+@pytest.mark.parametrize("text", ['[{"name":"get_weather","parameters":{"ci', "[]", '{"name":"now","parameters":{}}',
+                                  '[{"name":"now"}]'])
+def test_a_required_reply_that_is_not_calls_stays_content(text):
+    assert forced_reply(text, "length", None) == (text, [], "length")
+    assert forced_reply(text, "stop", None) == (text, [], "stop")
+
+
+def test_a_named_reply_is_its_arguments():
+    for reason in ("stop", "length"):
+        content, [call], got = forced_reply('{"city":"Pa', reason, "get_weather")
+        assert (content, call["function"], got) == (None, {"name": "get_weather", "arguments": '{"city":"Pa'}, reason)
+
+
+def _chat_events(body: ChatCompletionRequest, chunks: list[pb.GenerateStreamChunk]) -> list[dict]:
+    async def source():
+        for c in chunks:
+            yield c
+
+    async def run():
+        return [e async for e in chat_stream(None, body, [], source(), {"id": "x"})]
+
+    events = [e.removeprefix("data: ").strip() for e in asyncio.run(run())]
+    assert events[-1] == "[DONE]"
+    return [json.loads(e) for e in events[:-1]]
+
+
+@pytest.mark.parametrize("tool_choice, name, texts, reason", [
+    ({"type": "function", "function": {"name": "get_weather"}}, "get_weather",
+     [['{"ci', 'ty":"Paris"}'], ['{"city":', '"Rome"}']], "stop"),
+    ("required", None, [['[{"name":"now","param', 'eters":{}}]'], ['[{"name":"get_weather",', '"parameters":{"city":"Rome"}}]']],
+     "tool_calls"),
+])
+def test_a_streamed_forced_call_is_one_tool_calls_delta_per_choice(tool_choice, name, texts, reason):
+    """n = 2: no content delta in either choice, and each ends with its own call and finish reason."""
+    body = ChatCompletionRequest(messages=ASK, tools=[WEATHER, NOW], tool_choice=tool_choice, n=2, stream=True)
+    body.generate_request(100)
+    chunks = [chunk(j, t, [k + 1], pb.FINISH_REASON_EOS if k == len(parts) - 1 else 0)
+              for k in range(2) for j, parts in enumerate(texts) for t in parts[k:k + 1]]
+    events = _chat_events(body, chunks)
+    for j, parts in enumerate(texts):
+        deltas = [c for e in events for c in e["choices"] if c["index"] == j]
+        assert [d["delta"].get("content") for d in deltas if d["delta"].get("content")] == []
+        [last] = [d for d in deltas if d["finish_reason"]]
+        assert last is deltas[-1] and last["finish_reason"] == reason
+        [call] = last["delta"]["tool_calls"]
+        assert call["index"] == 0 and call["type"] == "function" and call["id"].startswith("call_")
+        if name:
+            assert call["function"] == {"name": name, "arguments": "".join(parts)}
+        else:
+            want = json.loads("".join(parts))[0]
+            assert (call["function"]["name"], json.loads(call["function"]["arguments"])) == (want["name"],
+                                                                                            want["parameters"])
+
+
+def test_a_streamed_required_reply_cut_short_comes_as_content():
+    body = ChatCompletionRequest(messages=ASK, tools=[WEATHER], tool_choice="required", stream=True)
+    events = _chat_events(body, [chunk(0, '[{"name":', [1]), chunk(0, '"get_w', [2], pb.FINISH_REASON_LENGTH)])
+    deltas = [c for e in events for c in e["choices"]]
+    assert "".join(d["delta"].get("content") or "" for d in deltas) == '[{"name":"get_w'
+    assert deltas[-1]["finish_reason"] == "length" and "tool_calls" not in deltas[-1]["delta"]

@@ -260,7 +260,11 @@ def test_structured_outputs(api, group):
 
 def test_chat_refusals(api):
     tools = [{"type": "function", "function": {"name": "f"}}]
-    for extra, word in ((dict(tools=tools, tool_choice="required"), "tool_choice"),
+    for extra, word in ((dict(tools=tools, tool_choice="bogus"), "tool_choice"),
+                        (dict(tools=tools, tool_choice={"type": "function", "function": {"name": "g"}}), "offered"),
+                        (dict(tool_choice="required"), "tools"),
+                        (dict(tools=tools, tool_choice="required", response_format={"type": "json_object"}),
+                         "one format"),
                         (dict(response_format={"type": "json_schema", "json_schema": {"name": "x"}}), "response_format"),
                         (dict(response_format={"type": "json_object"}, extra_body={"guided_regex": "a+"}),
                          "one structured output format"),

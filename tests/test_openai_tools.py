@@ -2,7 +2,8 @@
 Instruct, greedy): offered a weather tool and asked about Paris, the model answers with a call.
 The oracle for what it said is the gRPC Generate reply to the same conversation, read with
 json.loads here; the gateway must return that call as OpenAI's `tool_calls`, unary and streamed,
-and take the tool's answer back in the next turn."""
+and take the tool's answer back in the next turn. Forced calls (tool_choice "required" or a named
+function) are checked against the tools' own parameters: the call named, its arguments' types."""
 
 from __future__ import annotations
 
@@ -92,3 +93,75 @@ def test_the_tools_answer_goes_back_to_the_model(api, group, said):
         temperature=0, max_new_tokens=40, skip_special_tokens=True)))
     assert got.choices[0].message.content == want.text
     assert got.usage.prompt_tokens == want.usage.prompt_tokens
+
+
+# ---- forced calls: tool_choice "required" or a named function (structured outputs under the hood)
+
+ALARM = {"type": "function", "function": {
+    "name": "set_alarm", "description": "Set the alarm clock",
+    "parameters": {"type": "object", "properties": {"hour": {"type": "string", "enum": ["six", "seven", "eight"]},
+                                                    "loud": {"type": "boolean"}},
+                   "required": ["hour", "loud"]}}}
+BOTH = TOOLS + [ALARM]
+
+
+def fits(name: str, arguments: str) -> bool:
+    """The arguments are a JSON object with the tool's required keys, of the right types."""
+    args = json.loads(arguments)
+    if name == "get_weather":
+        return isinstance(args, dict) and isinstance(args.get("city"), str)
+    return isinstance(args, dict) and args.get("hour") in ("six", "seven", "eight") and isinstance(args.get("loud"), bool)
+
+
+def named(name: str) -> dict:
+    return {"type": "function", "function": {"name": name}}
+
+
+@pytest.mark.parametrize("name", ["get_weather", "set_alarm"])
+def test_a_named_tool_choice_forces_that_call(api, name):
+    """Even the tool the question does not call for (set_alarm, asked about the weather)."""
+    got = api.chat.completions.create(model=MODEL, messages=ASK, tools=BOTH, tool_choice=named(name), temperature=0,
+                                      max_tokens=60)
+    choice = got.choices[0]
+    assert choice.finish_reason == "stop", "OpenAI's finish reason for a forced named call"
+    assert choice.message.content is None
+    [call] = choice.message.tool_calls
+    assert call.type == "function" and call.id.startswith("call_") and call.function.name == name
+    assert fits(name, call.function.arguments), call.function.arguments
+
+
+def test_a_streamed_named_call_per_choice(api):
+    """n = 2, streamed: no content, and each choice ends with one set_alarm call that fits."""
+    chunks = list(api.chat.completions.create(model=MODEL, messages=ASK, tools=BOTH, tool_choice=named("set_alarm"),
+                                              temperature=0, max_tokens=60, n=2, stream=True))
+    for j in range(2):
+        deltas = [c.choices[0] for c in chunks if c.choices and c.choices[0].index == j]
+        assert "".join(d.delta.content or "" for d in deltas) == ""
+        calls: dict[int, dict] = {}
+        for d in deltas:
+            for tc in d.delta.tool_calls or []:
+                call = calls.setdefault(tc.index, {"name": "", "arguments": ""})
+                call["name"] += tc.function.name or ""
+                call["arguments"] += tc.function.arguments or ""
+        assert list(calls) == [0] and calls[0]["name"] == "set_alarm"
+        assert fits("set_alarm", calls[0]["arguments"]), calls[0]
+        assert deltas[-1].finish_reason == "stop"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_required_forces_one_call_or_more(api, stream):
+    kwargs = dict(model=MODEL, messages=ASK, tools=BOTH, tool_choice="required", temperature=0, max_tokens=100)
+    if stream:
+        chunks = list(api.chat.completions.create(**kwargs, stream=True))
+        deltas = [c.choices[0] for c in chunks if c.choices]
+        assert "".join(d.delta.content or "" for d in deltas) == ""
+        calls = [(tc.function.name, tc.function.arguments) for d in deltas for tc in d.delta.tool_calls or []]
+        reason = deltas[-1].finish_reason
+    else:
+        choice = api.chat.completions.create(**kwargs).choices[0]
+        assert choice.message.content is None
+        calls = [(tc.function.name, tc.function.arguments) for tc in choice.message.tool_calls or []]
+        reason = choice.finish_reason
+    assert reason == "tool_calls" and calls
+    for name, arguments in calls:
+        assert name in ("get_weather", "set_alarm") and fits(name, arguments), (name, arguments)
