@@ -3,12 +3,14 @@ lowercase words, open-ended so every request runs its full length) at several ba
 batch half of each kind. Prints a markdown table: output tok/s and inter-token latency.
 
     python -m litelang.bench.bench_structured --tokenizer DIR [--new 256] [--batches 1,32]
+        [--kinds free,regex,mixed] [--trace DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import shutil
 from pathlib import Path
@@ -38,7 +40,12 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=256)
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--kinds", default="free,regex,mixed", help="which of free, regex, mixed to run")
+    ap.add_argument("--trace", help="write the server's step traces here (bench/step_trace.py reads them)")
     args = ap.parse_args()
+    kinds = set(args.kinds.split(","))
+    if args.trace:
+        os.environ["LITELANG_STEP_TRACE_DIR"] = args.trace  # the launched processes inherit it
     model = random_checkpoint(args.shape, Path("/tmp/litelang-bench") / args.shape)
     for name in TOKENIZER_FILES:
         if (Path(args.tokenizer) / name).exists():
@@ -51,10 +58,12 @@ def main() -> None:
         asyncio.run(run_concurrent(server.address, [rand_ids(rng, 32)] * 4, 16, structured_output=WORDS))  # warm-up
         for batch in (int(b) for b in args.batches.split(",")):
             prompts = [rand_ids(rng, 32) for _ in range(batch)]
-            rows.append(row("free", batch, asyncio.run(run_concurrent(server.address, prompts, args.new))))
-            rows.append(row("regex", batch, asyncio.run(run_concurrent(server.address, prompts, args.new,
-                                                                       structured_output=WORDS))))
-            if batch > 1:
+            if "free" in kinds:
+                rows.append(row("free", batch, asyncio.run(run_concurrent(server.address, prompts, args.new))))
+            if "regex" in kinds:
+                rows.append(row("regex", batch, asyncio.run(run_concurrent(server.address, prompts, args.new,
+                                                                           structured_output=WORDS))))
+            if batch > 1 and "mixed" in kinds:
                 free, constrained = asyncio.run(mixed(server.address, prompts, args.new))
                 rows.append(row("half free: the free half", batch, free))
                 rows.append(row("half free: the regex half", batch, constrained))

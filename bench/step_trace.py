@@ -37,12 +37,43 @@ def ms(values: list[float]) -> str:
     return f"p50 {1000 * v[len(v) // 2]:.3f} / p90 {1000 * v[int(0.9 * (len(v) - 1))]:.3f} / max {1000 * v[-1]:.3f} ms"
 
 
+ROUND_TRIP = [("worker", "launched", "worker", "gpu_done"), ("worker", "gpu_done", "worker", "answered"),
+              ("worker", "answered", "engine", "reply"), ("engine", "reply", "engine", "processed"),
+              ("engine", "processed", "next engine", "schedule"), ("next engine", "schedule", "next engine", "sent"),
+              ("next engine", "sent", "next worker", "received"), ("next worker", "received", "next worker", "taken"),
+              ("next worker", "taken", "next worker", "launched")]
+
+
+def round_trip(worker: dict, engine: dict, skip: int) -> None:
+    """Where a serial step's round trip goes: each stage's p50 over the steps s whose successor
+    (the next step the worker got: the engine numbers the empty steps it never sends too) was
+    scheduled after s's reply was processed, so nothing of it overlapped s."""
+    stages: dict[str, list[float]] = collections.defaultdict(list)
+    sent = sorted(s for s in worker if s >= skip)
+    for s, nxt in zip(sent, sent[1:]):
+        at = {"worker": worker[s], "engine": engine.get(s, {}), "next worker": worker[nxt],
+              "next engine": engine.get(nxt, {})}
+        events = [(a, x) for a, x, _, _ in ROUND_TRIP] + [ROUND_TRIP[-1][2:]]
+        if not all(x in at[a] for a, x in events) or at["next engine"]["schedule"][0] < at["engine"]["processed"][0]:
+            continue
+        for a, x, b, y in ROUND_TRIP:
+            stages[f"{a} {x} -> {b} {y}"].append(at[b][y][0] - at[a][x][0])
+        stages["whole round trip"].append(at["next worker"]["launched"][0] - at["worker"]["launched"][0])
+    print(f"serial round trips: {len(stages['whole round trip'])}")
+    for name, values in stages.items():
+        print(f"  {name}: {ms(values)}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("dir", type=Path)
     ap.add_argument("--skip", type=int, default=20, help="leading steps to ignore (warm-up)")
+    ap.add_argument("--chain", action="store_true", help="also the round trip of steps scheduled only after "
+                    "the step before them was answered (constrained requests wait for their last token)")
     args = ap.parse_args()
     (worker, worker_gc), (engine, engine_gc) = load(args.dir / "worker0.csv"), load(args.dir / "engine.csv")
+    if args.chain:
+        round_trip(worker, engine, args.skip)
     ids = sorted(s for s in worker if s >= args.skip and "launched" in worker[s] and "gpu_done" in worker.get(s - 1, {}))
     stage: dict[str, list[float]] = collections.defaultdict(list)
     blame = collections.Counter()

@@ -21,6 +21,7 @@ from litelang.kernels.linear import linear_ref, linear_residual_ref, linear_rope
 from litelang.kernels.rmsnorm import rms_norm_ref, rms_norm_sum_ref
 from litelang.kernels.rope import apply_rope_ref
 from litelang.kernels.sampling import apply_penalties_ref, sample_ref, token_logprobs_ref
+from litelang.kernels.token_mask import apply_token_mask_ref
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,9 @@ class KernelSet:
     apply_penalties: Callable
     # (float32 logits [batch, vocab], tokens [batch]) -> each token's log-softmax
     token_logprobs: Callable
+    # (logits [rows, vocab], words [rows, vocab / 32] int32) -> logits, -inf in place where a
+    # structured output's bitmask disallows the token
+    apply_token_mask: Callable
     # The projections take norm=DeferredNorm | None (kernels/rmsnorm.py): x is the residual
     # stream times the norm weight, and the projection scales by 1/rms
     linear: Callable  # (x, w, bias=None, norm=None): F.linear; Triton for small M
@@ -75,6 +79,7 @@ REFERENCE = KernelSet(
     greedy_sample=greedy_sample_ref,
     apply_penalties=apply_penalties_ref,
     token_logprobs=token_logprobs_ref,
+    apply_token_mask=apply_token_mask_ref,
     linear=linear_ref,
     linear_silu_mul=linear_silu_mul_ref,
     linear_rope_store=linear_rope_store_ref,

@@ -20,6 +20,7 @@ from litelang.kernels.rmsnorm import rms_norm, rms_norm_ref
 from litelang.kernels.rope import apply_rope, apply_rope_ref, rope_cos_sin_cache
 from litelang.kernels.rope_store import apply_rope_and_store_kv, apply_rope_and_store_kv_ref
 from litelang.kernels.sampling import apply_penalties, apply_penalties_ref, sample, sample_ref
+from litelang.kernels.token_mask import apply_token_mask, apply_token_mask_ref, mask_words_for
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -335,6 +336,20 @@ def test_sample_row_independent_of_batch_real_vocab():
     for i in [0, 3, 6, 7, 255]:
         alone = sample(*(a[i : i + 1] for a in args))
         assert alone.item() == full[i].item()
+
+
+@pytest.mark.parametrize("dtype", [BF16, torch.float32], ids=str)
+def test_token_mask_real_vocab(dtype):
+    """Structured outputs' bitmask at the real vocabulary and the largest graph bucket, rows of
+    the static [max_batch, words] buffer: every bit as the reference reads it."""
+    batch = 256
+    words = torch.randint(-2**31, 2**31 - 1, (batch, mask_words_for(VOCAB)), dtype=torch.int32, device=DEV,
+                          generator=gen(11))
+    words[::3] = -1  # unconstrained rows
+    logits = torch.randn(batch, VOCAB, device=DEV, generator=gen(12)).to(dtype)
+    want = apply_token_mask_ref(logits.clone(), words)
+    torch.testing.assert_close(apply_token_mask(logits, words), want, atol=0, rtol=0)
+    assert torch.isinf(want[1]).any() and not torch.isinf(want[0]).any()
 
 
 def test_penalties_real_vocab():

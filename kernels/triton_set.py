@@ -24,6 +24,7 @@ from litelang.kernels.linear import (
 from litelang.kernels.rmsnorm import rms_norm, rms_norm_sum
 from litelang.kernels.rope import apply_rope
 from litelang.kernels.sampling import apply_penalties, sample, token_logprobs_ref
+from litelang.kernels.token_mask import apply_token_mask
 
 TRITON = KernelSet(
     name="triton",
@@ -38,6 +39,7 @@ TRITON = KernelSet(
     greedy_sample=greedy_sample,
     apply_penalties=apply_penalties,
     token_logprobs=token_logprobs_ref,  # torch: one reduction per row
+    apply_token_mask=apply_token_mask,
     linear=linear,
     linear_silu_mul=linear_silu_mul,
     linear_rope_store=linear_rope_store,

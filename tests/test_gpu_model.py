@@ -294,17 +294,19 @@ def _mask_bytes(allowed: list[int]) -> bytes:
     return b"".join(w.to_bytes(4, "little") for w in words)
 
 
-def test_token_masks_on_the_gpu(ckpt):
-    """Structured outputs' TokenMask at real shapes: masked rows (greedy and sampled) draw only
-    allowed tokens, in the prefill (eager) and in decode steps (the full-sampling CUDA graph, the
-    same tokens as eager), and an unmasked row beside them gets the tokens it gets in the same
-    batch without masks."""
+@pytest.mark.parametrize("second", ["sampled", "greedy"])
+def test_token_masks_on_the_gpu(ckpt, second):
+    """Structured outputs' TokenMask at real shapes: masked rows draw only allowed tokens, in the
+    prefill (eager) and in decode steps (a CUDA graph: the full-sampling one when a row samples,
+    the masked-greedy one when all are greedy; the same tokens as eager), and an unmasked row
+    beside them gets the tokens it gets in the same batch without masks."""
     prompts = random_prompts([9, 40, 17], seed=8)
     runner = make_runner(ckpt, cuda_graphs=True)
     rng = torch.Generator().manual_seed(1)
     allowed = {1: torch.randint(0, VOCAB, (40,), generator=rng).tolist(),
                2: torch.randint(0, VOCAB, (3,), generator=rng).tolist()}
-    sampling = {1: greedy(), 2: worker_pb2.Sampling(temperature=1.0, top_p=1.0, seed=4), 3: greedy()}
+    sampling = {1: greedy(), 2: worker_pb2.Sampling(temperature=1.0, top_p=1.0, seed=4) if second == "sampled"
+                else greedy(), 3: greedy()}
 
     def run(first_rid: int, masks: dict[int, list[int]], runner=runner) -> dict[int, list[int]]:
         rids = {rid: first_rid + rid for rid in sampling}

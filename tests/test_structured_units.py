@@ -13,7 +13,8 @@ import torch
 from litelang.proto import litelang_pb2 as pb
 from litelang.scheduler.structured import output_format, parse
 from litelang.scheduler.validation import InvalidRequest
-from litelang.worker.sampler import allowed_tokens
+from litelang.kernels.token_mask import apply_token_mask_ref
+from litelang.worker.sampler import mask_words
 
 xgr_testing = pytest.importorskip("xgrammar.testing")
 
@@ -59,7 +60,7 @@ def test_bad_formats_name_the_problem(spec, words):
         output_format(spec)
 
 
-def test_allowed_tokens_reads_each_bit():
+def test_mask_words_reads_each_bit():
     rng = random.Random(0)
     vocab, rows = 77, 5  # not a multiple of 32: the last word's high bits are padding
     masked = {1: [rng.random() < 0.3 for _ in range(vocab)], 3: [rng.random() < 0.7 for _ in range(vocab)]}
@@ -69,6 +70,7 @@ def test_allowed_tokens_reads_each_bit():
         values = [sum(1 << j for j in range(32) if 32 * i + j < vocab and bits[32 * i + j]) for i in range(words)]
         return b"".join(v.to_bytes(4, "little") for v in values)
 
-    got = allowed_tokens([(row, pack(bits)) for row, bits in masked.items()], rows, vocab, torch.device("cpu"))
+    packed = mask_words([(row, pack(bits)) for row, bits in masked.items()], rows, vocab, torch.device("cpu"))
+    got = apply_token_mask_ref(torch.zeros(rows, vocab), packed) == 0  # True where a token survives
     want = torch.tensor([masked.get(row, [True] * vocab) for row in range(rows)])
     assert torch.equal(got, want)

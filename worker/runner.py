@@ -21,7 +21,7 @@ from litelang.worker.forward_batch import ForwardBatch, to_device
 from litelang.worker.kv_pool import KVPool
 from litelang.worker.model import Qwen2Model
 from litelang.worker.sampler import (
-    MAX_LOGIT_BIAS, PenaltyState, SamplingMode, SamplingTensors, allowed_tokens, sample_and_record, top_alternatives,
+    MAX_LOGIT_BIAS, PenaltyState, SamplingMode, SamplingTensors, mask_words, sample_and_record, top_alternatives,
 )
 
 MAX_SCORE_TOP_N = 20  # alternatives per scored prompt position (as top_logprobs)
@@ -200,18 +200,18 @@ class ModelRunner:
         self._write_table(plan)
         mode = plan.mode
         if plan.token_masks:  # structured outputs: the mask goes between the logits and the draw
-            mode = dataclasses.replace(mode, greedy=False)
+            mode = dataclasses.replace(mode, masked=True)
         if plan.decode_only and self.graphs is not None and self.graphs.fits(len(plan.dec_rows)):
             tokens, logprobs, scored = self.graphs.run(plan, mode)
         else:
-            allowed = None
+            masks = None
             if plan.token_masks:
-                allowed = allowed_tokens(plan.token_masks, len(plan.samplers), self.model.spec.vocab_size, dev)
+                masks = mask_words(plan.token_masks, len(plan.samplers), self.model.spec.vocab_size, dev)
             batch = self._forward_batch(plan)
             rows = _t([s.row for s in plan.samplers], torch.long, dev)
             tokens, logprobs, scored = sample_and_record(
                 self.model, self.kernels, batch, SamplingTensors.from_states(plan.samplers, dev), mode, rows,
-                self.last_tokens, self.penalties, self.pool.k, self.pool.v, allowed,
+                self.last_tokens, self.penalties, self.pool.k, self.pool.v, masks,
             )
             if plan.score_index:
                 scores = self.model.score(batch.scored_hidden, _t(plan.score_targets, torch.long, dev),

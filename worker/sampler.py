@@ -11,6 +11,7 @@ import torch
 
 from litelang.kernels import KernelSet
 from litelang.kernels.sampling import top_logprobs
+from litelang.kernels.token_mask import ALL_ALLOWED, mask_words_for
 from litelang.worker.forward_batch import ForwardBatch, to_device
 from litelang.worker.model import Qwen2Model
 
@@ -26,6 +27,7 @@ class SamplingMode:
     penalties: bool   # apply repetition / frequency / presence penalties
     filtered: bool    # top-k / top-p / min-p (needs a sort over the vocabulary)
     top_n: int = 0    # the most alternatives a request of the step asks for (top_logprobs)
+    masked: bool = False  # structured outputs: some row's tokens are limited by a bitmask
 
     @classmethod
     def for_states(cls, states: list[RequestState]) -> "SamplingMode":
@@ -39,6 +41,7 @@ class SamplingMode:
 
 FULL_SAMPLING = SamplingMode(greedy=False, penalties=True, filtered=True)
 GREEDY = SamplingMode(greedy=True, penalties=False, filtered=False)
+MASKED_GREEDY = SamplingMode(greedy=True, penalties=False, filtered=False, masked=True)
 
 
 @dataclass
@@ -154,35 +157,35 @@ class PenaltyState:
             self.output_counts[row].index_add_(0, ids, torch.ones_like(ids, dtype=torch.int32))
 
 
-def mask_bits(masks: list[bytes], vocab: int, device) -> torch.Tensor:
-    """[len(masks), vocab] bool from TokenMask.allowed bitmasks (bit j of int32 word i allows
-    token 32 * i + j)."""
+def packed_masks(masks: list[bytes], device) -> torch.Tensor:
+    """[len(masks), words] int32 from TokenMask.allowed bitmasks (bit j of int32 word i allows
+    token 32 * i + j), on the device in one copy from pinned memory."""
     words = torch.frombuffer(bytearray(b"".join(masks)), dtype=torch.int32).view(len(masks), -1)
-    shifts = torch.arange(32, dtype=torch.int32, device=device)
-    return ((to_device(words, device)[:, :, None] >> shifts) & 1).view(len(masks), -1)[:, :vocab].bool()
+    return to_device(words, device)
 
 
-def allowed_tokens(masks: list[tuple[int, bytes]], rows: int, vocab: int, device) -> torch.Tensor:
-    """[rows, vocab] bool: True where a row may sample a token. masks: (row, TokenMask.allowed)
-    for the rows with a format; the others allow every token."""
-    allowed = torch.ones((rows, vocab), dtype=torch.bool, device=device)
-    allowed[to_device(torch.tensor([r for r, _ in masks], dtype=torch.long), device)] = \
-        mask_bits([m for _, m in masks], vocab, device)
-    return allowed
+def mask_words(masks: list[tuple[int, bytes]], rows: int, vocab: int, device) -> torch.Tensor:
+    """[rows, words] int32 bitmasks for apply_token_mask. masks: (row, TokenMask.allowed) for
+    the rows with a format; the others allow every token (all bits set)."""
+    words = torch.full((rows, mask_words_for(vocab)), ALL_ALLOWED, dtype=torch.int32, device=device)
+    words[to_device(torch.tensor([r for r, _ in masks], dtype=torch.long), device)] = \
+        packed_masks([m for _, m in masks], device)
+    return words
 
 
 def sample_and_record(
     model: Qwen2Model, kernels: KernelSet, batch: ForwardBatch, sampling: SamplingTensors, mode: SamplingMode,
     sampler_rows: torch.Tensor, last_tokens: torch.Tensor, penalties: PenaltyState, k_pools, v_pools,
-    allowed: torch.Tensor | None = None,
+    masks: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Forward, sample, and store each sampled token as its request's next decode input.
     Returns (tokens, their logprobs, the logits those logprobs are taken from: the model's in
     greedy mode, else float32 with penalties and stop-token masks, before temperature and
     filters). top_alternatives takes a step's top-N from the last.
 
-    Device work only (no host sync), so CUDA graphs can capture it whole. allowed: structured
-    outputs' [rows, vocab] mask (full sampling only), applied after the logit_bias.
+    Device work only (no host sync), so CUDA graphs can capture it whole. masks: structured
+    outputs' [rows, vocab / 32] int32 bitmasks (kernels/token_mask.py), applied after the
+    logit_bias (and before greedy's argmax).
     """
     hidden = None
     if batch.input_ids is None:  # decode only: the table writes and the embedding in one kernel
@@ -193,6 +196,8 @@ def sample_and_record(
             batch.slots[batch.num_extend_tokens :].to(torch.int32)
         )
     logits = model.forward(batch, k_pools, v_pools, hidden)
+    if mode.greedy and masks is not None:
+        logits = kernels.apply_token_mask(logits, masks)
     if mode.greedy:  # one pass over the logits: no float32 copy, argmax and logsumexp; the
         # merge also stores each token as its row's next input (every rank picks the same token)
         return *kernels.greedy_sample(logits, last_tokens, sampler_rows), logits
@@ -204,8 +209,8 @@ def sample_and_record(
             sampling.repetition, sampling.frequency, sampling.presence,
         )
     logits = penalties.add_bias(logits, sampler_rows)
-    if allowed is not None:
-        logits = logits.masked_fill(~allowed, float("-inf"))
+    if masks is not None:
+        logits = kernels.apply_token_mask(logits, masks)
     tokens = kernels.sample(
         logits, sampling.temperature, sampling.top_k, sampling.top_p, sampling.min_p, sampling.seeds,
         sampling.positions, needs_filter=mode.filtered,
