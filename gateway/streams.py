@@ -16,7 +16,7 @@ from litelang.gateway import formatting as fmt
 from litelang.gateway.backend import Backend, HTTPError
 from litelang.gateway.forced_tools import forced_reply
 from litelang.gateway.protocol import ChatCompletionRequest, CompletionRequest
-from litelang.gateway.tool_calls import ToolCallStream
+from litelang.gateway.tool_calls import ToolCallStream, new_call
 from litelang.proto import litelang_pb2 as pb
 
 
@@ -157,7 +157,7 @@ def chat_stream(backend: Backend, body: ChatCompletionRequest, calls: list, chun
                  head: dict) -> AsyncIterator[str]:
     known: dict[int, bytes] = {}
     tools: dict[int, ToolCallStream] = {}  # per choice, when the reply is parsed for tool calls
-    forced: dict[int, str] = {}  # per choice, a forced call's text until the choice ends
+    forced: dict[int, str] = {}  # per choice: a "required" reply's text until the choice ends (named: "")
 
     async def choices_for(p: int, index: int, chunk: pb.GenerateStreamChunk) -> list[dict]:
         out = []
@@ -171,7 +171,19 @@ def chat_stream(backend: Backend, body: ChatCompletionRequest, calls: list, chun
             logprobs = fmt.chat_logprobs(chunk.token_ids, chunk.logprobs, chunk.top_logprobs, known)
         reason = fmt.finish_reason(chunk.finish_reason)
         text, calls = chunk.text, []
-        if body.forces_call:  # the forced JSON is read whole at its end: no content deltas before
+        if body.forced_name is not None and body.forces_call:  # the text is the call's arguments, streamed as
+            # they come (as OpenAI and vLLM do): the first delta names the call, later ones add arguments
+            if index not in forced:
+                forced[index] = ""
+                first = {"index": 0, **new_call(body.forced_name, text)}
+                out.append({"index": index, "delta": {"tool_calls": [first]}, "logprobs": logprobs, "finish_reason": None})
+            elif text or logprobs:
+                out.append({"index": index, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": text}}]},
+                            "logprobs": logprobs, "finish_reason": None})
+            if reason is not None:
+                out.append({"index": index, "delta": {}, "logprobs": None, "finish_reason": reason})
+            return out
+        if body.forces_call:  # "required": the JSON array is read whole at its end, no content deltas before
             forced[index] = forced.get(index, "") + text
             text = ""
             if reason is not None:

@@ -314,10 +314,14 @@ def test_a_named_reply_is_its_arguments():
         assert (content, call["function"], got) == (None, {"name": "get_weather", "arguments": '{"city":"Pa'}, reason)
 
 
-def _chat_events(body: ChatCompletionRequest, chunks: list[pb.GenerateStreamChunk]) -> list[dict]:
+def _chat_events(body: ChatCompletionRequest, chunks: list[pb.GenerateStreamChunk], paced: bool = False) -> list[dict]:
+    """The stream's events; paced: each chunk arrives after the one before was sent on (else
+    chunks that arrive together may be joined)."""
     async def source():
         for c in chunks:
             yield c
+            if paced:
+                await asyncio.sleep(0.01)
 
     async def run():
         return [e async for e in chat_stream(None, body, [], source(), {"id": "x"})]
@@ -327,32 +331,47 @@ def _chat_events(body: ChatCompletionRequest, chunks: list[pb.GenerateStreamChun
     return [json.loads(e) for e in events[:-1]]
 
 
-@pytest.mark.parametrize("tool_choice, name, texts, reason", [
-    ({"type": "function", "function": {"name": "get_weather"}}, "get_weather",
-     [['{"ci', 'ty":"Paris"}'], ['{"city":', '"Rome"}']], "stop"),
-    ("required", None, [['[{"name":"now","param', 'eters":{}}]'], ['[{"name":"get_weather",', '"parameters":{"city":"Rome"}}]']],
-     "tool_calls"),
-])
-def test_a_streamed_forced_call_is_one_tool_calls_delta_per_choice(tool_choice, name, texts, reason):
-    """n = 2: no content delta in either choice, and each ends with its own call and finish reason."""
-    body = ChatCompletionRequest(messages=ASK, tools=[WEATHER, NOW], tool_choice=tool_choice, n=2, stream=True)
+def _forced_chunks(texts: list[list[str]]) -> list[pb.GenerateStreamChunk]:
+    """Each choice's parts, the two choices interleaved; a choice's last part ends it."""
+    return [chunk(j, t, [k + 1], pb.FINISH_REASON_EOS if k == len(parts) - 1 else 0)
+            for k in range(2) for j, parts in enumerate(texts) for t in parts[k:k + 1]]
+
+
+def test_a_streamed_named_call_streams_its_arguments_per_choice():
+    """n = 2: no content; each choice's first delta names the call (id, type, name), later deltas
+    add arguments as they come, and the choice ends with an empty delta and "stop"."""
+    texts = [['{"ci', 'ty":"Paris"}'], ['{"city":', '"Rome"}']]
+    body = ChatCompletionRequest(messages=ASK, tools=[WEATHER, NOW], n=2, stream=True,
+                                 tool_choice={"type": "function", "function": {"name": "get_weather"}})
     body.generate_request(100)
-    chunks = [chunk(j, t, [k + 1], pb.FINISH_REASON_EOS if k == len(parts) - 1 else 0)
-              for k in range(2) for j, parts in enumerate(texts) for t in parts[k:k + 1]]
-    events = _chat_events(body, chunks)
+    events = _chat_events(body, _forced_chunks(texts), paced=True)
+    for j, parts in enumerate(texts):
+        deltas = [c for e in events for c in e["choices"] if c["index"] == j]
+        assert [d["delta"].get("content") for d in deltas if d["delta"].get("content")] == []
+        pieces = [tc for d in deltas for tc in d["delta"].get("tool_calls", [])]
+        assert all(tc["index"] == 0 for tc in pieces)
+        assert pieces[0]["type"] == "function" and pieces[0]["id"].startswith("call_")
+        assert pieces[0]["function"]["name"] == "get_weather" and all("id" not in tc for tc in pieces[1:])
+        assert [tc["function"]["arguments"] for tc in pieces] == parts  # each piece as it came
+        assert [d["finish_reason"] for d in deltas if d["finish_reason"]] == ["stop"] and deltas[-1]["finish_reason"]
+
+
+def test_a_streamed_required_call_is_one_tool_calls_delta_per_choice():
+    """n = 2: no content delta in either choice, and each ends with its own calls and "tool_calls"."""
+    texts = [['[{"name":"now","param', 'eters":{}}]'], ['[{"name":"get_weather",', '"parameters":{"city":"Rome"}}]']]
+    body = ChatCompletionRequest(messages=ASK, tools=[WEATHER, NOW], tool_choice="required", n=2, stream=True)
+    body.generate_request(100)
+    events = _chat_events(body, _forced_chunks(texts))
     for j, parts in enumerate(texts):
         deltas = [c for e in events for c in e["choices"] if c["index"] == j]
         assert [d["delta"].get("content") for d in deltas if d["delta"].get("content")] == []
         [last] = [d for d in deltas if d["finish_reason"]]
-        assert last is deltas[-1] and last["finish_reason"] == reason
+        assert last is deltas[-1] and last["finish_reason"] == "tool_calls"
         [call] = last["delta"]["tool_calls"]
         assert call["index"] == 0 and call["type"] == "function" and call["id"].startswith("call_")
-        if name:
-            assert call["function"] == {"name": name, "arguments": "".join(parts)}
-        else:
-            want = json.loads("".join(parts))[0]
-            assert (call["function"]["name"], json.loads(call["function"]["arguments"])) == (want["name"],
-                                                                                            want["parameters"])
+        want = json.loads("".join(parts))[0]
+        assert (call["function"]["name"], json.loads(call["function"]["arguments"])) == (want["name"],
+                                                                                        want["parameters"])
 
 
 def test_a_streamed_required_reply_cut_short_comes_as_content():
