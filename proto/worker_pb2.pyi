@@ -109,12 +109,14 @@ class StepRequest(_message.Message):
     def __init__(self, step_id: _Optional[int] = ..., extends: _Optional[_Iterable[_Union[Extend, _Mapping]]] = ..., release: _Optional[_Iterable[int]] = ..., decode_rids: _Optional[_Iterable[int]] = ..., decode_slots: _Optional[_Iterable[int]] = ..., token_masks: _Optional[_Iterable[_Union[TokenMask, _Mapping]]] = ...) -> None: ...
 
 class TokenMask(_message.Message):
-    __slots__ = ("rid", "allowed")
+    __slots__ = ("rid", "allowed", "same_as")
     RID_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    SAME_AS_FIELD_NUMBER: _ClassVar[int]
     rid: int
     allowed: bytes
-    def __init__(self, rid: _Optional[int] = ..., allowed: _Optional[bytes] = ...) -> None: ...
+    same_as: int
+    def __init__(self, rid: _Optional[int] = ..., allowed: _Optional[bytes] = ..., same_as: _Optional[int] = ...) -> None: ...
 
 class StepResponse(_message.Message):
     __slots__ = ("step_id", "rids", "token_ids", "logprobs", "top_n", "top_ids", "top_logprobs", "score_rids", "score_first_positions", "score_counts", "score_logprobs", "score_top_n", "score_top_ids", "score_top_logprobs", "forward_ms", "gpu_ms", "gpu_gap_ms")

@@ -32,7 +32,7 @@ from litelang.scheduler.kv_allocator import SlotAllocator
 from litelang.scheduler.metrics import Metrics
 from litelang.scheduler.radix_cache import RadixCache
 from litelang.scheduler.request import OutcomeDetails, OutputEvent, Phase, Request, TopLogprobs
-from litelang.scheduler.structured import GrammarCompiler, OutputMatcher
+from litelang.scheduler.structured import GrammarCompiler, OutputMatcher, add_token_mask
 from litelang.scheduler.tokenizer import Tokenizer
 from litelang.scheduler.worker_client import WorkerError, WorkerGroup
 from litelang.tools.profiling import StepTrace
@@ -68,6 +68,7 @@ class Engine:
         self.stats = collections.Counter()
         self.metrics = Metrics()
         self._to_release: list[int] = []
+        self._step_masks: dict[bytes, int] = {}  # the step being built: its distinct token masks -> index
         # per step sent whose reply is not processed yet: the prompt tokens it reads
         self._inflight: collections.deque[int] = collections.deque()
         # prompt + output tokens a request may reach: the config's lengths, capped by the workers'
@@ -394,6 +395,7 @@ class Engine:
         self._step_id += 1
         self.trace.mark(step.step_id, "schedule")
         budget = self.cfg.max_prefill_tokens
+        self._step_masks = {}
 
         # 1. one decode slot per request past its prefill whose tokens in flight do not already
         # reach its output limit; retract the newest of the highest priority value until they
@@ -415,7 +417,7 @@ class Engine:
             step.decode_slots.extend(slots)
             for r in decoding:
                 if r.matcher:
-                    step.token_masks.add(rid=r.rid, allowed=r.matcher.allowed())
+                    add_token_mask(step, r.rid, r.matcher.allowed(), self._step_masks)
 
         # 2. next chunks of prompts being read
         for r in self.running:
@@ -481,7 +483,7 @@ class Engine:
             sample=start + take == target, is_new=is_new, prefix_slots=r.slots[:start] if is_new else [],
         )
         if r.matcher and ext.sample:
-            step.token_masks.add(rid=r.rid, allowed=r.matcher.allowed())
+            add_token_mask(step, r.rid, r.matcher.allowed(), self._step_masks)
         if r.scores_prompt and start < len(r.prompt_ids) - 1:
             end = start + take
             ext.score, ext.score_top_n = True, r.sampling.prompt_logprobs

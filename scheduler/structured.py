@@ -12,6 +12,7 @@ import json
 import threading
 
 from litelang.proto import litelang_pb2 as pb
+from litelang.proto import worker_pb2
 from litelang.scheduler.request import OutputFormat
 from litelang.scheduler.validation import InvalidRequest
 
@@ -65,6 +66,16 @@ def parse(fmt: OutputFormat):
     except RuntimeError as e:  # xgrammar's parse errors: "[time] file:line: what is wrong"
         reason = str(e).strip().split(": ", 1)[-1]
         raise InvalidRequest(f"structured_output: the {fmt.kind.replace('_', ' ')} does not parse: {reason}") from None
+
+
+def add_token_mask(step: worker_pb2.StepRequest, rid: int, allowed: bytes, seen: dict[bytes, int]) -> None:
+    """rid's TokenMask in the step: its bytes the first time a mask occurs in the step, a
+    reference to that one (same_as) after. seen: the step's masks so far -> their index."""
+    first = seen.setdefault(allowed, len(step.token_masks))
+    if first == len(step.token_masks):
+        step.token_masks.add(rid=rid, allowed=allowed)
+    else:
+        step.token_masks.add(rid=rid, same_as=first + 1)
 
 
 class GrammarCompiler:

@@ -358,12 +358,18 @@ class ModelRunner:
     def _plan_masks(self, plan: StepPlan, masks) -> None:
         index = {rid: i for i, rid in enumerate(plan.sampler_rids)}
         size = 4 * ((self.model.spec.vocab_size + 31) // 32)
-        for m in masks:
+        for k, m in enumerate(masks):
             if m.rid not in index:
                 raise StepError(f"token mask for request {m.rid}, which samples nothing in this step")
-            if len(m.allowed) != size:
-                raise StepError(f"token mask of {len(m.allowed)} bytes for request {m.rid}; the vocabulary needs {size}")
-            plan.token_masks.append((index[m.rid], m.allowed))
+            if m.same_as:  # the mask of an earlier TokenMask of this step
+                if not 0 < m.same_as <= k:
+                    raise StepError(f"token mask {k} for request {m.rid} refers to mask {m.same_as - 1}, not an earlier one")
+                allowed = plan.token_masks[m.same_as - 1][1]
+            else:
+                allowed = m.allowed
+                if len(allowed) != size:
+                    raise StepError(f"token mask of {len(allowed)} bytes for request {m.rid}; the vocabulary needs {size}")
+            plan.token_masks.append((index[m.rid], allowed))
 
     def _plan_scores(self, plan: StepPlan, ext: worker_pb2.Extend, first_position: int) -> None:
         """Score each token of the extend as the prediction of the next one (prompt_logprobs)."""
