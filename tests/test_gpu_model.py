@@ -298,8 +298,9 @@ def _mask_bytes(allowed: list[int]) -> bytes:
 def test_token_masks_on_the_gpu(ckpt, second):
     """Structured outputs' TokenMask at real shapes: masked rows draw only allowed tokens, in the
     prefill (eager) and in decode steps (a CUDA graph: the full-sampling one when a row samples,
-    the masked-greedy one when all are greedy; the same tokens as eager), and an unmasked row
-    beside them gets the tokens it gets in the same batch without masks."""
+    the masked-greedy one when all are greedy; the same tokens as eager), an unmasked row
+    beside them gets the tokens it gets in the same batch without masks, and unmasked steps
+    after them are as before."""
     prompts = random_prompts([9, 40, 17], seed=8)
     runner = make_runner(ckpt, cuda_graphs=True)
     rng = torch.Generator().manual_seed(1)
@@ -338,3 +339,4 @@ def test_token_masks_on_the_gpu(ckpt, second):
     assert not all(t in allowed[1] for t in free[1])
     assert masked[3] == free[3]
     assert run(20, allowed, make_runner(ckpt, cuda_graphs=False)) == masked
+    assert run(30, {}) == free  # the masked steps' rows were reset: nothing of them is left
