@@ -1,7 +1,8 @@
 """The OpenAI-compatible HTTP API (FastAPI): /v1/completions and /v1/chat/completions (both
-streamed too: streams.py), /v1/models, /health, /metrics, and vLLM's /tokenize and /detokenize,
-each a thin translation onto the scheduler's gRPC API (backend.py). The gateway holds no model
-state: it can run anywhere that reaches the scheduler."""
+streamed too: streams.py), /v1/responses (text only: responses.py), /v1/models, /health,
+/metrics, and vLLM's /tokenize and /detokenize, each a thin translation onto the scheduler's
+gRPC API (backend.py). The gateway holds no model state: it can run anywhere that reaches the
+scheduler."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from litelang.gateway.metrics import HTTPMetrics
 from litelang.gateway.protocol import (
     ChatCompletionRequest, CompletionRequest, DetokenizeRequest, RequestError, TokenizeRequest,
 )
+from litelang.gateway.responses import ResponsesRequest, finished_response, response_stream
 from litelang.gateway.streams import chat_stream, completion_stream, start_streams
 from litelang.gateway.tool_calls import parse_tool_calls
 from litelang.proto import litelang_pb2 as pb
@@ -165,6 +167,21 @@ def build_app(address: str, served_model_name: str = "", api_key: str = "",
                              "usage": fmt.usage(u.prompt_tokens, u.completion_tokens, u.cached_tokens)},
                             headers={"X-Request-Id": rid})
 
+    @app.post("/v1/responses")
+    async def responses(body: ResponsesRequest, http: Request):
+        model = await backend.check_model(body.model)
+        request = body.generate_request((await backend.info()).max_output_length)
+        rid = request.request_id = _request_id(http, "resp", "_")
+        head = {"id": rid, "created_at": int(time.time()), "model": model}
+        if body.stream:
+            calls, iterators = await start_streams([request], backend.stub)
+            return StreamingResponse(response_stream(body, calls, iterators[0], head),
+                                     media_type="text/event-stream", headers={"X-Request-Id": rid})
+        reply = await backend.stub.Generate(request)
+        [c] = _completions_of(reply)
+        return JSONResponse(finished_response(body, head, c.text, c.finish_reason, reply.usage),
+                            headers={"X-Request-Id": rid})
+
     @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest):
         await backend.check_model(body.model)
@@ -185,10 +202,11 @@ def build_app(address: str, served_model_name: str = "", api_key: str = "",
     return app
 
 
-def _request_id(http: Request, prefix: str) -> str:
-    """The caller's X-Request-Id (as vLLM takes it), or a fresh `<prefix>-<hex>`: the response's
-    id and the scheduler's, so a gRPC Abort with it ends the request."""
-    return http.headers.get("x-request-id") or f"{prefix}-{uuid.uuid4().hex}"
+def _request_id(http: Request, prefix: str, sep: str = "-") -> str:
+    """The caller's X-Request-Id (as vLLM takes it), or a fresh `<prefix>-<hex>` (a response's:
+    `resp_<hex>`, as OpenAI spells it): the response's id and the scheduler's, so a gRPC Abort
+    with it ends the request."""
+    return http.headers.get("x-request-id") or f"{prefix}{sep}{uuid.uuid4().hex}"
 
 
 def _completions_of(reply: pb.GenerateResponse) -> list[pb.Completion]:

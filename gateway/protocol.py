@@ -5,7 +5,7 @@ here we check only what its protocol cannot express."""
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -57,6 +57,8 @@ class _Sampling(BaseModel):
     """Fields both endpoints share. Unknown fields are ignored, as OpenAI's SDKs send new ones."""
 
     model_config = ConfigDict(extra="ignore")
+    # the body's names of SamplingParams fields named otherwise, for errors about their values
+    field_names: ClassVar[dict[str, str]] = {"min_new_tokens": "min_tokens", "max_new_tokens": "max_tokens"}
 
     model: str = ""
     n: int = 1
@@ -136,7 +138,7 @@ class _Sampling(BaseModel):
                 else:
                     setattr(params, name, value)
             except (ValueError, TypeError):  # outside the wire type's range (a negative seed, say)
-                field = {"min_new_tokens": "min_tokens", "max_new_tokens": "max_tokens"}.get(name, name)
+                field = self.field_names.get(name, name)
                 raise RequestError(f"{field} {value!r} is out of range", field) from None
         return params
 
