@@ -1,5 +1,5 @@
 """The OpenAI-compatible HTTP API (FastAPI): /v1/completions and /v1/chat/completions (both
-streamed too: streams.py), /v1/responses (text only: responses.py), /v1/models, /health,
+streamed too: streams.py), /v1/responses (text and function tools: responses.py), /v1/models, /health,
 /metrics, and vLLM's /tokenize and /detokenize, each a thin translation onto the scheduler's
 gRPC API (backend.py). The gateway holds no model state: it can run anywhere that reaches the
 scheduler."""

@@ -2,7 +2,9 @@
 tiny random Qwen2 with the real tokenizer, the gateway as its own process, and OpenAI's
 official SDK (`client.responses.create`) as the client, so the SDK's own parsing checks the
 wire format. The oracle is the gateway's chat completion of the same conversation: a response
-renders its instructions and input through the same chat template."""
+renders its instructions and input through the same chat template. Random weights seldom choose
+to call a tool, so function tools are checked with forced choices (a named function, "required"),
+whose calls must fit the tools' schemas."""
 
 from __future__ import annotations
 
@@ -26,6 +28,14 @@ FIXED = {"ignore_eos": True}
 SCHEMA = {"type": "object", "properties": {"answer": {"enum": ["yes", "no"]}}, "required": ["answer"],
           "additionalProperties": False}
 JSON_FORMAT = {"format": {"type": "json_schema", "name": "answer", "schema": SCHEMA, "strict": True}}
+ANSWER = {"type": "function", "name": "answer", "description": "Answer the question", "strict": True,
+          "parameters": {"type": "object", "required": ["answer", "sure"], "additionalProperties": False,
+                         "properties": {"answer": {"enum": ["yes", "no"]}, "sure": {"type": "boolean"}}}}
+RATE = {"type": "function", "name": "rate", "parameters": {
+    "type": "object", "properties": {"good": {"type": "boolean"}}, "required": ["good"], "additionalProperties": False}}
+TOOLS = [ANSWER, RATE]
+CALL_EVENTS = ["response.output_item.added", "response.function_call_arguments.delta",
+               "response.function_call_arguments.done", "response.output_item.done"]
 TEXT_EVENTS = ["response.created", "response.in_progress", "response.output_item.added",
                "response.content_part.added"]
 CLOSING_EVENTS = ["response.output_text.done", "response.content_part.done", "response.output_item.done"]
@@ -39,7 +49,7 @@ def tiny_model(tmp_path_factory, default_model_dir):
 @pytest.fixture(scope="module")
 def group(tiny_model, tmp_path_factory):
     with server_group(tiny_model, tmp_path_factory.mktemp("responses_logs"), kv_slots=8192, max_batch_size=4,
-                      max_input_length=256, max_output_length=4096, max_reqs=16, use_radix_cache=False) as g:
+                      max_input_length=1024, max_output_length=4096, max_reqs=16, use_radix_cache=False) as g:
         yield g
 
 
@@ -114,14 +124,91 @@ def test_json_schema_text_format(api):
     assert some.output_text.startswith("{") and some.text.format.type == "json_object"
 
 
+def fits(call) -> None:
+    """A completed function_call item whose arguments fit its tool's schema."""
+    assert call.type == "function_call" and call.status == "completed"
+    assert call.id.startswith("fc_") and call.call_id.startswith("call_")
+    args = json.loads(call.arguments)
+    if call.name == "answer":
+        assert set(args) == {"answer", "sure"} and args["answer"] in ("yes", "no") and isinstance(args["sure"], bool)
+    else:
+        assert call.name == "rate" and set(args) == {"good"} and isinstance(args["good"], bool)
+
+
+def forced(api, input=QUESTION, **fields):
+    """A response of sampled (seeded) tokens to QUESTION, with TOOLS offered."""
+    fields = {"max_output_tokens": 64, "temperature": 1.0, "extra_body": {"seed": 1}, **fields}
+    return api.responses.create(model=MODEL, input=input, tools=TOOLS, **fields)
+
+
+def test_a_named_tool_choice_is_one_function_call(api):
+    """The reply is the named tool's arguments (the scheduler's structured output), one
+    function_call item, streamed as it comes; the same seed gives the stream the same call."""
+    choice = {"type": "function", "name": "answer"}
+    got = forced(api, tool_choice=choice)
+    [call] = got.output
+    fits(call)
+    assert call.name == "answer" and got.status == "completed" and got.output_text == ""
+    assert got.tool_choice.name == "answer" and [t.name for t in got.tools] == ["answer", "rate"]
+    events = list(forced(api, tool_choice=choice, stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[:3] == ["response.created", "response.in_progress", "response.output_item.added"]
+    assert kinds[-3:] == CALL_EVENTS[2:] + ["response.completed"] and set(kinds[3:-3]) == {CALL_EVENTS[1]}
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert (events[2].item.name, events[2].item.arguments, events[2].item.status) == ("answer", "", "in_progress")
+    assert "".join(e.delta for e in events if e.type == CALL_EVENTS[1]) == events[-3].arguments == call.arguments
+    [streamed] = events[-1].response.output
+    fits(streamed)
+    assert streamed.id == events[2].item.id and streamed.arguments == call.arguments
+
+
+def test_required_gives_function_calls(api):
+    """One call or more, each of an offered tool (random weights often write several: room for them)."""
+    got = forced(api, tool_choice="required", max_output_tokens=400)
+    assert got.status == "completed" and got.output, got.output_text
+    for call in got.output:
+        fits(call)
+    events = list(forced(api, tool_choice="required", max_output_tokens=400, stream=True))
+    assert [e.type for e in events] == ["response.created", "response.in_progress", *CALL_EVENTS * len(got.output),
+                                        "response.completed"]
+    assert [(c.name, c.arguments) for c in events[-1].response.output] == [(c.name, c.arguments) for c in got.output]
+
+
+def test_a_call_and_its_output_continue_the_conversation(api):
+    """A forced call's output item fed back with its result: the same prompt as chat's assistant
+    tool_calls and tool message (the greedy reply and the token count agree), and a call on it
+    completes."""
+    first = forced(api, tool_choice={"type": "function", "name": "answer"})
+    [call] = first.output
+    items = [{"role": "user", "content": QUESTION}, call.model_dump(exclude_none=True),
+             {"type": "function_call_output", "call_id": call.call_id, "output": "noted"}]
+    chat = [{"role": "user", "content": QUESTION},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": call.call_id, "type": "function", "function": {"name": "answer", "arguments": call.arguments}}]},
+            {"role": "tool", "tool_call_id": call.call_id, "content": "noted"}]
+    chat_tools = [{"type": "function", "function": {k: t[k] for k in ("name", "description", "parameters") if k in t}}
+                  for t in TOOLS]
+    want = api.chat.completions.create(model=MODEL, messages=chat, tools=chat_tools, max_tokens=6, temperature=0,
+                                       extra_body=FIXED)
+    got = api.responses.create(model=MODEL, input=items, tools=TOOLS, max_output_tokens=6, temperature=0,
+                               extra_body=FIXED)
+    assert got.usage.input_tokens == want.usage.prompt_tokens
+    assert got.output_text == want.choices[0].message.content
+    again = forced(api, input=items, tool_choice={"type": "function", "name": "rate"})
+    assert again.status == "completed"
+    [rated] = again.output
+    fits(rated)
+    assert rated.name == "rate"
+
+
 @pytest.mark.parametrize("fields, param, word", [
     (dict(previous_response_id="resp_123"), "previous_response_id", "no response state"),
-    (dict(tools=[{"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}}}]), "tools",
-     "not supported"),
+    (dict(tools=[ANSWER, {"type": "web_search"}]), "tools[1].type", "web_search"),
+    (dict(tools=TOOLS, tool_choice={"type": "function", "name": "nope"}), "tool_choice", "offered: answer, rate"),
+    (dict(tools=TOOLS, tool_choice="required", text=JSON_FORMAT), "tool_choice", "one format per request"),
     (dict(input=[{"role": "user", "content": [{"type": "input_image", "image_url": "https://x.example/a.png"}]}]),
      "input[0].content[0].type", "input_image"),
-    (dict(input=[{"type": "function_call_output", "call_id": "c1", "output": "42"}]), "input[0].type",
-     "function_call_output"),
+    (dict(input=[{"type": "reasoning", "id": "rs_1", "summary": []}]), "input[0].type", "reasoning"),
     (dict(include=["message.output_text.logprobs"]), "include", "include"),
     (dict(text={"format": {"type": "json_schema", "name": "x"}}), "text.format.schema", "schema"),
     (dict(max_output_tokens=10_000), None, "max_output_length"),

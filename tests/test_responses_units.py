@@ -1,5 +1,6 @@
 """The Responses API (/v1/responses, gateway/responses.py) without a server: request bodies →
-GenerateRequests, the refusals and the field each names, the response object, and the typed
+GenerateRequests (function tools and function_call / function_call_output items included), the
+refusals and the field each names, the response object (function_call items too), and the typed
 event stream from fake scheduler chunks (order, sequence numbers, the SDK's own models)."""
 
 from __future__ import annotations
@@ -19,6 +20,13 @@ from litelang.proto import litelang_pb2 as pb  # noqa: E402
 
 HEAD = {"id": "resp_abc", "created_at": 1700000000, "model": "m"}
 SCHEMA = {"type": "object", "properties": {"answer": {"enum": ["yes", "no"]}}, "required": ["answer"]}
+WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+TOOLS = [{"type": "function", "name": "get_weather", "description": "The weather in a city", "parameters": WEATHER,
+          "strict": True},
+         {"type": "function", "name": "answer", "parameters": SCHEMA}]
+CHAT_TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "The weather in a city",
+                                                "parameters": WEATHER}},
+              {"type": "function", "function": {"name": "answer", "parameters": SCHEMA}}]
 
 
 def request(**fields) -> pb.GenerateRequest:
@@ -70,10 +78,70 @@ def test_vllm_extras_work_as_on_chat():
     assert (s.top_k, s.ignore_eos, s.seed) == (3, True, 5)
 
 
+# ---- function tools
+
+def test_function_tools_reach_the_template_in_chats_shape():
+    """The flat Responses tools become chat's {"type", "function": {...}}; "auto" leaves the
+    reply free, "none" hides the tools from the model, as chat does."""
+    for choice in (None, "auto"):
+        req = request(tools=TOOLS, tool_choice=choice, parallel_tool_calls=False)
+        assert json.loads(req.messages.tools_json) == CHAT_TOOLS
+        assert not req.sampling.HasField("structured_output")
+    assert not request(tools=TOOLS, tool_choice="none").messages.tools_json
+
+
+def test_forced_choices_constrain_the_reply_with_forced_tools_schemas():
+    named = request(tools=TOOLS, tool_choice={"type": "function", "name": "get_weather"})
+    assert json.loads(named.sampling.structured_output.json_schema) == WEATHER, "the named tool's parameters"
+    required = json.loads(request(tools=TOOLS, tool_choice="required").sampling.structured_output.json_schema)
+    assert required["type"] == "array" and required["minItems"] == 1
+    assert [c["properties"]["name"]["enum"] for c in required["items"]["anyOf"]] == [["get_weather"], ["answer"]]
+    assert json.loads(request(tools=TOOLS, tool_choice="required").messages.tools_json) == CHAT_TOOLS
+
+
+def call(call_id: str, name: str, arguments: str) -> dict:
+    """A chat tool call as the template gets it."""
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def test_function_call_items_and_their_outputs_become_assistant_tool_calls_and_tool_messages():
+    """Calls join the assistant message before them (one turn, as the model wrote it), or start
+    one; consecutive calls are one message; each output is a tool message naming its call."""
+    items = [{"role": "user", "content": "weather in Paris and Rome?"},
+             {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Checking."}]},
+             {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "get_weather",
+              "arguments": '{"city": "Paris"}', "status": "completed"},
+             {"type": "function_call", "call_id": "call_2", "name": "get_weather", "arguments": '{"city": "Rome"}'},
+             {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
+             {"type": "function_call_output", "call_id": "call_2", "output": [{"type": "input_text", "text": "ra"},
+                                                                             {"type": "input_text", "text": "in"}]},
+             {"type": "function_call", "call_id": "call_3", "name": "answer", "arguments": '{"answer": "yes"}'},
+             {"type": "function_call_output", "call_id": "call_3", "output": "ok"}]
+    got = request(input=items, tools=TOOLS).messages.messages
+    assert [(m.role, m.content, m.tool_call_id) for m in got] == [
+        ("user", "weather in Paris and Rome?", ""), ("assistant", "Checking.", ""), ("tool", "sunny", "call_1"),
+        ("tool", "rain", "call_2"), ("assistant", "", ""), ("tool", "ok", "call_3")]
+    assert json.loads(got[1].tool_calls_json) == [call("call_1", "get_weather", '{"city": "Paris"}'),
+                                                  call("call_2", "get_weather", '{"city": "Rome"}')]
+    assert json.loads(got[4].tool_calls_json) == [call("call_3", "answer", '{"answer": "yes"}')]
+    assert not any(m.tool_calls_json for m in (got[0], got[2], got[3], got[5]))
+
+
 @pytest.mark.parametrize("fields, param, words", [
     (dict(previous_response_id="resp_1"), "previous_response_id", "keeps no response state"),
-    (dict(tools=[{"type": "function", "name": "f", "parameters": {}}]), "tools", "not supported"),
     (dict(tool_choice="required"), "tool_choice", "tools"),
+    (dict(tools=[TOOLS[0], {"type": "web_search"}]), "tools[1].type", "web_search"),
+    (dict(tools=[{"type": "function", "parameters": WEATHER}]), "tools[0].name", "string"),
+    (dict(tools=TOOLS, tool_choice={"type": "function", "name": "nope"}), "tool_choice",
+     "offered: answer, get_weather"),
+    (dict(tools=TOOLS, tool_choice={"type": "function", "function": {"name": "answer"}}), "tool_choice",
+     '{"type": "function", "name": ...}'),
+    (dict(tools=TOOLS, tool_choice={"type": "web_search"}), "tool_choice", "tool_choice must be"),
+    (dict(tools=TOOLS, tool_choice="required", text={"format": {"type": "json_object"}}), "tool_choice",
+     "one format per request"),
+    (dict(tools=TOOLS, tool_choice={"type": "function", "name": "answer"},
+          text={"format": {"type": "json_schema", "name": "a", "schema": SCHEMA}}), "tool_choice", "one format"),
+    (dict(tools=TOOLS, tool_choice="required", guided_regex="a+"), "tool_choice", "one format per request"),
     (dict(background=True), "background", "state"),
     (dict(conversation="conv_1"), "conversation", "state"),
     (dict(include=["message.output_text.logprobs"]), "include", "include"),
@@ -83,8 +151,13 @@ def test_vllm_extras_work_as_on_chat():
     (dict(n=2), "n", "one output"),
     (dict(input=[]), "input", "empty"),
     (dict(input=["hi"]), "input[0]", "message"),
-    (dict(input=[{"role": "user", "content": "a"}, {"type": "function_call_output", "call_id": "c", "output": "x"}]),
-     "input[1].type", "function_call_output"),
+    (dict(input=[{"role": "user", "content": "a"}, {"type": "reasoning", "summary": []}]),
+     "input[1].type", "reasoning"),
+    (dict(input=[{"type": "function_call", "name": "f", "arguments": "{}"}]), "input[0].call_id", "string"),
+    (dict(input=[{"type": "function_call", "call_id": "c", "name": "f", "arguments": {}}]), "input[0].arguments",
+     "string"),
+    (dict(input=[{"type": "function_call_output", "call_id": "c", "output": [{"type": "input_image"}]}]),
+     "input[0].output[0].type", "input_image"),
     (dict(input=[{"type": "item_reference", "id": "msg_1"}]), "input[0].type", "item_reference"),
     (dict(input=[{"role": "tool", "content": "a"}]), "input[0].role", "role"),
     (dict(input=[{"role": "user", "content": [{"type": "input_text", "text": "a"},
@@ -137,6 +210,53 @@ def test_the_sdk_parses_the_response_object():
     got = responses.Response.model_validate(finished_response(body, HEAD, "hello", pb.FINISH_REASON_EOS, pb.Usage()))
     assert got.output_text == "hello" and got.status == "completed"
     assert got.usage.output_tokens_details.reasoning_tokens == 0
+
+
+def sdk_response(body: ResponsesRequest, text: str, reason: int = pb.FINISH_REASON_EOS):
+    responses = pytest.importorskip("openai.types.responses")
+    return responses.Response.model_validate(finished_response(body, HEAD, text, reason, pb.Usage()))
+
+
+def calls_of(output) -> list[tuple[str, str]]:
+    """(name, arguments) of each function_call item, checking its ids: fc_X and call_X."""
+    calls = [item for item in output if item.type == "function_call"]
+    for item in calls:
+        assert item.id.startswith("fc_") and item.call_id == "call_" + item.id.removeprefix("fc_")
+        assert item.status == "completed"
+    return [(item.name, item.arguments) for item in calls]
+
+
+def test_calls_in_a_reply_are_function_call_items():
+    """"auto": a <tool_call> block is a function_call item, and the text besides it a message
+    (none when the reply is only calls); the SDK parses both, and the echoed tools and choice."""
+    block = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
+    body = ResponsesRequest(input="hi", tools=TOOLS, parallel_tool_calls=False)
+    got = sdk_response(body, "Let me check. " + block)
+    assert [item.type for item in got.output] == ["message", "function_call"]
+    assert got.output_text == "Let me check." and got.status == "completed"
+    assert calls_of(got.output) == [("get_weather", '{"city": "Paris"}')]
+    assert [t.name for t in got.tools] == ["get_weather", "answer"] and got.tools[0].strict is True
+    assert got.tool_choice == "auto" and got.parallel_tool_calls is False
+    only = sdk_response(body, block + block.replace("Paris", "Rome"))
+    assert calls_of(only.output) == [("get_weather", '{"city": "Paris"}'), ("get_weather", '{"city": "Rome"}')]
+    assert [item.type for item in only.output] == ["function_call"] * 2
+    # the same text with tool_choice "none" is plain text
+    plain = sdk_response(ResponsesRequest(input="hi", tools=TOOLS, tool_choice="none"), block)
+    assert plain.output_text == block and [item.type for item in plain.output] == ["message"]
+
+
+def test_forced_replies_are_function_call_items():
+    named = ResponsesRequest(input="hi", tools=TOOLS, tool_choice={"type": "function", "name": "answer"})
+    got = sdk_response(named, '{"answer": "no"}')
+    assert calls_of(got.output) == [("answer", '{"answer": "no"}')] and len(got.output) == 1
+    assert got.status == "completed" and got.tool_choice.name == "answer"
+    required = ResponsesRequest(input="hi", tools=TOOLS, tool_choice="required")
+    got = sdk_response(required, '[{"name": "answer", "parameters": {"answer": "yes"}}, '
+                                 '{"name": "get_weather", "parameters": {"city": "Oslo"}}]')
+    assert calls_of(got.output) == [("answer", '{"answer": "yes"}'), ("get_weather", '{"city": "Oslo"}')]
+    assert got.status == "completed"
+    cut = sdk_response(required, '[{"name": "ans', pb.FINISH_REASON_LENGTH)
+    assert cut.status == "incomplete" and cut.output_text == '[{"name": "ans' and not calls_of(cut.output)
 
 
 # ---- the stream
@@ -221,6 +341,78 @@ def test_the_sdk_parses_every_event():
     parsed = [adapter.validate_python(data) for _, data in events]
     assert type(parsed[4]).__name__ == "ResponseTextDeltaEvent"
     assert parsed[-1].response.output_text == "xy" and parsed[-1].response.metadata == {"k": "v"}
+
+
+def sdk_events(body: ResponsesRequest, chunks) -> list:
+    """The stream's events parsed by the SDK, after checking their numbering."""
+    responses = pytest.importorskip("openai.types.responses")
+    from pydantic import TypeAdapter
+
+    events = stream_events(body, chunks)
+    assert all(data["type"] == name for name, data in events)
+    assert [data["sequence_number"] for _, data in events] == list(range(len(events)))
+    adapter = TypeAdapter(responses.ResponseStreamEvent)
+    return [adapter.validate_python(data) for _, data in events]
+
+
+CALL_EVENTS = ["response.output_item.added", "response.function_call_arguments.delta",
+               "response.function_call_arguments.done", "response.output_item.done"]
+
+
+def test_a_streamed_call_holds_back_what_may_start_a_block():
+    """"auto": text is streamed until a block may begin; the message is closed before the call
+    is added whole at the end (added in progress with no arguments, one delta, done)."""
+    body = ResponsesRequest(input="hi", tools=TOOLS, stream=True)
+    events = sdk_events(body, [chunk("Sure"), chunk(" <tool"), chunk('_call>{"name": "answer", '),
+                               chunk('"arguments": {"answer": "yes"}}</tool_call>', pb.FINISH_REASON_EOS)])
+    assert [e.type for e in events] == ORDER[:5] + ["response.output_text.delta", "response.output_text.done",
+                                                    "response.content_part.done", "response.output_item.done",
+                                                    *CALL_EVENTS, "response.completed"]
+    assert [e.delta for e in events if e.type == "response.output_text.delta"] == ["Sure", " "]
+    added, delta, done, item_done = events[-5:-1]
+    assert added.output_index == delta.output_index == done.output_index == item_done.output_index == 1
+    assert (added.item.type, added.item.arguments, added.item.status) == ("function_call", "", "in_progress")
+    assert delta.item_id == done.item_id == added.item.id == item_done.item.id
+    assert delta.delta == done.arguments == item_done.item.arguments == '{"answer": "yes"}'
+    final = events[-1].response
+    assert final.status == "completed" and final.output_text == "Sure "
+    assert final.output[1] == item_done.item and final.output[0] == events[8].item
+    assert calls_of(final.output) == [("answer", '{"answer": "yes"}')]
+
+
+def test_a_reply_that_is_only_a_call_has_no_message():
+    body = ResponsesRequest(input="hi", tools=TOOLS, stream=True)
+    events = sdk_events(body, [chunk('{"name": "get_weather", '),
+                               chunk('"arguments": {"city": "Oslo"}}', pb.FINISH_REASON_EOS)])
+    assert [e.type for e in events] == ["response.created", "response.in_progress", *CALL_EVENTS, "response.completed"]
+    assert calls_of(events[-1].response.output) == [("get_weather", '{"city": "Oslo"}')]
+
+
+def test_a_named_forced_call_streams_its_arguments():
+    body = ResponsesRequest(input="hi", tools=TOOLS, stream=True, tool_choice={"type": "function", "name": "answer"})
+    events = sdk_events(body, [chunk('{"answer"'), chunk(""), chunk(': "no"}', pb.FINISH_REASON_EOS)])
+    assert [e.type for e in events] == ["response.created", "response.in_progress", CALL_EVENTS[0], CALL_EVENTS[1],
+                                        *CALL_EVENTS[1:], "response.completed"]
+    assert events[2].item.name == "answer" and events[2].item.arguments == ""
+    assert [e.delta for e in events[3:5]] == ['{"answer"', ': "no"}'], "as they come, none for an empty chunk"
+    assert events[5].arguments == '{"answer": "no"}'
+    assert {e.item_id for e in events[3:6]} == {events[2].item.id}
+    assert events[-1].response.output == [events[6].item]
+    assert calls_of(events[-1].response.output) == [("answer", '{"answer": "no"}')]
+
+
+def test_a_required_stream_is_read_at_its_end():
+    body = ResponsesRequest(input="hi", tools=TOOLS, stream=True, tool_choice="required")
+    events = sdk_events(body, [chunk('[{"name": "answer", "parameters": '), chunk('{"answer": "yes"}}, '),
+                               chunk('{"name": "answer", "parameters": {"answer": "no"}}]', pb.FINISH_REASON_EOS)])
+    assert [e.type for e in events] == ["response.created", "response.in_progress", *CALL_EVENTS, *CALL_EVENTS,
+                                        "response.completed"]
+    assert [e.output_index for e in events[2:10]] == [0] * 4 + [1] * 4
+    assert calls_of(events[-1].response.output) == [("answer", '{"answer": "yes"}'), ("answer", '{"answer": "no"}')]
+    # cut by the limit: no call, the text as the message, incomplete
+    cut = sdk_events(body, [chunk('[{"name": "ans'), chunk("wer", pb.FINISH_REASON_LENGTH)])
+    assert [e.type for e in cut][-5:] == ["response.output_text.delta", *ORDER[-3:], "response.incomplete"]
+    assert cut[-1].response.output_text == '[{"name": "answer' and not calls_of(cut[-1].response.output)
 
 
 def test_an_error_mid_stream_is_an_error_event():
