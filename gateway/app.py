@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+import litelang
 from litelang.gateway import formatting as fmt
 from litelang.gateway.backend import Backend, HTTPError
 from litelang.gateway.forced_tools import forced_reply
@@ -47,7 +48,7 @@ def build_app(address: str, served_model_name: str = "", api_key: str = "",
         await backend.close()
 
     async def require_api_key(request: Request) -> None:
-        if api_key and request.url.path not in ("/health", "/metrics") and request.method != "OPTIONS":
+        if api_key and request.url.path not in OPEN_PATHS and request.method != "OPTIONS":
             given = request.headers.get("authorization", "")
             if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
                 raise HTTPError(401, "Incorrect or missing API key: send `Authorization: Bearer <key>`.",
@@ -81,6 +82,8 @@ def build_app(address: str, served_model_name: str = "", api_key: str = "",
         return JSONResponse(HTTPError(400, f"invalid request: {problems}").body(), status_code=400)
 
     @app.get("/health")
+    @app.get("/ping")  # vLLM's name for it too (SageMaker's probe), GET or POST
+    @app.post("/ping")
     async def health():
         stub = health_pb2_grpc.HealthStub(backend.channel)
         try:
@@ -89,6 +92,10 @@ def build_app(address: str, served_model_name: str = "", api_key: str = "",
         except grpc.aio.AioRpcError:
             serving = False
         return JSONResponse({"status": "ok" if serving else "unavailable"}, status_code=200 if serving else 503)
+
+    @app.get("/version")
+    async def version():
+        return {"version": litelang.__version__}
 
     async def model_card() -> dict:
         info = await backend.info()
@@ -200,6 +207,10 @@ def build_app(address: str, served_model_name: str = "", api_key: str = "",
     if allowed_origins:
         app.add_middleware(CORSMiddleware, allow_origins=allowed_origins, allow_methods=["*"], allow_headers=["*"])
     return app
+
+
+# routes left open when an API key is set: probes, scrapers, and what a deployment checks first
+OPEN_PATHS = ("/health", "/ping", "/metrics", "/version")
 
 
 def _request_id(http: Request, prefix: str, sep: str = "-") -> str:

@@ -17,6 +17,7 @@ import pytest
 # (test_units checks that it does, so a missing install cannot pass as skips)
 openai = pytest.importorskip("openai")
 
+import litelang  # noqa: E402
 from litelang.client.api import chat_messages  # noqa: E402
 from litelang.proto import litelang_pb2 as pb  # noqa: E402
 
@@ -383,9 +384,13 @@ def test_api_key_is_asked_for_when_set(group, tmp_path, how):
         assert [m.id for m in api.models.list().data] == [MODEL]
         got = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2, extra_body=FIXED)
         assert got.usage.completion_tokens == 2
-        for open_path in ("/health", "/metrics"):
+        for open_path in ("/health", "/ping", "/metrics", "/version"):
             with urllib.request.urlopen(url.removesuffix("/v1") + open_path, timeout=5) as reply:
                 assert reply.status == 200, f"{open_path} stays open for probes and scrapers"
+                if open_path in ("/health", "/ping"):
+                    assert json.loads(reply.read()) == {"status": "ok"}
+                if open_path == "/version":
+                    assert json.loads(reply.read()) == {"version": litelang.__version__}
 
 
 def _utf8(raw: bytes) -> bool:
