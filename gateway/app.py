@@ -1,8 +1,8 @@
 """The OpenAI-compatible HTTP API (FastAPI): /v1/completions and /v1/chat/completions (both
-streamed too: streams.py), /v1/responses (text and function tools: responses.py), /v1/models, /health,
-/metrics, and vLLM's /tokenize and /detokenize, each a thin translation onto the scheduler's
-gRPC API (backend.py). The gateway holds no model state: it can run anywhere that reaches the
-scheduler."""
+streamed too: streams.py), /v1/responses (text and function tools: responses.py), /v1/models,
+/health (and vLLM's /ping), /version, /metrics, and vLLM's /tokenize and /detokenize, each a thin
+translation onto the scheduler's gRPC API (backend.py). The gateway holds no model state: it can
+run anywhere that reaches the scheduler."""
 
 from __future__ import annotations
 
