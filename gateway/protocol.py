@@ -230,6 +230,23 @@ class ResponseFormat(BaseModel):
         return None
 
 
+def forced_tool_format(tools: list[dict], name: str | None, other_format: bool, format_field: str
+                       ) -> pb.StructuredOutput:
+    """The format that forces a call of the offered tools (chat's shape; forced_tools.py): the
+    named one, or (name None: "required") any. Refused without tools, with a name not offered, or
+    beside another format (other_format; format_field: the endpoint's own field that sets one)."""
+    names = {t.get("function", {}).get("name") for t in tools} - {None}
+    if not names:
+        raise RequestError("tool_choice forces a tool call: offer the tools in `tools`", "tool_choice")
+    if name is not None and name not in names:
+        raise RequestError(f"tool_choice names {name!r}, which is not an offered tool (offered: "
+                           f"{', '.join(sorted(names))})", "tool_choice")
+    if other_format:
+        raise RequestError(f"tool_choice forces a call with a structured output format: give no {format_field}, "
+                           "structured_outputs or guided_* field with it (one format per request)", "tool_choice")
+    return pb.StructuredOutput(json_schema=json.dumps(forced_schema(tools, name)))
+
+
 class ChatCompletionRequest(_Sampling):
     """POST /v1/chat/completions."""
 
@@ -271,20 +288,12 @@ class ChatCompletionRequest(_Sampling):
         if not self.forces_call:
             raise RequestError(f"tool_choice must be none, auto, required or {{\"type\": \"function\", \"function\": "
                                f"{{\"name\": ...}}}} (got {self.tool_choice!r})", "tool_choice")
-        if not self.tool_names:
-            raise RequestError("tool_choice forces a tool call: offer the tools in `tools`", "tool_choice")
-        if isinstance(self.tool_choice, dict):
-            name = self.forced_name
-            if self.tool_choice.get("type") != "function" or name is None:
-                raise RequestError('a named tool_choice is {"type": "function", "function": {"name": ...}}',
-                                   "tool_choice")
-            if name not in self.tool_names:
-                raise RequestError(f"tool_choice names {name!r}, which is not an offered tool (offered: "
-                                   f"{', '.join(sorted(self.tool_names))})", "tool_choice")
-        if self.output_formats() or (self.response_format and self.response_format.output_format()):
-            raise RequestError("tool_choice forces a call with a structured output format: give no response_format, "
-                               "structured_outputs or guided_* field with it (one format per request)", "tool_choice")
-        return pb.StructuredOutput(json_schema=json.dumps(forced_schema(self.tools, self.forced_name)))
+        if self.tool_names and isinstance(self.tool_choice, dict) and (
+                self.tool_choice.get("type") != "function" or self.forced_name is None):
+            raise RequestError('a named tool_choice is {"type": "function", "function": {"name": ...}}',
+                               "tool_choice")
+        other = bool(self.output_formats() or (self.response_format and self.response_format.output_format()))
+        return forced_tool_format(self.tools or [], self.forced_name, other, "response_format")
 
     def generate_request(self, max_output_length: int) -> pb.GenerateRequest:
         forced = self.forced_format()

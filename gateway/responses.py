@@ -20,8 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from litelang.client.api import chat_messages
 from litelang.gateway import formatting as fmt
 from litelang.gateway.backend import HTTPError
-from litelang.gateway.forced_tools import forced_reply, forced_schema
-from litelang.gateway.protocol import RequestError, _Sampling
+from litelang.gateway.forced_tools import forced_reply
+from litelang.gateway.protocol import RequestError, _Sampling, forced_tool_format
 from litelang.gateway.streams import merge
 from litelang.gateway.tool_calls import ToolCallStream, new_call, parse_tool_calls
 from litelang.proto import litelang_pb2 as pb
@@ -139,15 +139,8 @@ class ResponsesRequest(_Sampling):
         """The format that forces tool_choice's call (forced_tools.py), or None when the model answers freely."""
         if not self.forces_call:
             return None
-        if not tools:
-            raise RequestError("tool_choice forces a tool call: offer the tools in `tools`", "tool_choice")
-        if self.forced_name is not None and self.forced_name not in self.tool_names:
-            raise RequestError(f"tool_choice names {self.forced_name!r}, which is not an offered tool (offered: "
-                               f"{', '.join(sorted(self.tool_names))})", "tool_choice")
-        if text_format is not None or self.output_formats():
-            raise RequestError("tool_choice forces a call with a structured output format: give no json text.format, "
-                               "structured_outputs or guided_* field with it (one format per request)", "tool_choice")
-        return pb.StructuredOutput(json_schema=json.dumps(forced_schema(tools, self.forced_name)))
+        other = text_format is not None or bool(self.output_formats())
+        return forced_tool_format(tools, self.forced_name, other, "json text.format")
 
     def messages(self) -> list[dict]:
         """The conversation as chat messages: instructions first (as a system message), then the input.
