@@ -35,11 +35,13 @@ def sampling_params(**kwargs) -> pb.SamplingParams:
 
 
 def generate_request(
-    prompt: str | list[int] | list[dict[str, str]], request_id: str = "", priority: int = 0, **sampling
+    prompt: str | list[int] | list[dict[str, str]], request_id: str = "", priority: int = 0, suffix: str = "",
+    **sampling
 ) -> pb.GenerateRequest:
     """A GenerateRequest from text, token ids, or chat messages ([{"role":..., "content":...}]).
-    priority: lower is served first."""
-    req = pb.GenerateRequest(request_id=request_id, priority=priority, sampling=sampling_params(**sampling))
+    priority: lower is served first. suffix (with text): fill in the middle between prompt and suffix."""
+    req = pb.GenerateRequest(request_id=request_id, priority=priority, suffix=suffix,
+                             sampling=sampling_params(**sampling))
     if isinstance(prompt, str):
         req.prompt = prompt
     elif prompt and isinstance(prompt[0], dict):
@@ -49,9 +51,9 @@ def generate_request(
     return req
 
 
-def tokenize_request(prompt: str | list[dict[str, str]]) -> pb.TokenizeRequest:
+def tokenize_request(prompt: str | list[dict[str, str]], suffix: str = "") -> pb.TokenizeRequest:
     if isinstance(prompt, str):
-        return pb.TokenizeRequest(prompt=prompt)
+        return pb.TokenizeRequest(prompt=prompt, suffix=suffix)
     return pb.TokenizeRequest(messages=chat_messages(prompt))
 
 
@@ -115,12 +117,13 @@ class LitelangClient:
     def close(self) -> None:
         self.channel.close()
 
-    def generate(self, prompt, request_id: str = "", priority: int = 0, **sampling) -> pb.GenerateResponse:
-        return self.stub.Generate(generate_request(prompt, request_id, priority, **sampling), timeout=self.timeout)
+    def generate(self, prompt, request_id: str = "", priority: int = 0, suffix: str = "",
+                 **sampling) -> pb.GenerateResponse:
+        return self.stub.Generate(generate_request(prompt, request_id, priority, suffix, **sampling), timeout=self.timeout)
 
-    def generate_stream(self, prompt, request_id: str = "", priority: int = 0,
+    def generate_stream(self, prompt, request_id: str = "", priority: int = 0, suffix: str = "",
                         **sampling) -> Iterator[pb.GenerateStreamChunk]:
-        return self.stub.GenerateStream(generate_request(prompt, request_id, priority, **sampling), timeout=self.timeout)
+        return self.stub.GenerateStream(generate_request(prompt, request_id, priority, suffix, **sampling), timeout=self.timeout)
 
     def chat(self, system_prompt: str = "", **sampling) -> ChatSession:
         return ChatSession(self.stub, system_prompt, **sampling)
@@ -131,9 +134,10 @@ class LitelangClient:
     def model_info(self) -> pb.ModelInfoResponse:
         return self.stub.ModelInfo(pb.ModelInfoRequest(), timeout=self.timeout)
 
-    def tokenize(self, prompt: str | list[dict[str, str]]) -> pb.TokenizeResponse:
-        """The server's token ids (and vocabulary entries) for text or chat messages."""
-        return self.stub.Tokenize(tokenize_request(prompt), timeout=self.timeout)
+    def tokenize(self, prompt: str | list[dict[str, str]], suffix: str = "") -> pb.TokenizeResponse:
+        """The server's token ids (and vocabulary entries) for text or chat messages (with a
+        suffix: the fill-in-the-middle prompt)."""
+        return self.stub.Tokenize(tokenize_request(prompt, suffix), timeout=self.timeout)
 
     def detokenize(self, token_ids: list[int], skip_special_tokens: bool = False) -> str:
         request = pb.DetokenizeRequest(token_ids=token_ids, skip_special_tokens=skip_special_tokens)
@@ -162,12 +166,13 @@ class AsyncLitelangClient:
     async def close(self) -> None:
         await self.channel.close()
 
-    async def generate(self, prompt, request_id: str = "", priority: int = 0, **sampling) -> pb.GenerateResponse:
-        return await self.stub.Generate(generate_request(prompt, request_id, priority, **sampling), timeout=self.timeout)
+    async def generate(self, prompt, request_id: str = "", priority: int = 0, suffix: str = "",
+                       **sampling) -> pb.GenerateResponse:
+        return await self.stub.Generate(generate_request(prompt, request_id, priority, suffix, **sampling), timeout=self.timeout)
 
-    async def generate_stream(self, prompt, request_id: str = "", priority: int = 0,
+    async def generate_stream(self, prompt, request_id: str = "", priority: int = 0, suffix: str = "",
                               **sampling) -> AsyncIterator[pb.GenerateStreamChunk]:
-        call = self.stub.GenerateStream(generate_request(prompt, request_id, priority, **sampling), timeout=self.timeout)
+        call = self.stub.GenerateStream(generate_request(prompt, request_id, priority, suffix, **sampling), timeout=self.timeout)
         async for chunk in call:
             yield chunk
 
@@ -177,8 +182,8 @@ class AsyncLitelangClient:
     async def model_info(self) -> pb.ModelInfoResponse:
         return await self.stub.ModelInfo(pb.ModelInfoRequest(), timeout=self.timeout)
 
-    async def tokenize(self, prompt: str | list[dict[str, str]]) -> pb.TokenizeResponse:
-        return await self.stub.Tokenize(tokenize_request(prompt), timeout=self.timeout)
+    async def tokenize(self, prompt: str | list[dict[str, str]], suffix: str = "") -> pb.TokenizeResponse:
+        return await self.stub.Tokenize(tokenize_request(prompt, suffix), timeout=self.timeout)
 
     async def detokenize(self, token_ids: list[int], skip_special_tokens: bool = False) -> str:
         request = pb.DetokenizeRequest(token_ids=token_ids, skip_special_tokens=skip_special_tokens)

@@ -176,16 +176,16 @@ def _print_completions(client: LitelangClient, reply: pb.GenerateResponse, with_
 def cmd_generate(client: LitelangClient, args: argparse.Namespace) -> int:
     sampling = dict(_sampling(args), n=args.n, prompt_logprobs=args.prompt_logprobs)
     if args.n and args.n > 1:  # several completions: wait for all of them (no interleaved stream)
-        reply = client.generate(args.prompt, priority=args.priority, **sampling)
+        reply = client.generate(args.prompt, priority=args.priority, suffix=args.suffix, **sampling)
         if not args.json:
             _print_completions(client, reply, bool(sampling["logprobs"]))
     elif args.no_stream:
-        reply = client.generate(args.prompt, priority=args.priority, **sampling)
+        reply = client.generate(args.prompt, priority=args.priority, suffix=args.suffix, **sampling)
         if not args.json:
             print(reply.text)
     else:
         reply = pb.GenerateResponse()
-        for chunk in client.generate_stream(args.prompt, priority=args.priority, **sampling):
+        for chunk in client.generate_stream(args.prompt, priority=args.priority, suffix=args.suffix, **sampling):
             _fold(reply, chunk)
             if not args.json:
                 print(chunk.text, end="", flush=True)
@@ -236,7 +236,7 @@ def cmd_chat(client: LitelangClient, args: argparse.Namespace) -> int:
 
 def cmd_tokenize(client: LitelangClient, args: argparse.Namespace) -> int:
     """One row per token: its id and vocabulary entry, as the server tokenizes a prompt."""
-    reply = client.tokenize(args.prompt)
+    reply = client.tokenize(args.prompt, args.suffix)
     for token_id, token in zip(reply.token_ids, reply.tokens):
         print(f"{token_id}\t{token}")
     return 0
@@ -261,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--n", type=int, default=None,
                    help="completions of the prompt (1-64), printed one after another once all are done")
     g.add_argument("--priority", type=int, default=0, help="lower is served first (default 0)")
+    g.add_argument("--suffix", default="", metavar="TEXT",
+                   help="fill in the middle: the model writes what goes between the prompt and TEXT")
     g.add_argument("--prompt-logprobs", type=int, default=None, metavar="N",
                    help="also score the prompt: each prompt token's logprob, with the N (0-20) most likely tokens")
     _add_sampling_flags(g)
@@ -269,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_flags(c)
     t = sub.add_parser("tokenize", help="the server's token ids for a prompt (for --logit-bias, --stop-token-id)")
     t.add_argument("prompt")
+    t.add_argument("--suffix", default="", metavar="TEXT", help="the fill-in-the-middle prompt, as generate --suffix")
     sub.add_parser("info", help="model and server figures")
     return parser
 

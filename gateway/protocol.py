@@ -159,8 +159,8 @@ class CompletionRequest(_Sampling):
 
     def generate_requests(self) -> list[pb.GenerateRequest]:
         """One GenerateRequest per prompt (a list of strings or of token-id lists is a batch)."""
-        if self.suffix:
-            raise RequestError("suffix is not supported", "suffix")
+        if self.suffix and self.echo:
+            raise RequestError("echo cannot be combined with suffix", "echo")
         if self.best_of is not None and self.best_of != self.n:
             raise RequestError("best_of must equal n (litelang returns every completion it samples)", "best_of")
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:
@@ -177,7 +177,10 @@ class CompletionRequest(_Sampling):
         out = []
         for prompt in prompts:
             if isinstance(prompt, str):
-                out.append(pb.GenerateRequest(prompt=prompt, sampling=params, priority=self.priority))
+                out.append(pb.GenerateRequest(prompt=prompt, sampling=params, priority=self.priority,
+                                              suffix=self.suffix or ""))
+            elif self.suffix:
+                raise RequestError("suffix (fill in the middle) needs text prompts, not token ids", "suffix")
             else:
                 out.append(pb.GenerateRequest(input_ids=pb.TokenIds(ids=prompt), sampling=params, priority=self.priority))
         return out

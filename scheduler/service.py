@@ -41,6 +41,11 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
 
     def _prompt_ids(self, request: pb.GenerateRequest | pb.TokenizeRequest) -> list[int]:
         kind = request.WhichOneof("input")
+        if request.suffix:
+            if kind != "prompt":
+                raise InvalidRequest("suffix needs a text prompt (fill in the middle: the model writes what goes "
+                                     f"between prompt and suffix), not {kind or 'no input'}")
+            return self.tokenizer.encode_fill_in_middle(request.prompt, request.suffix)
         if kind == "prompt":
             return self.tokenizer.encode(request.prompt)
         if kind == "input_ids":

@@ -11,6 +11,8 @@ from transformers import AutoTokenizer
 from litelang.scheduler.detokenizer import ByteLevelDetokenizer, IncrementalDetokenizer, byte_level_table
 from litelang.scheduler.validation import InvalidRequest
 
+FIM_TOKENS = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
+
 
 class Tokenizer:
     def __init__(self, model_dir: str | Path):
@@ -50,6 +52,23 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self.hf.encode(text, add_special_tokens=False)
+
+    @functools.cached_property
+    def fim_ids(self) -> tuple[int, int, int] | None:
+        """The ids of <|fim_prefix|>, <|fim_suffix|>, <|fim_middle|> when the vocabulary has all
+        three as added tokens (Qwen2.5 and Qwen2.5-Coder do), else None."""
+        added = self.hf.get_added_vocab()
+        ids = tuple(added.get(t) for t in FIM_TOKENS)
+        return None if None in ids else ids
+
+    def encode_fill_in_middle(self, prefix: str, suffix: str) -> list[int]:
+        """The prompt of a fill-in-the-middle request, in the prefix-suffix-middle order the
+        Qwen coders were trained on: the model's reply is what goes between prefix and suffix."""
+        if self.fim_ids is None:
+            raise InvalidRequest(f"this checkpoint's tokenizer has no fill-in-the-middle tokens ({', '.join(FIM_TOKENS)}); "
+                                 "send the prompt without a suffix")
+        fim_prefix, fim_suffix, fim_middle = self.fim_ids
+        return [fim_prefix, *self.encode(prefix), fim_suffix, *self.encode(suffix), fim_middle]
 
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
         return self.hf.decode(ids, skip_special_tokens=skip_special_tokens)

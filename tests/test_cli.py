@@ -157,6 +157,20 @@ def test_unary_text_matches_the_client(group, capsys):
 
 
 @e2e
+@STREAMING
+def test_suffix_fills_in_the_middle_as_the_client(group, capsys, stream):
+    suffix = "\nprint(fibonacci(3))"
+    rc, out, _ = cli(group, capsys, "generate", PROMPT, "--suffix", suffix, *GREEDY, "--json", stream=stream)
+    want = group.client.generate(PROMPT, suffix=suffix, **GREEDY_KW)
+    reply = json.loads(out)
+    assert rc == 0 and reply["text"] == want.text and reply["token_ids"] == list(want.token_ids)
+    assert reply["usage"]["prompt_tokens"] == len(group.client.tokenize(PROMPT, suffix).token_ids) == want.usage.prompt_tokens
+    assert want.usage.prompt_tokens > len(group.client.tokenize(PROMPT).token_ids) + 3, "the suffix reached the server"
+    rc, out, _ = cli(group, capsys, "tokenize", PROMPT, "--suffix", suffix, stream=True)  # no --no-stream
+    assert rc == 0 and len(out.splitlines()) >= want.usage.prompt_tokens
+
+
+@e2e
 def test_stream_prints_what_unary_prints(group, capsys):
     rc_stream, streamed, _ = cli(group, capsys, "generate", PROMPT, *GREEDY, stream=True)
     rc_unary, unary, _ = cli(group, capsys, "generate", PROMPT, *GREEDY)

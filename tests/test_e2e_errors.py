@@ -77,6 +77,10 @@ BAD_INPUT = {
     "bad role": (_req(messages=pb.ChatMessages(messages=[pb.ChatMessage(role="robot", content="hi")])), "role"),
     "token id outside the vocabulary": (_req(input_ids=pb.TokenIds(ids=[1, 10**8])), "vocabulary"),
     "truncate_prompt_tokens 0": (_req(prompt=FIB, sampling=dict(truncate_prompt_tokens=0)), "truncate_prompt_tokens"),
+    "suffix with token ids": (_req(input_ids=pb.TokenIds(ids=[1, 2]), suffix="x"), "suffix"),
+    "suffix with messages": (
+        _req(messages=pb.ChatMessages(messages=[pb.ChatMessage(role="user", content="hi")]), suffix="x"), "suffix"),
+    "suffix over max_input_length": (_req(prompt=FIB, suffix="word " * (2 * MAX_INPUT)), "max_input_length"),
 }
 
 

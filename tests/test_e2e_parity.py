@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 NEW_TOKENS = 32
 
-PROMPTS: dict[str, str | list[dict[str, str]]] = {
+PROMPTS: dict[str, str | list[dict[str, str]] | tuple[str, str]] = {
     "fibonacci": "def fibonacci(n):",
     "numpy": "import numpy as np\n",
     "long": (
@@ -33,6 +33,8 @@ PROMPTS: dict[str, str | list[dict[str, str]]] = {
     "chat": [{"role": "user", "content": "Write a Python function that checks whether a number is prime."}],
     # a reply that ends well before NEW_TOKENS: both sides must stop at the same EOS
     "chat_short": [{"role": "user", "content": "What is the capital of France? Answer with one word."}],
+    # (prompt, suffix): fill in the middle
+    "fim": ("def add(a, b):\n    return ", "\n\nprint(add(1, 2))\n"),
 }
 
 # a chat reply whose text starts with a character the tokenizer splits over two tokens (龘)
@@ -57,6 +59,8 @@ def eos_ids(default_model_dir) -> set[int]:
 def hf_prompt_ids(tokenizer, prompt) -> list[int]:
     if isinstance(prompt, str):
         return tokenizer(prompt).input_ids
+    if isinstance(prompt, tuple):  # HF reads the FIM tokens out of the text itself
+        return tokenizer("<|fim_prefix|>" + prompt[0] + "<|fim_suffix|>" + prompt[1] + "<|fim_middle|>").input_ids
     return list(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=True)["input_ids"])
 
 
@@ -91,7 +95,12 @@ def group(default_model_dir, tmp_path_factory, hf_greedy):
 @pytest.fixture(scope="module")
 def solo(group) -> dict[str, pb.GenerateResponse]:
     """Each prompt sent alone (one after the other), greedy."""
-    return {name: group.client.generate(p, max_new_tokens=NEW_TOKENS, temperature=0) for name, p in PROMPTS.items()}
+    def send(prompt) -> pb.GenerateResponse:
+        if isinstance(prompt, tuple):
+            return group.client.generate(prompt[0], suffix=prompt[1], max_new_tokens=NEW_TOKENS, temperature=0)
+        return group.client.generate(prompt, max_new_tokens=NEW_TOKENS, temperature=0)
+
+    return {name: send(p) for name, p in PROMPTS.items()}
 
 
 @pytest.mark.parametrize("name", list(PROMPTS))
@@ -118,6 +127,16 @@ def test_short_chat_reply_stops_at_eos(solo, eos_ids):
     assert got.finish_reason == pb.FINISH_REASON_EOS, got
     assert 0 < len(got.token_ids) < NEW_TOKENS and got.token_ids[-1] in eos_ids
     assert "Paris" in got.text
+
+
+def test_fill_in_the_middle_writes_the_middle(group, solo, hf_greedy, tokenizer):
+    """Makes the fim case of test_greedy_matches_hf non-vacuous: the server's prompt is HF's FIM
+    prompt, and the reply fills the gap (the sum the suffix's print expects), then ends at an EOS."""
+    prompt_ids = hf_greedy["fim"][0]
+    assert prompt_ids[0] == tokenizer.convert_tokens_to_ids("<|fim_prefix|>")
+    assert list(group.client.tokenize(*PROMPTS["fim"]).token_ids) == prompt_ids
+    got = solo["fim"]
+    assert got.finish_reason == pb.FINISH_REASON_EOS and got.text.startswith("a + b"), got.text
 
 
 def test_ignore_eos_runs_past_eos(group, solo):

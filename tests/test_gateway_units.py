@@ -43,10 +43,13 @@ def test_completion_prompt_shapes():
     assert [r.prompt for r in CompletionRequest(prompt=["a", "b"]).generate_requests()] == ["a", "b"]
     assert [list(r.input_ids.ids) for r in CompletionRequest(prompt=[1, 2]).generate_requests()] == [[1, 2]]
     assert [list(r.input_ids.ids) for r in CompletionRequest(prompt=[[1], [2, 3]]).generate_requests()] == [[1], [2, 3]]
+    fim = CompletionRequest(prompt=["a", "b"], suffix="z").generate_requests()
+    assert [(r.prompt, r.suffix) for r in fim] == [("a", "z"), ("b", "z")]
+    assert CompletionRequest(prompt="a").generate_requests()[0].suffix == ""
 
 
 @pytest.mark.parametrize("fields, param", [
-    (dict(suffix="x"), "suffix"), (dict(best_of=3, n=2), "best_of"), (dict(logprobs=21), "logprobs"),
+    (dict(suffix="x", prompt=[1, 2]), "suffix"), (dict(suffix="x", echo=True), "echo"), (dict(best_of=3, n=2), "best_of"), (dict(logprobs=21), "logprobs"),
     (dict(logit_bias={"x": 1.0}), "logit_bias"), (dict(seed=-1), "seed"), (dict(n=0), "n"), (dict(prompt=[]), "prompt"),
     (dict(min_tokens=2**40), "min_tokens"), (dict(stop_token_ids=[2**40]), "stop_token_ids"),
 ])

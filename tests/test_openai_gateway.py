@@ -90,6 +90,20 @@ def test_completion_matches_the_grpc_client(api, group):
     assert got.usage.total_tokens == want.usage.prompt_tokens + 8
 
 
+def test_suffix_fills_in_the_middle_as_the_grpc_client(api, group):
+    """OpenAI's suffix: the same prompt ids and completion as the gRPC client's suffix (a
+    prompt that differs from the plain one's, so the suffix is not dropped on the way)."""
+    suffix = "\n\nprint(fibonacci(10))\n"
+    want = group.client.generate(PROMPT, suffix=suffix, max_new_tokens=8, temperature=0, skip_special_tokens=True,
+                                 **FIXED)
+    plain = group.client.generate(PROMPT, max_new_tokens=1, temperature=0, **FIXED)
+    assert want.usage.prompt_tokens == len(group.client.tokenize(PROMPT, suffix).token_ids) > plain.usage.prompt_tokens
+    got = api.completions.create(model=MODEL, prompt=PROMPT, suffix=suffix, max_tokens=8, temperature=0,
+                                 extra_body=FIXED)
+    assert [c.text for c in got.choices] == [want.text]
+    assert got.usage.prompt_tokens == want.usage.prompt_tokens
+
+
 def test_batched_prompts_token_ids_and_n(api, group):
     """A list of prompts with n = 2: choice p * n + j is prompt p's completion j, each as the gRPC
     client's seeded completions. Token-id prompts (one, or a list of them) too."""
@@ -222,7 +236,7 @@ def test_chat_n_completions(api, group):
     (dict(prompt="word " * 400), 400, "max_input_length"),
     (dict(model="gpt-4"), 404, "gpt-4"),
     (dict(max_tokens="many"), 400, "max_tokens"),
-    (dict(suffix="x"), 400, "suffix"),
+    (dict(suffix="x", prompt=[1, 2, 3]), 400, "suffix"),
     (dict(logit_bias={"not-a-token": 1}), 400, "logit_bias"),
     (dict(seed=-1), 400, "seed"),
     (dict(n=MAX_REQS + 1), 429, "queue"),

@@ -419,6 +419,48 @@ def test_messages_without_a_chat_template_are_invalid_argument(tmp_path, default
     assert tokenizer.encode("hi") == Tokenizer(default_model_dir).encode("hi")
 
 
+FIM_PREFIX, FIM_SUFFIX = "def add(a, b):\n    return ", "\n\nprint(add(1, 2))  # 你好\n"
+
+
+def test_fill_in_the_middle_ids_match_hf_reading_the_fim_tokens(tokenizer, default_model_dir):
+    """A suffix makes <|fim_prefix|> prompt <|fim_suffix|> suffix <|fim_middle|> (Qwen2.5-Coder's
+    order). The oracle is HF tokenizing that text, splitting out the special tokens itself."""
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(str(default_model_dir))
+    text = "<|fim_prefix|>" + FIM_PREFIX + "<|fim_suffix|>" + FIM_SUFFIX + "<|fim_middle|>"
+    got = tokenizer.encode_fill_in_middle(FIM_PREFIX, FIM_SUFFIX)
+    assert got == hf.encode(text, add_special_tokens=False)
+    fim = [hf.convert_tokens_to_ids(t) for t in ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")]
+    assert list(tokenizer.fim_ids) == fim and len(set(fim)) == 3
+    assert got[0] == fim[0] and got[-1] == fim[2] and got.count(fim[1]) == 1
+    assert tokenizer.decode(got, skip_special_tokens=True) == FIM_PREFIX + FIM_SUFFIX
+
+
+def test_fill_in_the_middle_without_fim_tokens_is_invalid_argument(tmp_path, default_model_dir):
+    """A tokenizer without the three FIM tokens: a suffix is the client's mistake."""
+    import json
+    import shutil
+
+    from litelang.scheduler.tokenizer import FIM_TOKENS, Tokenizer
+    from litelang.scheduler.validation import InvalidRequest
+
+    for name in ("tokenizer_config.json", "generation_config.json"):
+        shutil.copy(default_model_dir / name, tmp_path / name)
+    data = json.loads((default_model_dir / "tokenizer.json").read_text())
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] not in FIM_TOKENS]
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data))
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    decoder = config.get("added_tokens_decoder", {})
+    config["added_tokens_decoder"] = {k: v for k, v in decoder.items() if v["content"] not in FIM_TOKENS}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    tokenizer = Tokenizer(tmp_path)
+    assert tokenizer.fim_ids is None
+    with pytest.raises(InvalidRequest, match="no fill-in-the-middle tokens"):
+        tokenizer.encode_fill_in_middle(FIM_PREFIX, FIM_SUFFIX)
+    assert tokenizer.encode("hi") == Tokenizer(default_model_dir).encode("hi")
+
+
 def test_the_test_dependencies_are_installed():
     """CI runs everything: modules that skip themselves where a package is missing (the OpenAI
     gateway's, on the device's GPU runs) must not be skipped here. `make test` installs these."""
