@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from litelang.client.api import chat_messages
 from litelang.gateway import formatting as fmt
 from litelang.gateway.backend import HTTPError
-from litelang.gateway.forced_tools import forced_reply
+from litelang.gateway.forced_tools import RequiredCalls, forced_reply
 from litelang.gateway.protocol import RequestError, _Sampling, forced_tool_format
 from litelang.gateway.streams import merge
 from litelang.gateway.tool_calls import ToolCallStream, new_call, parse_tool_calls
@@ -318,11 +318,12 @@ class StreamedOutput:
     """A streamed response's output items as they are opened, added to and closed; each method
     returns the typed events to send (`event:` the type, `data:` the JSON with `type` and
     `sequence_number`). The message opens with its first text, so a reply that is only calls has
-    none; a call is added whole at the end unless it streams (a named forced call)."""
+    none; a call is added whole at the end unless it streams (a forced call: named, or "required")."""
 
     def __init__(self, head: dict) -> None:
         self.seq, self.mid = itertools.count(), message_id(head)
         self.items: list[dict] = []
+        self.closed: set[int] = set()  # output indices whose done events went out
         self.message: int | None = None  # the message's output index, once opened
         self.text = ""
 
@@ -360,6 +361,9 @@ class StreamedOutput:
                            output_index=len(self.items) - 1, delta=delta)]
 
     def close(self, index: int, status: str) -> list[str]:
+        if index in self.closed:
+            return []
+        self.closed.add(index)
         item = self.items[index]
         item["status"] = item_status(status)
         if item["type"] == "message":
@@ -389,12 +393,12 @@ async def response_stream(body: ResponsesRequest, calls: list, chunks: AsyncIter
     """The Responses API's events for one generation: created, in_progress, the output items
     opened, added to and closed (StreamedOutput), then completed (or incomplete) with the whole
     response. With tools, text that may start a call is held back (ToolCallStream) and the calls
-    are read at the end, as chat's stream does; a forced named call's arguments stream as they
-    come; a "required" reply is read whole at its end. An error after the start is an `error`
+    are read at the end, as chat's stream does; a forced call's arguments stream as they come (a
+    "required" reply's calls one after another, each closed before the next opens). An error after the start is an `error`
     event; leaving (the client went away) cancels the call, so the scheduler aborts it."""
     out = StreamedOutput(head)
     held = ToolCallStream(body.tool_names) if body.uses_tools and not body.forces_call else None
-    forced = ""  # a "required" reply's text, read at its end
+    required = RequiredCalls()  # a "required" reply, read as it is written
     try:
         yield out.event("response.created", response=response_object(body, head, "in_progress", []))
         yield out.event("response.in_progress", response=response_object(body, head, "in_progress", []))
@@ -403,8 +407,14 @@ async def response_stream(body: ResponsesRequest, calls: list, chunks: AsyncIter
             if body.forced_name is not None:
                 events = [] if out.items else out.add_call(new_call(body.forced_name, ""))
                 events += out.add_arguments(chunk.text)
-            elif body.forces_call:
-                forced, events = forced + chunk.text, []
+            elif body.forces_call:  # "required": each call opens (closing the one before) and grows as written
+                events = []
+                for _, delta in required.add(chunk.text):
+                    if "id" in delta:
+                        events += out.close(len(out.items) - 1, "completed") if out.items else []
+                        events += out.add_call(delta)
+                    else:
+                        events += out.add_arguments(delta["function"]["arguments"])
             else:
                 events = out.add_text(held.add(chunk.text) if held else chunk.text)
             for e in events:
@@ -416,7 +426,10 @@ async def response_stream(body: ResponsesRequest, calls: list, chunks: AsyncIter
         reason = fmt.finish_reason(last.finish_reason)
         content, tool_calls = "", []
         if body.forces_call and body.forced_name is None:
-            content, tool_calls, reason = body.reply(forced, reason)
+            if not required.calls:  # no call read: the text as content, as the unary reply gives it
+                content = required.text
+            elif reason == "stop":
+                reason = "tool_calls"
         elif held:
             content, tool_calls = held.finish()
         status, incomplete = outcome(reason)

@@ -14,7 +14,7 @@ import grpc
 
 from litelang.gateway import formatting as fmt
 from litelang.gateway.backend import Backend, HTTPError
-from litelang.gateway.forced_tools import forced_reply
+from litelang.gateway.forced_tools import RequiredCalls
 from litelang.gateway.protocol import ChatCompletionRequest, CompletionRequest
 from litelang.gateway.tool_calls import ToolCallStream, new_call
 from litelang.proto import litelang_pb2 as pb
@@ -157,7 +157,8 @@ def chat_stream(backend: Backend, body: ChatCompletionRequest, calls: list, chun
                  head: dict) -> AsyncIterator[str]:
     known: dict[int, bytes] = {}
     tools: dict[int, ToolCallStream] = {}  # per choice, when the reply is parsed for tool calls
-    forced: dict[int, str] = {}  # per choice: a "required" reply's text until the choice ends (named: "")
+    forced: dict[int, str] = {}  # per choice, a named forced call: "" once its call is opened
+    required: dict[int, RequiredCalls] = {}  # per choice, a "required" reply as it is read
 
     async def choices_for(p: int, index: int, chunk: pb.GenerateStreamChunk) -> list[dict]:
         out = []
@@ -183,12 +184,20 @@ def chat_stream(backend: Backend, body: ChatCompletionRequest, calls: list, chun
             if reason is not None:
                 out.append({"index": index, "delta": {}, "logprobs": None, "finish_reason": reason})
             return out
-        if body.forces_call:  # "required": the JSON array is read whole at its end, no content deltas before
-            forced[index] = forced.get(index, "") + text
+        if body.forces_call:  # "required": each call streams as the JSON array is written; no content
+            reader = required.setdefault(index, RequiredCalls())
+            deltas = reader.add(text)
             text = ""
+            if deltas:
+                out.append({"index": index, "delta": {"tool_calls": [{"index": k, **d} for k, d in deltas]},
+                            "logprobs": logprobs, "finish_reason": None})
+                logprobs = None
             if reason is not None:
-                content, calls, reason = forced_reply(forced.pop(index), reason, body.forced_name)
-                text = content or ""
+                del required[index]
+                if not reader.calls:  # no call read: the text as content, as the unary reply gives it
+                    text = reader.text
+                elif reason == "stop":
+                    reason = "tool_calls"
         elif body.uses_tools:
             text = tools[index].add(text)
             if reason is not None:

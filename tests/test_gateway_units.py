@@ -242,6 +242,42 @@ def test_required_constrains_the_reply_to_an_array_of_calls():
          "required": ["name", "parameters"]}]}}
 
 
+def test_required_calls_stream_as_written():
+    """RequiredCalls read in pieces of every size (random, seeded): the calls it opens and the
+    arguments it adds up to equal json.loads of the whole reply, strings with braces, quotes and
+    escapes included; a reply cut short is not complete, and the unary reading returns it as
+    content."""
+    import random
+
+    from litelang.gateway.forced_tools import RequiredCalls, forced_reply
+
+    items = [{"name": "now", "parameters": {}},
+             {"name": "get_weather", "parameters": {"city": 'Pa"ris} [', "at": [1, {"x": "\\é"}], "ok": True}}]
+    text = json.dumps(items, ensure_ascii=False)  # the grammar's layout
+    rng = random.Random(0)
+    for _ in range(100):
+        reader, streamed, i = RequiredCalls(), {}, 0
+        while i < len(text):
+            step = rng.randint(1, 8)
+            for k, delta in reader.add(text[i:i + step]):
+                if "id" in delta:
+                    assert k == len(streamed) and delta["function"]["arguments"] == ""
+                    streamed[k] = [delta["function"]["name"], ""]
+                else:
+                    streamed[k][1] += delta["function"]["arguments"]
+            i += step
+        assert reader.complete()
+        assert [(name, json.loads(args)) for name, args in streamed.values()] == [(i["name"], i["parameters"]) for i in items]
+    content, calls, reason = forced_reply(text, "stop", None)
+    assert content is None and reason == "tool_calls"
+    assert [(c["function"]["name"], c["function"]["arguments"]) for c in calls] == [tuple(v) for v in streamed.values()]
+    cut = text[: text.index('"at"')]
+    reader = RequiredCalls()
+    reader.add(cut)
+    assert [c["function"]["name"] for c in reader.calls] == ["now", "get_weather"] and not reader.complete()
+    assert forced_reply(cut, "length", None) == (cut, [], "length")
+
+
 def test_forced_schemas_compile_and_accept_only_calls():
     """The scheduler's own check (xgrammar, no free whitespace) takes both schemas, and they accept
     exactly the calls: an offered name with its arguments, at least one call."""
@@ -298,8 +334,8 @@ def test_a_required_array_becomes_tool_calls():
     text = '[{"name":"get_weather","parameters":{"city":"Paris"}},{"name":"now","parameters":{}}]'
     content, calls, reason = forced_reply(text, "stop", None)
     assert content is None and reason == "tool_calls"
-    assert [c["function"] for c in calls] == [{"name": "get_weather", "arguments": '{"city": "Paris"}'},
-                                              {"name": "now", "arguments": "{}"}]
+    assert [c["function"] for c in calls] == [{"name": "get_weather", "arguments": '{"city":"Paris"}'},
+                                              {"name": "now", "arguments": "{}"}], "the arguments as written"
     assert all(c["type"] == "function" and c["id"].startswith("call_") for c in calls)
     assert len({c["id"] for c in calls}) == 2
 
@@ -337,7 +373,7 @@ def _chat_events(body: ChatCompletionRequest, chunks: list[pb.GenerateStreamChun
 def _forced_chunks(texts: list[list[str]]) -> list[pb.GenerateStreamChunk]:
     """Each choice's parts, the two choices interleaved; a choice's last part ends it."""
     return [chunk(j, t, [k + 1], pb.FINISH_REASON_EOS if k == len(parts) - 1 else 0)
-            for k in range(2) for j, parts in enumerate(texts) for t in parts[k:k + 1]]
+            for k in range(max(map(len, texts))) for j, parts in enumerate(texts) for t in parts[k:k + 1]]
 
 
 def test_a_streamed_named_call_streams_its_arguments_per_choice():
@@ -359,22 +395,32 @@ def test_a_streamed_named_call_streams_its_arguments_per_choice():
         assert [d["finish_reason"] for d in deltas if d["finish_reason"]] == ["stop"] and deltas[-1]["finish_reason"]
 
 
-def test_a_streamed_required_call_is_one_tool_calls_delta_per_choice():
-    """n = 2: no content delta in either choice, and each ends with its own calls and "tool_calls"."""
-    texts = [['[{"name":"now","param', 'eters":{}}]'], ['[{"name":"get_weather",', '"parameters":{"city":"Rome"}}]']]
+def test_streamed_required_calls_open_and_grow_per_choice():
+    """n = 2: no content delta in either choice; each call opens with a delta naming it (id, type,
+    name) and its arguments follow as they are written; the choice ends with "tool_calls". The
+    calls equal the unary reading of the whole reply."""
+    texts = [['[{"name": "now", "param', 'eters": {}}, {"name": "get_weather", "parameters": {"ci', 'ty": "Oslo"}}]'],
+             ['[{"name": "get_weather",', ' "parameters": {"city": "Rome"}}]']]
     body = ChatCompletionRequest(messages=ASK, tools=[WEATHER, NOW], tool_choice="required", n=2, stream=True)
     body.generate_request(100)
-    events = _chat_events(body, _forced_chunks(texts))
+    events = _chat_events(body, _forced_chunks(texts), paced=True)
     for j, parts in enumerate(texts):
         deltas = [c for e in events for c in e["choices"] if c["index"] == j]
         assert [d["delta"].get("content") for d in deltas if d["delta"].get("content")] == []
         [last] = [d for d in deltas if d["finish_reason"]]
         assert last is deltas[-1] and last["finish_reason"] == "tool_calls"
-        [call] = last["delta"]["tool_calls"]
-        assert call["index"] == 0 and call["type"] == "function" and call["id"].startswith("call_")
-        want = json.loads("".join(parts))[0]
-        assert (call["function"]["name"], json.loads(call["function"]["arguments"])) == (want["name"],
-                                                                                        want["parameters"])
+        calls: dict[int, list] = {}
+        for tc in (tc for d in deltas for tc in d["delta"].get("tool_calls", [])):
+            if "id" in tc:
+                assert tc["index"] == len(calls) and tc["type"] == "function" and tc["id"].startswith("call_")
+                calls[tc["index"]] = [tc["function"]["name"], tc["function"]["arguments"]]
+            else:
+                calls[tc["index"]][1] += tc["function"]["arguments"]
+        _, whole, _ = forced_reply("".join(parts), "stop", None)
+        assert list(calls.values()) == [[c["function"]["name"], c["function"]["arguments"]] for c in whole]
+    pieces = [tc for e in events for c in e["choices"] if c["index"] == 0 for tc in c["delta"].get("tool_calls", [])
+              if "id" not in tc and tc["index"] == 1]
+    assert [p["function"]["arguments"] for p in pieces] == ['{"ci', 'ty": "Oslo"}'], "the arguments as they come"
 
 
 def test_a_streamed_required_reply_cut_short_comes_as_content():

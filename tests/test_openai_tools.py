@@ -150,12 +150,22 @@ def test_a_streamed_named_call_per_choice(api):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_required_forces_one_call_or_more(api, stream):
+    """Streamed, each call opens (id and name) and its arguments follow as they are written; the
+    calls add up to the unary reply's."""
     kwargs = dict(model=MODEL, messages=ASK, tools=BOTH, tool_choice="required", temperature=0, max_tokens=100)
     if stream:
         chunks = list(api.chat.completions.create(**kwargs, stream=True))
         deltas = [c.choices[0] for c in chunks if c.choices]
         assert "".join(d.delta.content or "" for d in deltas) == ""
-        calls = [(tc.function.name, tc.function.arguments) for d in deltas for tc in d.delta.tool_calls or []]
+        pieces = [tc for d in deltas for tc in d.delta.tool_calls or []]
+        opened = [tc for tc in pieces if tc.id]
+        assert [tc.index for tc in opened] == list(range(len(opened))) and len(pieces) > 2 * len(opened)
+        streamed = {tc.index: [tc.function.name, ""] for tc in opened}
+        for tc in pieces:
+            streamed[tc.index][1] += tc.function.arguments or ""
+        calls = [tuple(c) for c in streamed.values()]
+        unary = api.chat.completions.create(**kwargs).choices[0].message.tool_calls
+        assert calls == [(tc.function.name, tc.function.arguments) for tc in unary]
         reason = deltas[-1].finish_reason
     else:
         choice = api.chat.completions.create(**kwargs).choices[0]

@@ -401,13 +401,17 @@ def test_a_named_forced_call_streams_its_arguments():
     assert calls_of(events[-1].response.output) == [("answer", '{"answer": "no"}')]
 
 
-def test_a_required_stream_is_read_at_its_end():
+def test_a_required_stream_opens_each_call_as_it_is_written():
+    """Each call opens once its name is written, its arguments stream as they come, and it closes
+    when the next one opens (or at the end)."""
     body = ResponsesRequest(input="hi", tools=TOOLS, stream=True, tool_choice="required")
     events = sdk_events(body, [chunk('[{"name": "answer", "parameters": '), chunk('{"answer": "yes"}}, '),
-                               chunk('{"name": "answer", "parameters": {"answer": "no"}}]', pb.FINISH_REASON_EOS)])
-    assert [e.type for e in events] == ["response.created", "response.in_progress", *CALL_EVENTS, *CALL_EVENTS,
-                                        "response.completed"]
-    assert [e.output_index for e in events[2:10]] == [0] * 4 + [1] * 4
+                               chunk('{"name": "answer", "parameters": {"ans'),
+                               chunk('wer": "no"}}]', pb.FINISH_REASON_EOS)])
+    assert [e.type for e in events] == ["response.created", "response.in_progress", *CALL_EVENTS, CALL_EVENTS[0],
+                                        CALL_EVENTS[1], *CALL_EVENTS[1:], "response.completed"]
+    assert [e.output_index for e in events[2:11]] == [0] * 4 + [1] * 5
+    assert [e.delta for e in events[7:9]] == ['{"ans', 'wer": "no"}'], "the second call's arguments as they come"
     assert calls_of(events[-1].response.output) == [("answer", '{"answer": "yes"}'), ("answer", '{"answer": "no"}')]
     # cut by the limit: no call, the text as the message, incomplete
     cut = sdk_events(body, [chunk('[{"name": "ans'), chunk("wer", pb.FINISH_REASON_LENGTH)])
