@@ -515,6 +515,7 @@ class Engine:
         self.by_rid.pop(r.rid, None)
         self._requeue(r)
         self.stats["retractions"] += 1
+        self.metrics.retractions.inc()
 
     # ------------------------------------------------------------ results
 

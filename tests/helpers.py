@@ -345,3 +345,15 @@ def openai_gateway(group, log_dir: Path, *flags: str, env: dict | None = None):
         assert kill_tree(proc), "the gateway ignored SIGTERM"
         log.close()
         wait_for(lambda: not port_is_listened_on(port), 10, f"port {port} to be released")
+
+
+def scrape(port: int) -> dict[tuple[str, tuple], float]:
+    """(sample name, sorted labels) -> value, from the Prometheus text on 127.0.0.1:port/metrics."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}

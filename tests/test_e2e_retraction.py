@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from helpers import ServerGroup, is_idle, make_tiny_qwen2_with_tokenizer, wait_for
+from helpers import ServerGroup, free_ports, is_idle, make_tiny_qwen2_with_tokenizer, scrape, wait_for
 
 pytestmark = pytest.mark.slow
 NEW = 40
@@ -37,8 +37,9 @@ def test_retraction_under_pool_pressure_matches_hf(tiny_model, tmp_path, radix):
     want = hf_greedy(tiny_model, prompts, NEW)
     # 6 requests x (27 prompt + 40 new) need ~400 slots, 200 exist; busy_scale 1 admits on the
     # optimistic estimate (half the output), so decode runs out of slots and must retract
+    (metrics_port,) = free_ports(1)
     group = ServerGroup(tiny_model, tmp_path / "logs", kv_slots=200, max_batch_size=6, busy_scale=1.0,
-                        max_input_length=64, max_output_length=64, use_radix_cache=radix)
+                        max_input_length=64, max_output_length=64, use_radix_cache=radix, metrics_port=metrics_port)
     with group:
         client = group.client
         with cf.ThreadPoolExecutor(len(prompts)) as pool:
@@ -47,6 +48,7 @@ def test_retraction_under_pool_pressure_matches_hf(tiny_model, tmp_path, radix):
         got = [list(r.token_ids) for r in replies]
         stats = client.stats()
         assert stats.retractions > 0, "the pool was meant to force retractions"
+        assert scrape(metrics_port)[("litelang_retractions_total", ())] == stats.retractions
         assert got == want
         for r in replies:  # logprobs ride along, one per token, each a log-probability
             assert len(r.logprobs) == len(r.token_ids) and all(lp <= 0.0 for lp in r.logprobs)

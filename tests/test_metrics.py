@@ -3,22 +3,11 @@ counters agree with what the responses themselves report (usage) and with GetSta
 
 from __future__ import annotations
 
-import urllib.request
-
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import free_ports, server_group, wait_for, wait_idle
+from helpers import free_ports, scrape, server_group, wait_for, wait_idle
 
 pytestmark = pytest.mark.slow
-
-
-def scrape(port: int) -> dict[tuple[str, tuple], float]:
-    """(sample name, sorted labels) -> value, from the /metrics text."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
-        text = resp.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def test_metrics_count_what_the_responses_report(default_model_dir, tmp_path):
@@ -45,6 +34,17 @@ def test_metrics_count_what_the_responses_report(default_model_dir, tmp_path):
     assert m[("litelang_generated_tokens_total", ())] == completion == stats.generated_tokens
     assert m[("litelang_time_to_first_token_seconds_count", ())] == 3
     assert m[("litelang_queue_seconds_count", ())] == 3
+    # latencies: the sums of what each reply's own timings say (milliseconds there, seconds here)
+    assert m[("litelang_e2e_request_latency_seconds_count", ())] == 3
+    assert m[("litelang_e2e_request_latency_seconds_sum", ())] == pytest.approx(
+        sum(r.timings.total_ms for r in replies) / 1000, rel=1e-6)
+    assert m[("litelang_time_to_first_token_seconds_sum", ())] == pytest.approx(
+        sum(r.timings.ttft_ms for r in replies) / 1000, rel=1e-6)
+    assert m[("litelang_request_time_per_output_token_seconds_count", ())] == 3
+    tpot = sum((r.timings.total_ms - r.timings.ttft_ms) / (r.usage.completion_tokens - 1) for r in replies) / 1000
+    assert m[("litelang_request_time_per_output_token_seconds_sum", ())] == pytest.approx(tpot, rel=1e-6)
+    assert 0 < tpot < m[("litelang_e2e_request_latency_seconds_sum", ())]
+    assert m[("litelang_retractions_total", ())] == stats.retractions == 0
     assert m[("litelang_waiting_requests", ())] == 0
     kv = {state: m[("litelang_kv_slots", (("state", state),))] for state in ("free", "cached", "in_use")}
     assert kv["in_use"] == 0 and kv["free"] + kv["cached"] == stats.kv_capacity
