@@ -13,8 +13,8 @@ import re
 
 from litelang.gateway.tool_calls import new_call
 
-# an item's head, up to its arguments: `[{"name": "x", "parameters": ` (`, {` for later items)
 ITEM_END = re.compile(r"\s*\}")  # an item's own closing brace, after its arguments
+# an item's head, up to its arguments: `[{"name": "x", "parameters": ` (`, {` for later items)
 ITEM_HEAD = re.compile(r'\s*[\[,]\s*\{\s*"name"\s*:\s*("(?:[^"\\]|\\.)*")\s*,\s*"parameters"\s*:\s*')
 
 ANY_OBJECT = {"type": "object"}
@@ -79,8 +79,9 @@ class RequiredCalls:
                 head = ITEM_HEAD.match(self.text, self._pos)
                 if head is None:  # not all there yet, or the closing "]"
                     return out
-                self.calls.append(new_call(json.loads(head.group(1)), ""))
-                out.append((len(self.calls) - 1, json.loads(json.dumps(self.calls[-1]))))
+                call = new_call(json.loads(head.group(1)), "")
+                self.calls.append(call)
+                out.append((len(self.calls) - 1, {**call, "function": dict(call["function"])}))  # a copy: it grows
                 self._pos, self._state, self._depth = head.end(), "arguments", 0
             elif self._state == "arguments":
                 while self._depth == 0 and self._pos < len(self.text) and self.text[self._pos].isspace():

@@ -394,8 +394,9 @@ async def response_stream(body: ResponsesRequest, calls: list, chunks: AsyncIter
     opened, added to and closed (StreamedOutput), then completed (or incomplete) with the whole
     response. With tools, text that may start a call is held back (ToolCallStream) and the calls
     are read at the end, as chat's stream does; a forced call's arguments stream as they come (a
-    "required" reply's calls one after another, each closed before the next opens). An error after the start is an `error`
-    event; leaving (the client went away) cancels the call, so the scheduler aborts it."""
+    "required" reply's calls one after another, each closed before the next opens). An error
+    after the start is an `error` event; leaving (the client went away) cancels the call, so the
+    scheduler aborts it."""
     out = StreamedOutput(head)
     held = ToolCallStream(body.tool_names) if body.uses_tools and not body.forces_call else None
     required = RequiredCalls()  # a "required" reply, read as it is written
