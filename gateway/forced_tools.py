@@ -29,16 +29,17 @@ def parameters_schema(tools: list[dict], name: str) -> dict:
     raise KeyError(name)
 
 
-def forced_schema(tools: list[dict], name: str | None) -> dict:
+def forced_schema(tools: list[dict], name: str | None, single: bool = False) -> dict:
     """The schema the reply must match: the named tool's parameters, or (name None: "required")
-    an array of one call or more, each any of the offered tools."""
+    an array of one call or more (single, parallel_tool_calls false: exactly one), each any of
+    the offered tools."""
     if name is not None:
         return parameters_schema(tools, name)
     names = [f["name"] for t in tools if isinstance(f := t.get("function"), dict) and isinstance(f.get("name"), str)]
     calls = [{"type": "object",
               "properties": {"name": {"type": "string", "enum": [n]}, "parameters": parameters_schema(tools, n)},
               "required": ["name", "parameters"]} for n in names]
-    return {"type": "array", "minItems": 1, "items": {"anyOf": calls}}
+    return {"type": "array", "minItems": 1, **({"maxItems": 1} if single else {}), "items": {"anyOf": calls}}
 
 
 def forced_reply(text: str, reason: str | None, name: str | None) -> tuple[str | None, list[dict], str | None]:

@@ -233,8 +233,8 @@ class ResponseFormat(BaseModel):
         return None
 
 
-def forced_tool_format(tools: list[dict], name: str | None, other_format: bool, format_field: str
-                       ) -> pb.StructuredOutput:
+def forced_tool_format(tools: list[dict], name: str | None, other_format: bool, format_field: str,
+                       single: bool = False) -> pb.StructuredOutput:
     """The format that forces a call of the offered tools (chat's shape; forced_tools.py): the
     named one, or (name None: "required") any. Refused without tools, with a name not offered, or
     beside another format (other_format; format_field: the endpoint's own field that sets one)."""
@@ -247,7 +247,7 @@ def forced_tool_format(tools: list[dict], name: str | None, other_format: bool, 
     if other_format:
         raise RequestError(f"tool_choice forces a call with a structured output format: give no {format_field}, "
                            "structured_outputs or guided_* field with it (one format per request)", "tool_choice")
-    return pb.StructuredOutput(json_schema=json.dumps(forced_schema(tools, name)))
+    return pb.StructuredOutput(json_schema=json.dumps(forced_schema(tools, name, single)))
 
 
 class ChatCompletionRequest(_Sampling):
@@ -261,6 +261,7 @@ class ChatCompletionRequest(_Sampling):
     response_format: ResponseFormat | None = None
     tools: list[dict] | None = None
     tool_choice: str | dict | None = None
+    parallel_tool_calls: bool | None = None  # false: one call at most (a "required" array of one)
     continue_final_message: bool = False  # vLLM's: continue the last (assistant) message, a prefilled reply
 
     @property
@@ -296,7 +297,8 @@ class ChatCompletionRequest(_Sampling):
             raise RequestError('a named tool_choice is {"type": "function", "function": {"name": ...}}',
                                "tool_choice")
         other = bool(self.output_formats() or (self.response_format and self.response_format.output_format()))
-        return forced_tool_format(self.tools or [], self.forced_name, other, "response_format")
+        return forced_tool_format(self.tools or [], self.forced_name, other, "response_format",
+                                  single=self.parallel_tool_calls is False)
 
     def generate_request(self, max_output_length: int) -> pb.GenerateRequest:
         forced = self.forced_format()

@@ -87,7 +87,7 @@ class ResponsesRequest(_Sampling):
     store: bool | None = None  # accepted; nothing is stored
     tools: list[Any] | None = None  # function tools only (chat_tools)
     tool_choice: str | dict | None = None
-    parallel_tool_calls: bool | None = None  # echoed: a "required" reply may hold several calls either way
+    parallel_tool_calls: bool | None = None  # false: one call at most (a "required" array of one)
     truncation: str | None = None
     # refused when given (REFUSED)
     previous_response_id: str | None = None
@@ -140,7 +140,8 @@ class ResponsesRequest(_Sampling):
         if not self.forces_call:
             return None
         other = text_format is not None or bool(self.output_formats())
-        return forced_tool_format(tools, self.forced_name, other, "json text.format")
+        return forced_tool_format(tools, self.forced_name, other, "json text.format",
+                                  single=self.parallel_tool_calls is False)
 
     def messages(self) -> list[dict]:
         """The conversation as chat messages: instructions first (as a system message), then the input.
@@ -183,7 +184,7 @@ class ResponsesRequest(_Sampling):
         if self.forces_call:
             content, calls, reason = forced_reply(text, reason, self.forced_name)
         elif self.uses_tools:
-            content, calls = parse_tool_calls(text, self.tool_names)
+            content, calls = parse_tool_calls(text, self.tool_names, self.parallel_tool_calls is False)
         else:
             content, calls = text, []
         return content or "", calls, reason
@@ -398,7 +399,8 @@ async def response_stream(body: ResponsesRequest, calls: list, chunks: AsyncIter
     after the start is an `error` event; leaving (the client went away) cancels the call, so the
     scheduler aborts it."""
     out = StreamedOutput(head)
-    held = ToolCallStream(body.tool_names) if body.uses_tools and not body.forces_call else None
+    held = (ToolCallStream(body.tool_names, body.parallel_tool_calls is False)
+            if body.uses_tools and not body.forces_call else None)
     required = RequiredCalls()  # a "required" reply, read as it is written
     try:
         yield out.event("response.created", response=response_object(body, head, "in_progress", []))

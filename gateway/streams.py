@@ -163,7 +163,7 @@ def chat_stream(backend: Backend, body: ChatCompletionRequest, calls: list, chun
     async def choices_for(p: int, index: int, chunk: pb.GenerateStreamChunk) -> list[dict]:
         out = []
         if index not in tools:  # OpenAI's first delta of a choice names the role
-            tools[index] = ToolCallStream(body.tool_names)
+            tools[index] = ToolCallStream(body.tool_names, body.parallel_tool_calls is False)
             out.append({"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                         "finish_reason": None})
         logprobs = None

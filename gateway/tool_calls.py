@@ -14,11 +14,13 @@ OPEN, CLOSE = "<tool_call>", "</tool_call>"
 _BLOCK = re.compile(re.escape(OPEN) + r"\s*(.*?)\s*" + re.escape(CLOSE), re.DOTALL)
 
 
-def parse_tool_calls(text: str, tool_names: set[str] | None = None) -> tuple[str | None, list[dict]]:
+def parse_tool_calls(text: str, tool_names: set[str] | None = None, single: bool = False
+                     ) -> tuple[str | None, list[dict]]:
     """(content, tool_calls) of a whole reply. Content is the text outside the blocks (None if
     blank). A block that is not a JSON object with a name leaves the whole reply as content, as
     an unclosed block does: nothing is half-parsed. Without blocks, a reply that is one bare
-    call object naming one of `tool_names` is that call."""
+    call object naming one of `tool_names` is that call. single (parallel_tool_calls false):
+    only the first call is kept."""
     if OPEN not in text:
         call = _bare_call(text, tool_names or set())
         return (None, [call]) if call else (text, [])
@@ -34,7 +36,7 @@ def parse_tool_calls(text: str, tool_names: set[str] | None = None) -> tuple[str
     if not calls or OPEN in _BLOCK.sub("", text):
         return text, []
     content = _BLOCK.sub("", text).strip()
-    return content or None, calls
+    return content or None, calls[:1] if single else calls
 
 
 def _call(obj) -> dict | None:
@@ -66,8 +68,8 @@ class ToolCallStream:
     the first block on, the rest is kept and parsed when the reply ends. A reply that opens with
     `{` is kept whole too: it may be a bare call."""
 
-    def __init__(self, tool_names: set[str] | None = None) -> None:
-        self.tool_names = tool_names or set()
+    def __init__(self, tool_names: set[str] | None = None, single: bool = False) -> None:
+        self.tool_names, self.single = tool_names or set(), single
         self.held = ""       # not yet sent: a possible start of OPEN, or everything from OPEN on
         self.in_calls = False
         self.sent_any = False
@@ -98,7 +100,7 @@ class ToolCallStream:
         held, self.held = self.held, ""
         if not self.in_calls:
             return held, []
-        content, calls = parse_tool_calls(held, self.tool_names)
+        content, calls = parse_tool_calls(held, self.tool_names, self.single)
         if not calls:
             return held, []
         return content or "", calls

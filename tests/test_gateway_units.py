@@ -278,6 +278,27 @@ def test_required_calls_stream_as_written():
     assert forced_reply(cut, "length", None) == (cut, [], "length")
 
 
+def test_parallel_tool_calls_false_allows_one_call():
+    """A "required" array of exactly one (xgrammar accepts one call, refuses two), and a free
+    reply's calls cut to the first, unary and streamed."""
+    single = forced_request("required", parallel_tool_calls=False).sampling.structured_output
+    assert json.loads(single.json_schema)["maxItems"] == 1
+    assert "maxItems" not in json.loads(forced_request("required").sampling.structured_output.json_schema)
+    from xgrammar.testing import _is_grammar_accept_string
+    from litelang.scheduler.structured import output_format, parse
+
+    one = [{"name": "now", "parameters": {}}]
+    grammar = parse(output_format(single))
+    assert _is_grammar_accept_string(grammar, json.dumps(one))
+    assert not _is_grammar_accept_string(grammar, json.dumps(one * 2))
+    two = '<tool_call>{"name": "now", "arguments": {}}</tool_call><tool_call>{"name": "now", "arguments": {"x": 1}}</tool_call>'
+    assert len(parse_tool_calls(two)[1]) == 2
+    [call] = parse_tool_calls(two, single=True)[1]
+    assert call["function"]["arguments"] == "{}"
+    stream = ToolCallStream({"now"}, single=True)
+    assert stream.add(two) == "" and [c["function"]["arguments"] for c in stream.finish()[1]] == ["{}"]
+
+
 def test_forced_schemas_compile_and_accept_only_calls():
     """The scheduler's own check (xgrammar, no free whitespace) takes both schemas, and they accept
     exactly the calls: an offered name with its arguments, at least one call."""

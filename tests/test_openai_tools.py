@@ -175,3 +175,26 @@ def test_required_forces_one_call_or_more(api, stream):
     assert reason == "tool_calls" and calls
     for name, arguments in calls:
         assert name in ("get_weather", "set_alarm") and fits(name, arguments), (name, arguments)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_parallel_tool_calls_false_forces_exactly_one_call(api, stream):
+    """A "required" reply with parallel_tool_calls false is exactly one call, fitting its tool,
+    unary and streamed, where the same request without it writes several (random weights)."""
+    ask = [{"role": "user", "content": "What is the weather in Paris, and in Rome? Then set the alarm for seven."}]
+    kwargs = dict(model=MODEL, messages=ask, tools=BOTH, tool_choice="required", temperature=0, max_tokens=128,
+                  parallel_tool_calls=False)
+    several = api.chat.completions.create(**{**kwargs, "parallel_tool_calls": True}).choices[0].message.tool_calls
+    assert len(several or []) > 1, "the test needs a reply that would make several calls"
+    if stream:
+        deltas = [c.choices[0] for c in api.chat.completions.create(**kwargs, stream=True) if c.choices]
+        opened = [tc for d in deltas for tc in d.delta.tool_calls or [] if tc.id]
+        arguments = "".join(tc.function.arguments or "" for d in deltas for tc in d.delta.tool_calls or [])
+        calls, reason = [(tc.function.name, arguments) for tc in opened], deltas[-1].finish_reason
+    else:
+        choice = api.chat.completions.create(**kwargs).choices[0]
+        calls = [(tc.function.name, tc.function.arguments) for tc in choice.message.tool_calls or []]
+        reason = choice.finish_reason
+    assert reason == "tool_calls" and len(calls) == 1, calls
+    assert fits(*calls[0]), calls
+

@@ -237,9 +237,12 @@ def test_calls_in_a_reply_are_function_call_items():
     assert calls_of(got.output) == [("get_weather", '{"city": "Paris"}')]
     assert [t.name for t in got.tools] == ["get_weather", "answer"] and got.tools[0].strict is True
     assert got.tool_choice == "auto" and got.parallel_tool_calls is False
-    only = sdk_response(body, block + block.replace("Paris", "Rome"))
+    two = block + block.replace("Paris", "Rome")
+    only = sdk_response(ResponsesRequest(input="hi", tools=TOOLS), two)
     assert calls_of(only.output) == [("get_weather", '{"city": "Paris"}'), ("get_weather", '{"city": "Rome"}')]
     assert [item.type for item in only.output] == ["function_call"] * 2
+    # parallel_tool_calls false: the first call only
+    assert calls_of(sdk_response(body, two).output) == [("get_weather", '{"city": "Paris"}')]
     # the same text with tool_choice "none" is plain text
     plain = sdk_response(ResponsesRequest(input="hi", tools=TOOLS, tool_choice="none"), block)
     assert plain.output_text == block and [item.type for item in plain.output] == ["message"]
