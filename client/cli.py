@@ -42,6 +42,7 @@ def _sampling(args: argparse.Namespace) -> dict:
         truncate_prompt_tokens=args.truncate_prompt_tokens,
         include_stop_str_in_output=args.include_stop_str_in_output or None,
         structured_output=_output_format(args),
+        allowed_token_ids=args.allowed_token_id or None, bad_words=args.bad_word or None,
     )
 
 
@@ -90,6 +91,9 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop-token-id", type=int, action="append", help="extra stop token id besides EOS (repeatable)")
     p.add_argument("--logit-bias", type=_token_bias, action="append", metavar="TOKEN_ID=BIAS",
                    help="add BIAS ([-100, 100]) to a token's logit before sampling (repeatable)")
+    p.add_argument("--allowed-token-id", type=int, action="append", metavar="ID",
+                   help="generate only these token ids (repeatable; EOS too only when given)")
+    p.add_argument("--bad-word", action="append", metavar="WORD", help="a word never to generate (repeatable)")
     p.add_argument("--json-schema", metavar="FILE", help="the output is JSON that this JSON Schema (a file) accepts")
     p.add_argument("--json-object", action="store_true", help="the output is a JSON object")
     p.add_argument("--regex", help="the whole output matches this regular expression")

@@ -79,6 +79,8 @@ class _Sampling(BaseModel):
     min_tokens: int = 0
     ignore_eos: bool = False
     stop_token_ids: list[int] | None = None
+    allowed_token_ids: list[int] | None = None
+    bad_words: list[str] | None = None
     skip_special_tokens: bool = True  # OpenAI's text never shows <|im_end|>
     include_stop_str_in_output: bool = False
     truncate_prompt_tokens: int | None = None
@@ -121,7 +123,8 @@ class _Sampling(BaseModel):
             stop=stops, ignore_eos=self.ignore_eos, skip_special_tokens=self.skip_special_tokens, logprobs=logprobs,
             include_stop_str_in_output=self.include_stop_str_in_output,
         )
-        fields = dict(stop_token_ids=self.stop_token_ids or [], min_new_tokens=self.min_tokens,
+        fields = dict(stop_token_ids=self.stop_token_ids or [], allowed_token_ids=self.allowed_token_ids or [],
+                      bad_words=self.bad_words or [], min_new_tokens=self.min_tokens,
                       top_logprobs=top_logprobs, logit_bias=bias, n=None if self.n == 1 else self.n,
                       max_new_tokens=max_tokens)
         fields.update({name: getattr(self, name) for name in

@@ -32,7 +32,7 @@ from litelang.scheduler.kv_allocator import SlotAllocator
 from litelang.scheduler.metrics import Metrics
 from litelang.scheduler.radix_cache import RadixCache
 from litelang.scheduler.request import OutcomeDetails, OutputEvent, Phase, Request, TopLogprobs
-from litelang.scheduler.structured import GrammarCompiler, OutputMatcher, add_token_mask
+from litelang.scheduler.structured import GrammarCompiler, OutputMatcher, TokenFilter, add_token_mask, bad_word_token_ids
 from litelang.scheduler.tokenizer import Tokenizer
 from litelang.scheduler.worker_client import WorkerError, WorkerGroup
 from litelang.tools.profiling import StepTrace
@@ -156,8 +156,13 @@ class Engine:
         eos = () if s.ignore_eos else self.tokenizer.eos_token_ids
         req.stop_token_set = frozenset((*eos, *s.stop_token_ids))
         req.stop_hold = max((len(x) for x in s.stop), default=1) - 1
+        if s.allowed_token_ids or s.bad_words:  # masks like a format's (a format's too, ANDed: _format_ready)
+            req.token_filter = TokenFilter(self.vocab_size, s.allowed_token_ids,
+                                           bad_word_token_ids(self.tokenizer.encode, s.bad_words))
         if s.output_format is not None:
             self._compile_format(req)
+        elif req.token_filter is not None:
+            req.matcher = req.token_filter
         self._queue(req)
         self.stats["requests_received"] += 1
 
@@ -183,6 +188,8 @@ class Engine:
             self._fail(r, grpc.StatusCode.INVALID_ARGUMENT, f"structured_output does not compile: {error}")
             return False
         r.matcher = OutputMatcher(r.grammar.result())
+        if r.token_filter is not None:
+            r.token_filter.inner, r.matcher = r.matcher, r.token_filter
         return True
 
     def _queue(self, req: Request) -> None:

@@ -43,6 +43,8 @@ class SamplingConfig:
     prompt_logprobs: int | None = None  # score the prompt, with this many alternatives (None: off)
     include_stop_str_in_output: bool = False
     output_format: OutputFormat | None = None  # structured outputs: what the text must match
+    allowed_token_ids: list[int] = field(default_factory=list)  # only these may be generated (empty: all)
+    bad_words: list[str] = field(default_factory=list)  # never generated (scheduler/structured.py: TokenFilter)
 
 
 # one position's most likely tokens: (token ids, their logprobs), most likely first
@@ -127,6 +129,7 @@ class Request:
     # structured outputs: the compiled format (a future until compiled), then this completion's matcher
     grammar: object = None                # concurrent.futures.Future of an xgrammar CompiledGrammar
     matcher: object = None                # structured.OutputMatcher, from admission on
+    token_filter: object = None           # structured.TokenFilter (allowed_token_ids, bad_words): the matcher
 
     @property
     def num_computed(self) -> int:

@@ -11,6 +11,8 @@ import concurrent.futures
 import json
 import threading
 
+import numpy as np
+
 from litelang.proto import litelang_pb2 as pb
 from litelang.proto import worker_pb2
 from litelang.scheduler.request import OutputFormat
@@ -133,3 +135,55 @@ class OutputMatcher:
     def complete(self) -> bool:
         """The output matched the whole format and a stop token ended it."""
         return self._matcher.is_terminated()
+
+
+class TokenFilter:
+    """vLLM's allowed_token_ids and bad_words, as a matcher like OutputMatcher (the engine sends
+    its mask each step, so the worker needs nothing new): the allowed tokens, minus each bad
+    word's last token wherever the generated tokens end with the ones before it. With a format
+    too, its matcher is `inner` and the masks are ANDed."""
+
+    def __init__(self, vocab_size: int, allowed_ids: list[int], bad_words: list[list[int]]):
+        words = (vocab_size + 31) // 32
+        if allowed_ids:
+            ids = np.asarray(allowed_ids, np.int64)
+            self._base = np.zeros(words, np.uint32)
+            np.bitwise_or.at(self._base, ids >> 5, np.left_shift(1, ids & 31).astype(np.uint32))
+        else:
+            self._base = np.full(words, 0xFFFFFFFF, np.uint32)
+        for seq in bad_words:
+            if len(seq) == 1:
+                self._base[seq[0] >> 5] &= np.uint32(~(1 << (seq[0] & 31)) & 0xFFFFFFFF)
+        self._after = [seq for seq in bad_words if len(seq) > 1]  # banned only after their prefix
+        self._generated: list[int] = []
+        self.inner: OutputMatcher | None = None
+
+    def allowed(self) -> bytes:
+        mask = self._base.copy()
+        if self.inner is not None:
+            mask &= np.frombuffer(self.inner.allowed(), np.uint32)
+        for seq in self._after:
+            n = len(seq) - 1
+            if self._generated[-n:] == seq[:-1]:
+                mask[seq[-1] >> 5] &= np.uint32(~(1 << (seq[-1] & 31)) & 0xFFFFFFFF)
+        return mask.tobytes()
+
+    def accept(self, token: int) -> bool:
+        self._generated.append(token)
+        return self.inner.accept(token) if self.inner is not None else True
+
+    @property
+    def complete(self) -> bool:
+        return self.inner.complete if self.inner is not None else False
+
+
+def bad_word_token_ids(encode, words: list[str]) -> list[list[int]]:
+    """Each bad word's token ids as written and after a space (how it reads mid-text), as vLLM
+    tokenizes them; duplicates once."""
+    out: list[list[int]] = []
+    for word in words:
+        for text in (word.lstrip(), " " + word.lstrip()):
+            ids = encode(text)
+            if ids and ids not in out:
+                out.append(ids)
+    return out

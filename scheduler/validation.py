@@ -22,6 +22,9 @@ MAX_COMPLETIONS = 64
 # fixed-width table per running request: worker/sampler.py MAX_LOGIT_BIAS)
 MAX_LOGIT_BIAS = 300
 MAX_BIAS_VALUE = 100.0
+# bad_words: words per request and characters per word
+MAX_BAD_WORDS = 100
+MAX_BAD_WORD_CHARS = 100
 
 
 class InvalidRequest(ValueError):
@@ -87,6 +90,13 @@ def resolve_sampling(params: pb.SamplingParams, cfg: LitelangConfig, default_see
     s.logprobs = params.logprobs
     s.top_logprobs = _top_logprobs(params)
     s.logit_bias = _logit_bias(params)
+    if any(t < 0 for t in params.allowed_token_ids):
+        raise InvalidRequest("allowed_token_ids must be token ids (>= 0)")
+    s.allowed_token_ids = sorted(set(params.allowed_token_ids))
+    if len(params.bad_words) > MAX_BAD_WORDS or any(not w.strip() or len(w) > MAX_BAD_WORD_CHARS for w in params.bad_words):
+        raise InvalidRequest(f"bad_words takes at most {MAX_BAD_WORDS} words, each not blank and at most "
+                             f"{MAX_BAD_WORD_CHARS} characters")
+    s.bad_words = list(params.bad_words)
     if params.HasField("prompt_logprobs"):
         if not 0 <= params.prompt_logprobs <= MAX_TOP_LOGPROBS:
             raise InvalidRequest(f"prompt_logprobs must be in [0, {MAX_TOP_LOGPROBS}] (got {params.prompt_logprobs}): "
@@ -125,6 +135,12 @@ def completion_count(params: pb.SamplingParams) -> int:
     if not 1 <= params.n <= MAX_COMPLETIONS:
         raise InvalidRequest(f"n must be in [1, {MAX_COMPLETIONS}] (got {params.n}): the number of completions")
     return params.n
+
+
+def check_allowed_token_ids(ids: list[int], vocab_size: int) -> None:
+    bad = [t for t in ids if t >= vocab_size]
+    if bad:
+        raise InvalidRequest(f"allowed_token_ids {bad[:5]} are outside the vocabulary of {vocab_size} tokens")
 
 
 def check_logit_bias_ids(bias: dict[int, float], vocab_size: int) -> None:

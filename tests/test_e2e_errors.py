@@ -77,6 +77,9 @@ BAD_INPUT = {
     "bad role": (_req(messages=pb.ChatMessages(messages=[pb.ChatMessage(role="robot", content="hi")])), "role"),
     "token id outside the vocabulary": (_req(input_ids=pb.TokenIds(ids=[1, 10**8])), "vocabulary"),
     "truncate_prompt_tokens 0": (_req(prompt=FIB, sampling=dict(truncate_prompt_tokens=0)), "truncate_prompt_tokens"),
+    "allowed_token_ids outside the vocabulary": (_req(prompt=FIB, sampling=dict(allowed_token_ids=[1, 10**8])),
+                                                 "allowed_token_ids"),
+    "blank bad word": (_req(prompt=FIB, sampling=dict(bad_words=["ok", " "])), "bad_words"),
     "suffix with token ids": (_req(input_ids=pb.TokenIds(ids=[1, 2]), suffix="x"), "suffix"),
     "suffix with messages": (
         _req(messages=pb.ChatMessages(messages=[pb.ChatMessage(role="user", content="hi")]), suffix="x"), "suffix"),

@@ -78,6 +78,17 @@ def hf_greedy(default_model_dir, tokenizer) -> dict[str, tuple[list[int], list[i
             x = torch.tensor([ids])
             gen = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=NEW_TOKENS, do_sample=False)
             out[name] = (ids, gen[0, len(ids):].tolist())
+        # vLLM's bad_words and allowed_token_ids, against HF's bad_words_ids and prefix_allowed_tokens_fn
+        ids = hf_prompt_ids(tokenizer, PROMPTS["fibonacci"])
+        x = torch.tensor([ids])
+        bad = [tokenizer.encode(w, add_special_tokens=False) for word in BAD_WORDS for w in (word, " " + word)]
+        gen = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=NEW_TOKENS, do_sample=False,
+                             bad_words_ids=bad)
+        out["bad_words"] = (ids, gen[0, len(ids):].tolist())
+        allowed = sorted(set(out["fibonacci"][1]) - {out["fibonacci"][1][0]})  # not the first token it chose
+        gen = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=NEW_TOKENS, do_sample=False,
+                             prefix_allowed_tokens_fn=lambda batch, prefix: allowed)
+        out["allowed"] = (allowed, gen[0, len(ids):].tolist())
     del model
     return out
 
@@ -137,6 +148,31 @@ def test_fill_in_the_middle_writes_the_middle(group, solo, hf_greedy, tokenizer)
     assert list(group.client.tokenize(*PROMPTS["fim"]).token_ids) == prompt_ids
     got = solo["fim"]
     assert got.finish_reason == pb.FINISH_REASON_EOS and got.text.startswith("a + b"), got.text
+
+
+BAD_WORDS = ["return", "fibonacci"]  # one token each way, and two tokens as written
+
+
+def test_bad_words_match_hf_bad_words_ids(group, solo, hf_greedy, tokenizer):
+    """The free reply writes the words; with bad_words it does not, and it equals HF's greedy
+    reply with those words' ids (each as written and after a space) as bad_words_ids."""
+    free = list(solo["fibonacci"].token_ids)
+    banned = [tokenizer.encode(w, add_special_tokens=False) for word in BAD_WORDS for w in (word, " " + word)]
+    assert any(free[i:i + len(b)] == b for b in banned for i in range(len(free))), "the free reply has none of them"
+    got = group.client.generate(PROMPTS["fibonacci"], max_new_tokens=NEW_TOKENS, temperature=0, bad_words=BAD_WORDS)
+    assert list(got.token_ids) == hf_greedy["bad_words"][1], tokenizer.decode(got.token_ids)
+    ids = list(got.token_ids)
+    assert not any(ids[i:i + len(b)] == b for b in banned for i in range(len(ids)))
+
+
+def test_allowed_token_ids_match_hf_prefix_allowed_tokens(group, hf_greedy, tokenizer):
+    """Only the allowed ids (the free reply's, less its first token), as HF's
+    prefix_allowed_tokens_fn gives them; no EOS among them, so the reply runs to its limit."""
+    allowed, want = hf_greedy["allowed"]
+    got = group.client.generate(PROMPTS["fibonacci"], max_new_tokens=NEW_TOKENS, temperature=0,
+                                allowed_token_ids=allowed)
+    assert list(got.token_ids) == want, tokenizer.decode(got.token_ids)
+    assert set(got.token_ids) <= set(allowed) and got.finish_reason == pb.FINISH_REASON_LENGTH
 
 
 def test_ignore_eos_runs_past_eos(group, solo):

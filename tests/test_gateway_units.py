@@ -70,6 +70,10 @@ def test_chat_body():
     assert req.sampling.logprobs and req.sampling.top_logprobs == 3
     bare = ChatCompletionRequest(messages=[{"role": "user", "content": "x"}]).generate_request(max_output_length=100)
     assert bare.sampling.max_new_tokens == 100, "no limit given: the server's"
+    assert not bare.sampling.allowed_token_ids and not bare.sampling.bad_words
+    extras = ChatCompletionRequest(messages=[{"role": "user", "content": "x"}], allowed_token_ids=[5, 3],
+                                   bad_words=["no"]).generate_request(max_output_length=100)
+    assert list(extras.sampling.allowed_token_ids) == [5, 3] and list(extras.sampling.bad_words) == ["no"]
 
 
 # ---- logprob layouts

@@ -419,6 +419,54 @@ def test_messages_without_a_chat_template_are_invalid_argument(tmp_path, default
     assert tokenizer.encode("hi") == Tokenizer(default_model_dir).encode("hi")
 
 
+def test_token_filter_masks_against_a_plain_reading():
+    """TokenFilter's mask, read bit by bit, against the sets it should allow: the allowed ids, less
+    one-token bad words always, less a longer bad word's last token right after its prefix; ANDed
+    with a format's mask when there is one."""
+    from litelang.scheduler.structured import TokenFilter
+
+    def allowed_set(mask: bytes, vocab: int) -> set[int]:
+        words = [int.from_bytes(mask[i:i + 4], "little") for i in range(0, len(mask), 4)]
+        return {t for t in range(vocab) if words[t // 32] >> (t % 32) & 1}
+
+    vocab = 100
+    f = TokenFilter(vocab, [3, 5, 7, 8, 40, 64, 99], [[5], [7, 8], [1, 2, 64]])
+    assert len(f.allowed()) == 4 * 4
+    assert allowed_set(f.allowed(), vocab) == {3, 7, 8, 40, 64, 99}
+    for token, banned in [(7, {8}), (3, set()), (1, set()), (2, {64}), (64, set())]:
+        f.accept(token)
+        assert allowed_set(f.allowed(), vocab) == {3, 7, 8, 40, 64, 99} - banned, token
+    free = TokenFilter(vocab, [], [[0], [9, 9]])
+    assert allowed_set(free.allowed(), vocab) >= set(range(1, vocab)) and 0 not in allowed_set(free.allowed(), vocab)
+
+    class Format:  # a format allowing the even tokens
+        def __init__(self):
+            self.taken = []
+
+        def allowed(self):
+            return bytes.fromhex("55555555") * 4
+
+        def accept(self, token):
+            self.taken.append(token)
+            return token % 2 == 0
+
+        complete = True
+
+    free.inner = Format()
+    assert allowed_set(free.allowed(), vocab) == set(range(2, vocab, 2))
+    free.accept(9)
+    assert 9 not in allowed_set(free.allowed(), vocab) and free.inner.taken == [9] and free.complete
+
+
+def test_bad_words_are_tokenized_as_written_and_after_a_space(tokenizer):
+    from litelang.scheduler.structured import bad_word_token_ids
+
+    got = bad_word_token_ids(tokenizer.encode, ["return", "  fibonacci"])
+    assert got == [tokenizer.encode("return"), tokenizer.encode(" return"), tokenizer.encode("fibonacci"),
+                   tokenizer.encode(" fibonacci")]
+    assert len(got[2]) == 2, "a word of two tokens keeps both"
+
+
 FIM_PREFIX, FIM_SUFFIX = "def add(a, b):\n    return ", "\n\nprint(add(1, 2))  # 你好\n"
 
 
