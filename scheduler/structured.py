@@ -3,7 +3,8 @@ against the served vocabulary, and one matcher per completion that says which to
 next (a bitmask the worker applies to the logits) and takes each token sampled.
 
 xgrammar, the library vLLM and SGLang use, does the grammar work. It is imported only when a
-request asks for a format, so a server that never sees one never loads it."""
+request asks for a format, so a server that never sees one never loads it. TokenFilter masks the
+same way for allowed_token_ids and bad_words, without xgrammar."""
 
 from __future__ import annotations
 
