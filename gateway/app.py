@@ -158,7 +158,7 @@ def build_app(address: str, served_model_name: str = "", api_key: str = "",
             if body.forces_call:
                 message["content"], calls, reason = forced_reply(c.text, reason, body.forced_name)
             elif body.uses_tools:
-                message["content"], calls = parse_tool_calls(c.text, body.tool_names, body.parallel_tool_calls is False)
+                message["content"], calls = parse_tool_calls(c.text, body.tool_names, body.one_call)
                 reason = "tool_calls" if calls and reason == "stop" else reason
             else:
                 calls = []

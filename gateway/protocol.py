@@ -277,6 +277,11 @@ class ChatCompletionRequest(_Sampling):
         return {t.get("function", {}).get("name") for t in self.tools or []} - {None}
 
     @property
+    def one_call(self) -> bool:
+        """parallel_tool_calls false: one call at most."""
+        return self.parallel_tool_calls is False
+
+    @property
     def forces_call(self) -> bool:
         """tool_choice "required" or a named function: the reply is a forced call (forced_tools.py)."""
         return self.tool_choice == "required" or isinstance(self.tool_choice, dict)
@@ -300,8 +305,7 @@ class ChatCompletionRequest(_Sampling):
             raise RequestError('a named tool_choice is {"type": "function", "function": {"name": ...}}',
                                "tool_choice")
         other = bool(self.output_formats() or (self.response_format and self.response_format.output_format()))
-        return forced_tool_format(self.tools or [], self.forced_name, other, "response_format",
-                                  single=self.parallel_tool_calls is False)
+        return forced_tool_format(self.tools or [], self.forced_name, other, "response_format", single=self.one_call)
 
     def generate_request(self, max_output_length: int) -> pb.GenerateRequest:
         forced = self.forced_format()

@@ -128,6 +128,11 @@ class ResponsesRequest(_Sampling):
         return bool(self.tools) and self.tool_choice != "none"
 
     @property
+    def one_call(self) -> bool:
+        """parallel_tool_calls false: one call at most."""
+        return self.parallel_tool_calls is False
+
+    @property
     def forces_call(self) -> bool:
         return self.tool_choice == "required" or isinstance(self.tool_choice, dict)
 
@@ -140,8 +145,7 @@ class ResponsesRequest(_Sampling):
         if not self.forces_call:
             return None
         other = text_format is not None or bool(self.output_formats())
-        return forced_tool_format(tools, self.forced_name, other, "json text.format",
-                                  single=self.parallel_tool_calls is False)
+        return forced_tool_format(tools, self.forced_name, other, "json text.format", single=self.one_call)
 
     def messages(self) -> list[dict]:
         """The conversation as chat messages: instructions first (as a system message), then the input.
@@ -184,7 +188,7 @@ class ResponsesRequest(_Sampling):
         if self.forces_call:
             content, calls, reason = forced_reply(text, reason, self.forced_name)
         elif self.uses_tools:
-            content, calls = parse_tool_calls(text, self.tool_names, self.parallel_tool_calls is False)
+            content, calls = parse_tool_calls(text, self.tool_names, self.one_call)
         else:
             content, calls = text, []
         return content or "", calls, reason
@@ -399,7 +403,7 @@ async def response_stream(body: ResponsesRequest, calls: list, chunks: AsyncIter
     after the start is an `error` event; leaving (the client went away) cancels the call, so the
     scheduler aborts it."""
     out = StreamedOutput(head)
-    held = (ToolCallStream(body.tool_names, body.parallel_tool_calls is False)
+    held = (ToolCallStream(body.tool_names, body.one_call)
             if body.uses_tools and not body.forces_call else None)
     required = RequiredCalls()  # a "required" reply, read as it is written
     try:

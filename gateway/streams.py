@@ -157,13 +157,13 @@ def chat_stream(backend: Backend, body: ChatCompletionRequest, calls: list, chun
                  head: dict) -> AsyncIterator[str]:
     known: dict[int, bytes] = {}
     tools: dict[int, ToolCallStream] = {}  # per choice, when the reply is parsed for tool calls
-    forced: dict[int, str] = {}  # per choice, a named forced call: "" once its call is opened
+    opened: set[int] = set()  # choices whose named forced call has been opened
     required: dict[int, RequiredCalls] = {}  # per choice, a "required" reply as it is read
 
     async def choices_for(p: int, index: int, chunk: pb.GenerateStreamChunk) -> list[dict]:
         out = []
         if index not in tools:  # OpenAI's first delta of a choice names the role
-            tools[index] = ToolCallStream(body.tool_names, body.parallel_tool_calls is False)
+            tools[index] = ToolCallStream(body.tool_names, body.one_call)
             out.append({"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                         "finish_reason": None})
         logprobs = None
@@ -174,8 +174,8 @@ def chat_stream(backend: Backend, body: ChatCompletionRequest, calls: list, chun
         text, calls = chunk.text, []
         if body.forced_name is not None and body.forces_call:  # the text is the call's arguments, streamed as
             # they come (as OpenAI and vLLM do): the first delta names the call, later ones add arguments
-            if index not in forced:
-                forced[index] = ""
+            if index not in opened:
+                opened.add(index)
                 first = {"index": 0, **new_call(body.forced_name, text)}
                 out.append({"index": index, "delta": {"tool_calls": [first]}, "logprobs": logprobs, "finish_reason": None})
             elif text or logprobs:

@@ -25,8 +25,7 @@ from litelang.scheduler.request import OutputEvent, Request, TopLogprobs
 from litelang.scheduler.structured import output_format
 from litelang.scheduler.tokenizer import Tokenizer
 from litelang.scheduler.validation import (
-    InvalidRequest, chat_template_input, check_allowed_token_ids, check_logit_bias_ids, check_prompt, completion_count,
-    resolve_sampling,
+    InvalidRequest, chat_template_input, check_prompt, check_vocabulary_ids, completion_count, resolve_sampling,
 )
 
 log = logging.getLogger("litelang.scheduler")
@@ -80,8 +79,7 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
             if index:  # the siblings' prompt is completion 0's: scored once
                 sampling.prompt_logprobs = None
             else:
-                check_logit_bias_ids(sampling.logit_bias, vocab_size)
-                check_allowed_token_ids(sampling.allowed_token_ids, vocab_size)
+                check_vocabulary_ids(sampling, vocab_size)
             reqs.append(Request(request_id=request_id if n == 1 else f"{request_id}/{index}",
                                 prompt_ids=prompt_ids, sampling=sampling))
         return reqs

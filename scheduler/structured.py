@@ -154,7 +154,7 @@ class TokenFilter:
             self._base = np.full(words, 0xFFFFFFFF, np.uint32)
         for seq in bad_words:
             if len(seq) == 1:
-                self._base[seq[0] >> 5] &= np.uint32(~(1 << (seq[0] & 31)) & 0xFFFFFFFF)
+                _ban(self._base, seq[0])
         self._after = [seq for seq in bad_words if len(seq) > 1]  # banned only after their prefix
         self._generated: list[int] = []
         self.inner: OutputMatcher | None = None
@@ -166,7 +166,7 @@ class TokenFilter:
         for seq in self._after:
             n = len(seq) - 1
             if self._generated[-n:] == seq[:-1]:
-                mask[seq[-1] >> 5] &= np.uint32(~(1 << (seq[-1] & 31)) & 0xFFFFFFFF)
+                _ban(mask, seq[-1])
         return mask.tobytes()
 
     def accept(self, token: int) -> bool:
@@ -176,6 +176,11 @@ class TokenFilter:
     @property
     def complete(self) -> bool:
         return self.inner.complete if self.inner is not None else False
+
+
+def _ban(mask: np.ndarray, token: int) -> None:
+    """Clear the token's bit in a uint32 mask."""
+    mask[token >> 5] &= np.uint32(~(1 << (token & 31)) & 0xFFFFFFFF)
 
 
 def bad_word_token_ids(encode, words: list[str]) -> list[list[int]]:

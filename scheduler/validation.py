@@ -106,7 +106,7 @@ def resolve_sampling(params: pb.SamplingParams, cfg: LitelangConfig, default_see
 
 
 def _logit_bias(params: pb.SamplingParams) -> dict[int, float]:
-    """Checked here except the ids' upper bound (check_logit_bias_ids, once the vocabulary is known)."""
+    """Checked here except the ids' upper bound (check_vocabulary_ids, once the vocabulary is known)."""
     bias = dict(params.logit_bias)
     if len(bias) > MAX_LOGIT_BIAS:
         raise InvalidRequest(f"logit_bias has {len(bias)} tokens; at most {MAX_LOGIT_BIAS}")
@@ -137,16 +137,13 @@ def completion_count(params: pb.SamplingParams) -> int:
     return params.n
 
 
-def check_allowed_token_ids(ids: list[int], vocab_size: int) -> None:
-    bad = [t for t in ids if t >= vocab_size]
-    if bad:
-        raise InvalidRequest(f"allowed_token_ids {bad[:5]} are outside the vocabulary of {vocab_size} tokens")
-
-
-def check_logit_bias_ids(bias: dict[int, float], vocab_size: int) -> None:
-    bad = sorted(t for t in bias if t >= vocab_size)
-    if bad:
-        raise InvalidRequest(f"logit_bias token ids {bad[:5]} are outside the vocabulary [0, {vocab_size})")
+def check_vocabulary_ids(sampling: SamplingConfig, vocab_size: int) -> None:
+    """The upper bound of the token ids a request names (logit_bias, allowed_token_ids), once the
+    vocabulary is known."""
+    for field, ids in (("logit_bias token ids", sampling.logit_bias), ("allowed_token_ids", sampling.allowed_token_ids)):
+        bad = sorted(t for t in ids if t >= vocab_size)
+        if bad:
+            raise InvalidRequest(f"{field} {bad[:5]} are outside the vocabulary [0, {vocab_size})")
 
 
 def check_prompt(ids: list[int], cfg: LitelangConfig, vocab_size: int) -> None:
