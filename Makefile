@@ -1,39 +1,42 @@
-# litelang: `make serve` serves the default model, `make test` runs the tests; each installs what it needs.
+# litelang: `make serve` serves the default model, `make test` runs the tests; each installs what
+# it needs into the interpreter PYTHON names (a virtual environment's, when one is active), at the
+# versions in constraints.txt (tools/install.py).
 PYTHON ?= python3
-PIP := $(PYTHON) -m pip
 CONFIG ?= configs/default.yaml
 MODEL_DIR := models/qwen2.5-coder-0.5b-instruct
-STAMP := .cache/installed.stamp
+PYTEST := $(PYTHON) -m pytest -p no:cacheprovider
 
-.PHONY: install serve test test-fast test-gpu model proto bench clean
+.PHONY: install-serve install-test serve test test-fast test-gpu model proto lock bench clean
 
-# torch first, pinned to the CPU build on disk where there is one; a range that build satisfies
-# keeps pip from pulling CUDA packages on CPU-only machines.
-$(STAMP): pyproject.toml
-	@mkdir -p .cache
-	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0 || $(PIP) install "torch>=2.4,<3"
-	$(PIP) install -e ".[test]"
-	@touch $(STAMP)
+install-serve:
+	@$(PYTHON) tools/install.py serve
 
-install: $(STAMP)
+install-test:
+	@$(PYTHON) tools/install.py test
 
-model: $(STAMP)
+model: install-serve
+	@echo "==> preparing the default model in $(MODEL_DIR)"
 	$(PYTHON) -m litelang.tools.prepare_model --out $(MODEL_DIR)
 
 serve: model
-	litelang-launch $(CONFIG)
+	@echo "==> starting litelang ($(CONFIG))"
+	$(PYTHON) -m litelang.scheduler.launch $(CONFIG)
 
-proto: $(STAMP)
-	$(PYTHON) -m litelang.tools.gen_proto
+test: install-test model
+	$(PYTEST) tests kernels
 
-test: model
-	$(PYTHON) -m pytest -p no:cacheprovider tests kernels
-
-test-fast: $(STAMP)
-	$(PYTHON) -m pytest -p no:cacheprovider -m "not gpu and not slow" tests kernels
+test-fast: install-test
+	$(PYTEST) -m "not gpu and not slow" tests kernels
 
 test-gpu:
-	$(PYTHON) -m pytest -p no:cacheprovider -m gpu tests kernels
+	$(PYTEST) -m gpu tests kernels
+
+proto: install-test
+	$(PYTHON) -m litelang.tools.gen_proto
+
+# the newest versions pyproject's ranges allow, resolved in a fresh environment; then `make test`
+lock:
+	$(PYTHON) tools/install.py lock
 
 # on a CUDA machine: kernel, model (vs HF transformers) and serving benchmarks, results in ./out
 bench:

@@ -26,8 +26,8 @@ from pathlib import Path
 import yaml
 
 from litelang.bench.shapes import random_checkpoint
-from litelang.client import AsyncLitelangClient, LitelangClient
-from litelang.launch import http_ok, is_serving
+from litelang.client.api import AsyncLitelangClient, LitelangClient
+from litelang.scheduler.launch import http_ok, is_serving
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json")
 
@@ -52,7 +52,7 @@ class Server:
         cfg.update(overrides)
         self.cfg_file = Path(f"/tmp/litelang-bench-{self.port}.yaml")
         self.cfg_file.write_text(yaml.safe_dump(cfg))
-        self.proc = subprocess.Popen([sys.executable, "-m", "litelang.launch", str(self.cfg_file)], start_new_session=True)
+        self.proc = subprocess.Popen([sys.executable, "-m", "litelang.scheduler.launch", str(self.cfg_file)], start_new_session=True)
         self.address = f"127.0.0.1:{self.port}"
         deadline = time.time() + 300
         while not is_serving(self.address):

@@ -9,7 +9,7 @@ export PYTHONPATH=/tmp/pkg:/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
 # the console scripts pip would install (tests start `litelang-launch` beside the interpreter)
 BIN=$(dirname "$(command -v python3)")
-for script in launch:litelang-launch scheduler.main:litelang-scheduler worker.main:litelang-worker client.cli:litelang; do
+for script in scheduler.launch:litelang-launch scheduler.main:litelang-scheduler worker.main:litelang-worker client.cli:litelang; do
   module=${script%%:*} name=${script##*:}
   [ -e "$BIN/$name" ] || printf '#!/bin/sh\nexec python3 -c "import sys; from litelang.%s import main; sys.exit(main())" "$@"\n' \
     "$module" > "$BIN/$name" && chmod +x "$BIN/$name" || true

@@ -1,6 +1,6 @@
 """A small Python API over the generated stubs: sync and asyncio, streaming as iterators.
 
-    from litelang.client import LitelangClient
+    from litelang import LitelangClient
     with LitelangClient("127.0.0.1:50051") as c:
         print(c.generate("def fibonacci(n):", max_new_tokens=48).text)
         for piece in c.generate_stream("Hello", max_new_tokens=16):

@@ -27,7 +27,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from litelang.kernels import REFERENCE, KernelSet
+from litelang.kernels.kernel_set import REFERENCE, KernelSet
 from litelang.kernels._triton import INTERPRET, tl, triton
 from litelang.kernels.activation import silu_and_mul, silu_and_mul_ref
 from litelang.kernels.attention import decode_attention_as_extend, decode_attention_ref

@@ -133,7 +133,7 @@ def test_cpu_reference_set_samples_and_scores_each_row_as_alone():
     """deterministic mode on the CPU: a batch's tokens and logprobs, greedy or sampled, equal
     each row's computed alone. (torch's logsumexp over one [1, 151936] row splits it across
     threads, over a batch it does not: the plain references differ in the last bit on some rows.)"""
-    from litelang.kernels import REFERENCE
+    from litelang.kernels.kernel_set import REFERENCE
     from litelang.kernels.batch_invariant import batch_invariant
 
     ks = batch_invariant(REFERENCE)

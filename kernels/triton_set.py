@@ -7,7 +7,7 @@ ignore them); decode_attention(split_size=) for tests and tuning only.
 
 from __future__ import annotations
 
-from litelang.kernels import KernelSet
+from litelang.kernels.kernel_set import KernelSet
 from litelang.kernels.activation import silu_and_mul
 from litelang.kernels.attention import decode_attention, extend_attention
 from litelang.kernels.decode_inputs import decode_inputs

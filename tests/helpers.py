@@ -210,7 +210,7 @@ class ServerGroup:
         return self.worker
 
     def start(self, timeout: float = 300.0) -> "ServerGroup":
-        from litelang.client import LitelangClient
+        from litelang.client.api import LitelangClient
 
         _live_groups.add(self)
         self.start_worker()
@@ -322,7 +322,7 @@ def make_tiny_qwen2_with_tokenizer(path: Path, tokenizer_dir: Path, **overrides)
 def openai_gateway(group, log_dir: Path, *flags: str, env: dict | None = None):
     """`litelang-openai` (the installed console script) in front of the group's scheduler: its
     base URL; stopped (and its port released) on exit."""
-    from litelang.launch import http_ok
+    from litelang.scheduler.launch import http_ok
 
     script = Path(sys.executable).parent / "litelang-openai"
     assert script.exists(), f"{script} is missing: install litelang with `pip install -e .`"

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from helpers import health_status, server_group, wait_for, wait_idle
-from litelang.client import generate_request
+from litelang.client.api import generate_request
 from litelang.proto import litelang_pb2 as pb
 
 pytestmark = pytest.mark.slow

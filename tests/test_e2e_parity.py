@@ -255,7 +255,7 @@ def test_async_client_concurrent_streams_match_solo(group, solo, tokenizer):
     """The asyncio client: two streams and a unary call at once give the solo greedy tokens."""
     import asyncio
 
-    from litelang.client import AsyncLitelangClient
+    from litelang.client.api import AsyncLitelangClient
 
     n = 8
 

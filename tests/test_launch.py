@@ -25,7 +25,7 @@ from helpers import (
     REPO_ROOT, alive, child_env, descendants, free_ports, health_status, make_tiny_qwen2_with_tokenizer,
     port_is_listened_on, wait_for,
 )
-from litelang.client import LitelangClient, generate_request
+from litelang.client.api import LitelangClient, generate_request
 from litelang.proto import litelang_pb2 as pb
 
 pytestmark = pytest.mark.slow

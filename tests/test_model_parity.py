@@ -127,7 +127,7 @@ def test_split_k_partials_through_the_norm_match_hf(tiny_qwen2, monkeypatch):
     projection added to the stream taking that path."""
     import dataclasses
 
-    from litelang import kernels
+    from litelang.kernels import kernel_set as kernels
     from litelang.kernels.linear import linear_partials_ref
 
     calls = []

@@ -425,7 +425,7 @@ def test_priority_orders_the_waiting_queue(api, group):
     (sent over gRPC) gets its first token."""
     import threading
 
-    from litelang.client import generate_request
+    from litelang.client.api import generate_request
 
     long = [group.client.stub.GenerateStream(generate_request(PROMPT, f"long-{i}", max_new_tokens=4000,
                                                               temperature=0, ignore_eos=True), timeout=120)

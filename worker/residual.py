@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from litelang.kernels import KernelSet
+from litelang.kernels.kernel_set import KernelSet
 from litelang.kernels.rmsnorm import DeferredNorm
 from litelang.worker.parallel import TPGroup
 

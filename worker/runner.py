@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from litelang.kernels import KernelSet
+from litelang.kernels.kernel_set import KernelSet
 from litelang.proto import worker_pb2
 from litelang.worker.forward_batch import ForwardBatch, to_device
 from litelang.worker.kv_pool import KVPool

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from litelang.kernels import KernelSet
+from litelang.kernels.kernel_set import KernelSet
 from litelang.kernels.sampling import top_logprobs
 from litelang.kernels.token_mask import ALL_ALLOWED, mask_words_for
 from litelang.worker.forward_batch import ForwardBatch, to_device

@@ -8,7 +8,7 @@ import time
 import torch
 
 from litelang.configs.schema import LitelangConfig
-from litelang.kernels import kernel_set
+from litelang.kernels.kernel_set import kernel_set
 from litelang.worker.cuda_graph import DecodeGraphs
 from litelang.worker.checkpoint import CheckpointReader, Qwen2Spec
 from litelang.worker.kv_pool import KVPool, bytes_per_slot, choose_num_slots

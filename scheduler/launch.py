@@ -138,6 +138,13 @@ class Group:
         self._stop_procs(self.workers)
 
 
+def ready_hint(cfg: LitelangConfig) -> str:
+    """A line a person can paste into another terminal to see a reply."""
+    address = "" if cfg.address == "127.0.0.1:50051" else f" --address {cfg.address}"
+    return (f'try, in another terminal: litelang{address} generate "def fibonacci(n):" '
+            "--max-new-tokens 48 --temperature 0   (Ctrl-C here stops the server)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="litelang-launch", description=__doc__)
     parser.add_argument("config_file", metavar="CONFIG.yaml", help="deployment config (see configs/default.yaml)")
@@ -170,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"litelang is serving {cfg.model} on {cfg.address}", flush=True)
             if cfg.openai_port:
                 print(f"OpenAI-compatible API on http://{cfg.host}:{cfg.openai_port}/v1", flush=True)
+            print(ready_hint(cfg), flush=True)
             code = group.watch(group.stopping)
         except LaunchError as e:
             print(f"litelang-launch: {e}", file=sys.stderr)
