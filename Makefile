@@ -23,13 +23,13 @@ serve: model
 	$(PYTHON) -m litelang.scheduler.launch $(CONFIG)
 
 test: install-test model
-	$(PYTEST) tests kernels
+	$(PYTEST) tests
 
 test-fast: install-test
-	$(PYTEST) -m "not gpu and not slow" tests kernels
+	$(PYTEST) -m "not gpu and not slow" tests
 
 test-gpu:
-	$(PYTEST) -m gpu tests kernels
+	$(PYTEST) -m gpu tests
 
 proto: install-test
 	$(PYTHON) -m litelang.tools.gen_proto

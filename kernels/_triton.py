@@ -9,7 +9,7 @@ Two reasons for a shared import:
   triton is imported, makes the kernels usable on CPU whichever module (a test, the worker)
   happens to import them first. (A CUDA build of torch on a machine without a GPU is left alone:
   asking torch.cuda.is_available() at import time could initialize CUDA before a fork;
-  kernels/conftest.py covers that case for the tests.)
+  tests/kernels/conftest.py covers that case for the tests.)
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The interpreter runs kernels as Python, so code the GPU compiler rejects (type mismatches in
 loops, unsupported ops) would pass the CPU tests. Triton can compile ahead of time for a target
 with no device present; this does that in a subprocess with TRITON_INTERPRET=0, with the block
-sizes the wrappers pick on a GPU. Run directly (`python kernels/test_compile.py`) to also see
+sizes the wrappers pick on a GPU. Run directly (`python tests/kernels/test_compile.py`) to also see
 shared memory per kernel.
 """
 
