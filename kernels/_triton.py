@@ -24,6 +24,8 @@ if torch.version.cuda is None and torch.version.hip is None:
 try:
     import triton
     import triton.language as tl
+
+    _HAVE_TRITON = True
 except ImportError:  # pragma: no cover - exercised only where triton is absent
 
     class _NoTriton:
@@ -40,10 +42,26 @@ except ImportError:  # pragma: no cover - exercised only where triton is absent
             raise ImportError("triton is not installed: use the torch reference kernels")
 
     triton = tl = _NoTriton()
+    _HAVE_TRITON = False
 
 # True when kernels run in the CPU interpreter: tests use small blocks, and dots run in float32
 # (the interpreter multiplies bfloat16 tiles as raw uint16 bits).
 INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+ROW_EXACT_DOT = tl.constexpr(INTERPRET) if _HAVE_TRITON else INTERPRET
+
+
+@triton.jit
+def dot_f32(a, b, acc):
+    """acc + a @ b with exact float32 products. On the GPU, tl.dot in IEEE mode. The interpreter
+    runs tl.dot as numpy's matmul, whose BLAS may round a row differently by its place in the tile
+    (OpenBLAS under a forced core type does), so there a broadcast sum keeps each row's bits its
+    own, as the GPU's dot does: the batch-invariance tests hold on any CPU."""
+    if ROW_EXACT_DOT:
+        return acc + tl.sum(a.to(tl.float32)[:, :, None] * b.to(tl.float32)[None, :, :], axis=1)
+    else:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
 
 
 # Programmatic dependent launch (Hopper and later): a decode step is a chain of a few hundred
@@ -134,4 +152,4 @@ class LaunchCounters:
         return buf
 
 
-__all__ = ["INTERPRET", "LATE_RELEASE", "LaunchCounters", "pdl_enabled", "pdl_launch", "pdl_release", "pdl_start", "tl", "triton"]
+__all__ = ["INTERPRET", "LATE_RELEASE", "dot_f32", "LaunchCounters", "pdl_enabled", "pdl_launch", "pdl_release", "pdl_start", "tl", "triton"]

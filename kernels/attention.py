@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from litelang.kernels._triton import INTERPRET, LATE_RELEASE, LaunchCounters, pdl_launch, pdl_release, pdl_start, tl, triton
+from litelang.kernels._triton import INTERPRET, LATE_RELEASE, LaunchCounters, dot_f32, pdl_launch, pdl_release, pdl_start, tl, triton
 
 
 def _context(pool: torch.Tensor, req_to_slot: torch.Tensor, row: int, length: int) -> torch.Tensor:
@@ -94,7 +94,7 @@ def _mma(a, b, DOT_F32: tl.constexpr):
     """a @ b, float32 accumulate. DOT_F32: exact float32 products (fp32 inputs on GPU, where the
     default would be tf32, and the CPU interpreter, which cannot multiply bfloat16 tiles)."""
     if DOT_F32:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+        return dot_f32(a, b, tl.zeros([a.shape[0], b.shape[1]], dtype=tl.float32))
     else:
         return tl.dot(a, b)
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from litelang.kernels.kernel_set import REFERENCE, KernelSet
-from litelang.kernels._triton import INTERPRET, tl, triton
+from litelang.kernels._triton import INTERPRET, dot_f32, tl, triton
 from litelang.kernels.activation import silu_and_mul, silu_and_mul_ref
 from litelang.kernels.attention import decode_attention_as_extend, decode_attention_ref
 from litelang.kernels.greedy import greedy_sample, greedy_sample_ref, logprobs_from_argmax
@@ -115,7 +115,7 @@ def _linear_kernel(X, W, Bias, Out, M, N, K, stride_xm, stride_om, HAS_BIAS: tl.
         x = tl.load(x_ptrs + k0, mask=(rows < M)[:, None] & k_ok[None, :], other=0.0)
         w = tl.load(w_ptrs + k0, mask=(cols < N)[:, None] & k_ok[None, :], other=0.0)
         if DOT_F32:
-            acc = tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), acc, input_precision="ieee")
+            acc = dot_f32(x, tl.trans(w), acc)
         else:
             acc = tl.dot(x, tl.trans(w), acc)
     if HAS_BIAS:

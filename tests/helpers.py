@@ -357,3 +357,23 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
         text = resp.read().decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+# Kernel tests
+
+
+def make_pool(device, dtype, kv_heads, head_dim, contexts, max_context=256, seed=0):
+    """A KV pool and req->slot table with shuffled slots; rows 1 and 2 share a 20-token prefix
+    (as the radix cache shares one). Request b uses row req_rows[b] (not b)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    rows = len(contexts) + 3
+    num_slots = rows * max_context + 16
+    k_pool = torch.randn(num_slots, kv_heads, head_dim, generator=g).to(device, dtype)
+    v_pool = torch.randn(num_slots, kv_heads, head_dim, generator=g).to(device, dtype)
+    req_to_slot = torch.randperm(num_slots, generator=g)[: rows * max_context].view(rows, max_context)
+    req_rows = torch.randperm(rows, generator=g)[: len(contexts)]
+    if len(contexts) > 2:
+        req_to_slot[req_rows[2], :20] = req_to_slot[req_rows[1], :20]
+    return k_pool, v_pool, req_to_slot.to(device, torch.int32), req_rows.to(device, torch.int32)

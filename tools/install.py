@@ -31,8 +31,9 @@ CONSTRAINTS = ROOT / "constraints.txt"
 EXTRAS = {"serve": "model", "test": "test"}
 # What a torch build decides for itself: these pins apply only with the torch we pinned.
 TORCH_FAMILY = re.compile(r"^(torch|triton|nvidia-[a-z0-9-]+|cuda-[a-z0-9-]+)==", re.IGNORECASE)
-# Never pinned: pip's own tools, and litelang itself (installed editable from this checkout).
-UNPINNED = re.compile(r"^(pip|setuptools|wheel|litelang)==", re.IGNORECASE)
+# Never pinned: pip itself, and litelang (installed editable from this checkout). setuptools is
+# pinned: torch needs it at run time.
+UNPINNED = re.compile(r"^(pip|litelang)==", re.IGNORECASE)
 
 
 def say(message: str) -> None:
@@ -92,7 +93,7 @@ def install(target: str) -> None:
     torch = installed_torch()
     if torch is None:
         version = pinned("torch")
-        run(sys.executable, "-m", "pip", "install", f"torch=={version}" if version else "torch")
+        run(sys.executable, "-m", "pip", "install", "-c", str(CONSTRAINTS), f"torch=={version}" if version else "torch")
         torch = installed_torch()
         if torch is None:
             sys.exit("[install] torch did not install; see pip's message above")
@@ -119,7 +120,7 @@ def lock() -> None:
     python = str(venv / "bin" / "python")
     run(python, "-m", "pip", "install", f"torch=={torch}" if torch else "torch")
     run(python, "-m", "pip", "install", "-e", f"{ROOT}[test]")
-    frozen = subprocess.run([python, "-m", "pip", "freeze", "--exclude-editable"], check=True,
+    frozen = subprocess.run([python, "-m", "pip", "freeze", "--all", "--exclude-editable"], check=True,
                             capture_output=True, text=True).stdout.splitlines()
     pins = sorted({re.sub(r"\+[A-Za-z0-9.]+$", "", ln) for ln in frozen
                    if "==" in ln and not UNPINNED.match(ln)}, key=str.lower)

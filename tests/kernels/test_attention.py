@@ -10,6 +10,7 @@ import torch
 
 pytest.importorskip("triton")
 
+from helpers import make_pool  # noqa: E402
 from litelang.kernels import attention  # noqa: E402
 from litelang.kernels.attention import (  # noqa: E402
     decode_attention,
@@ -22,21 +23,6 @@ TOL = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 3e-2}
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # (q_heads, kv_heads, head_dim): GQA 7:1 and 6:1, and plain multi-head
 HEADS = [(7, 1, 16), (12, 2, 32), (2, 2, 16)]
-
-
-def make_pool(device, dtype, kv_heads, head_dim, contexts, max_context=256, seed=0):
-    """A KV pool and req->slot table with shuffled slots; rows 1 and 2 share a 20-token prefix
-    (as the radix cache shares one). Request b uses row req_rows[b] (not b)."""
-    g = torch.Generator().manual_seed(seed)
-    rows = len(contexts) + 3
-    num_slots = rows * max_context + 16
-    k_pool = torch.randn(num_slots, kv_heads, head_dim, generator=g).to(device, dtype)
-    v_pool = torch.randn(num_slots, kv_heads, head_dim, generator=g).to(device, dtype)
-    req_to_slot = torch.randperm(num_slots, generator=g)[: rows * max_context].view(rows, max_context)
-    req_rows = torch.randperm(rows, generator=g)[: len(contexts)]
-    if len(contexts) > 2:
-        req_to_slot[req_rows[2], :20] = req_to_slot[req_rows[1], :20]
-    return k_pool, v_pool, req_to_slot.to(device, torch.int32), req_rows.to(device, torch.int32)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

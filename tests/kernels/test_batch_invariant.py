@@ -20,7 +20,7 @@ from litelang.kernels.batch_invariant import (  # noqa: E402
 )
 from litelang.kernels.greedy import greedy_sample  # noqa: E402
 from litelang.kernels.sampling import token_logprobs_ref  # noqa: E402
-from litelang.kernels.test_attention import make_pool  # noqa: E402
+from helpers import make_pool  # noqa: E402
 
 
 def rows_in_other_batches(fn, x: torch.Tensor, ms: list[int]) -> None:
