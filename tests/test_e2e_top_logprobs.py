@@ -74,7 +74,7 @@ def hf_token_bytes(model_dir):
     """ids -> each one's bytes, by HF's tokenizer: its vocabulary entry through GPT-2's byte-level
     alphabet read backwards (an added token's entry is its text)."""
     from transformers import AutoTokenizer
-    from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     hf = AutoTokenizer.from_pretrained(str(model_dir))
     byte_of = {c: b for b, c in bytes_to_unicode().items()}
