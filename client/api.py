@@ -22,6 +22,7 @@ import grpc
 
 from litelang.proto import litelang_pb2 as pb
 from litelang.proto import litelang_pb2_grpc
+from litelang.proto.json_values import json_object
 
 SAMPLING_FIELDS = {f.name for f in pb.SamplingParams.DESCRIPTOR.fields}
 
@@ -60,14 +61,14 @@ def tokenize_request(prompt: str | list[dict[str, str]], suffix: str = "") -> pb
 def chat_messages(messages: list[dict], tools: list[dict] | None = None,
                   continue_final_message: bool = False) -> pb.ChatMessages:
     """Messages as OpenAI writes them ({"role", "content"}; an assistant's "tool_calls", a tool
-    result's "tool_call_id" and "name"), the tools offered, and whether the last (assistant)
-    message is a reply to continue."""
+    result's "tool_call_id" and "name"), the tools offered (JSON-like dicts, sent as structure:
+    proto/json_values.py), and whether the last (assistant) message is a reply to continue."""
     return pb.ChatMessages(
         messages=[pb.ChatMessage(role=m["role"], content=m.get("content") or "",
                                  tool_calls_json=json.dumps(m["tool_calls"]) if m.get("tool_calls") else "",
                                  tool_call_id=m.get("tool_call_id") or "", name=m.get("name") or "")
                   for m in messages],
-        tools_json=json.dumps(tools) if tools else "", continue_final_message=continue_final_message)
+        tools=[json_object(tool) for tool in tools or []], continue_final_message=continue_final_message)
 
 
 class ChatSession:

@@ -1,5 +1,5 @@
-"""The scheduler as the gateway's routes see it (one gRPC channel, the model's limits, token
-bytes for logprobs), and errors in OpenAI's shape: {"error": {"message", "type", "param",
+"""The scheduler as the gateway's routes see it (one gRPC channel, the model's limits, a prompt's
+text for echo), and errors in OpenAI's shape: {"error": {"message", "type", "param",
 "code"}}, with gRPC codes mapped onto HTTP statuses (INVALID_ARGUMENT 400, RESOURCE_EXHAUSTED 429,
 UNAVAILABLE 503, ...)."""
 
@@ -73,16 +73,9 @@ class Backend:
                             "model_not_found")
         return name
 
-    async def token_bytes(self, ids: set[int], known: dict[int, bytes]) -> dict[int, bytes]:
-        """`known` with every id of `ids` added (one Detokenize call for the missing ones)."""
-        missing = sorted(ids - known.keys())
-        if missing:
-            reply = await self.stub.Detokenize(pb.DetokenizeRequest(token_ids=missing), timeout=10)
-            known.update(zip(missing, reply.token_bytes))
-        return known
-
     async def prompt_text(self, request: pb.GenerateRequest) -> str:
-        """A completion request's prompt as text (for echo)."""
+        """A completion request's prompt as text (for echo): token ids are detokenized, once, before
+        the reply starts."""
         if request.WhichOneof("input") == "prompt":
             return request.prompt
         reply = await self.stub.Detokenize(pb.DetokenizeRequest(token_ids=request.input_ids.ids), timeout=10)

@@ -66,10 +66,21 @@ def completion_logprobs(token_ids: Sequence[int], logprobs: Sequence[float | Non
     return {"tokens": tokens, "token_logprobs": list(logprobs), "top_logprobs": top_columns, "text_offset": offsets}
 
 
-def ids_of(token_ids: Sequence[int], tops: Sequence[pb.TopLogprobs | None]) -> set[int]:
-    """Every id a logprobs block names: what to ask Detokenize for."""
-    ids = set(token_ids)
+def token_bytes_of(token_ids: Sequence[int], token_bytes: Sequence[bytes],
+                   tops: Sequence[pb.TopLogprobs | None]) -> dict[int, bytes]:
+    """id -> bytes, from what a logprobs reply carries beside its ids (the scheduler spells each
+    token and each alternative), for the layouts above."""
+    known = dict(zip(token_ids, token_bytes))
     for top in tops:
         if top is not None:
-            ids.update(top.token_ids)
-    return ids
+            known.update(zip(top.token_ids, top.token_bytes))
+    return known
+
+
+def completions_of(reply: pb.GenerateResponse) -> list[pb.Completion]:
+    """Every completion of a reply: n > 1 lists them; n = 1 has its one in the reply's own fields."""
+    if reply.completions:
+        return list(reply.completions)
+    return [pb.Completion(index=0, text=reply.text, token_ids=reply.token_ids, finish_reason=reply.finish_reason,
+                          stop_string=reply.stop_string, logprobs=reply.logprobs, top_logprobs=reply.top_logprobs,
+                          token_bytes=reply.token_bytes)]

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 import grpc
 
 from litelang.gateway import formatting as fmt
-from litelang.gateway.backend import Backend, HTTPError
+from litelang.gateway.backend import HTTPError
 from litelang.gateway.forced_tools import RequiredCalls
 from litelang.gateway.protocol import ChatCompletionRequest, CompletionRequest
 from litelang.gateway.tool_calls import ToolCallStream, new_call
@@ -129,19 +129,19 @@ async def event_stream(calls: list, iterators: list, n: int, head: dict, include
     yield sse("[DONE]")
 
 
-def completion_stream(backend: Backend, body: CompletionRequest, requests: list[pb.GenerateRequest],
-                       calls: list, iterators: list, head: dict) -> AsyncIterator[str]:
-    known: dict[int, bytes] = {}
+def completion_stream(body: CompletionRequest, echoes: Sequence[str], calls: list, iterators: list,
+                      head: dict) -> AsyncIterator[str]:
+    """echoes: each prompt's text, put before its completions' first delta (with echo; else "").
+    Logprobs are spelled with the bytes each chunk carries: no call to the scheduler mid-stream."""
     offsets: dict[int, int] = {}  # choice index -> characters sent so far (legacy text_offset)
 
     async def choices_for(p: int, index: int, chunk: pb.GenerateStreamChunk) -> list[dict]:
         text, logprobs = chunk.text, None
         if index not in offsets:
             offsets[index] = 0
-            if body.echo:
-                text = await backend.prompt_text(requests[p]) + text
+            text = echoes[p] + text
         if body.logprobs is not None and chunk.token_ids:
-            await backend.token_bytes(fmt.ids_of(chunk.token_ids, chunk.top_logprobs), known)
+            known = fmt.token_bytes_of(chunk.token_ids, chunk.token_bytes, chunk.top_logprobs)
             logprobs = fmt.completion_logprobs(chunk.token_ids, chunk.logprobs, chunk.top_logprobs, known,
                                                offsets[index] + len(text) - len(chunk.text))
         offsets[index] += len(text)
@@ -153,9 +153,9 @@ def completion_stream(backend: Backend, body: CompletionRequest, requests: list[
     return event_stream(calls, iterators, body.n, head, body.include_usage, choices_for)
 
 
-def chat_stream(backend: Backend, body: ChatCompletionRequest, calls: list, chunks: AsyncIterator,
-                 head: dict) -> AsyncIterator[str]:
-    known: dict[int, bytes] = {}
+def chat_stream(body: ChatCompletionRequest, calls: list, chunks: AsyncIterator, head: dict) -> AsyncIterator[str]:
+    """The chat deltas (content, or tool calls as they are read or forced), logprobs spelled with
+    the bytes each chunk carries."""
     tools: dict[int, ToolCallStream] = {}  # per choice, when the reply is parsed for tool calls
     opened: set[int] = set()  # choices whose named forced call has been opened
     required: dict[int, RequiredCalls] = {}  # per choice, a "required" reply as it is read
@@ -168,7 +168,7 @@ def chat_stream(backend: Backend, body: ChatCompletionRequest, calls: list, chun
                         "finish_reason": None})
         logprobs = None
         if body.logprobs and chunk.token_ids:
-            await backend.token_bytes(fmt.ids_of(chunk.token_ids, chunk.top_logprobs), known)
+            known = fmt.token_bytes_of(chunk.token_ids, chunk.token_bytes, chunk.top_logprobs)
             logprobs = fmt.chat_logprobs(chunk.token_ids, chunk.logprobs, chunk.top_logprobs, known)
         reason = fmt.finish_reason(chunk.finish_reason)
         text, calls = chunk.text, []

@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import logging
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -29,6 +30,9 @@ from litelang.scheduler.validation import (
 )
 
 log = logging.getLogger("litelang.scheduler")
+
+# token ids -> each one's bytes (Tokenizer.token_bytes): what a logprobs reply spells tokens with
+TokenBytes = Callable[[Sequence[int]], list[bytes]]
 
 
 class LitelangService(litelang_pb2_grpc.LitelangServicer):
@@ -106,6 +110,10 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
             self._groups[request_id] = [r.request_id for r in reqs]
         return request_id, reqs
 
+    def _spelling(self, req: Request) -> TokenBytes | None:
+        """Token bytes ride beside the generated tokens only when logprobs are asked for."""
+        return self.tokenizer.token_bytes if req.sampling.logprobs else None
+
     def _abort_all(self, reqs: list[Request]) -> None:
         for r in reqs:
             self.engine.abort(r.request_id)
@@ -164,17 +172,19 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
         finally:
             if len(reqs) > 1:
                 self._groups.pop(request_id, None)
-        completions = [out.completion(i) for i, out in enumerate(outputs)]
+        completions = [out.completion(i, self._spelling(reqs[0])) for i, out in enumerate(outputs)]
         first, outcome = completions[0], outputs[0].last.outcome
         reply = pb.GenerateResponse(
             request_id=request_id, text=first.text, token_ids=first.token_ids, logprobs=first.logprobs,
             finish_reason=first.finish_reason, stop_string=first.stop_string, top_logprobs=first.top_logprobs,
-            usage=outcome.usage, timings=outcome.timings,
+            usage=outcome.usage, timings=outcome.timings, token_bytes=first.token_bytes,
         )
         if outputs[0].prompt is not None:
             reply.prompt_token_ids.extend(reqs[0].prompt_ids)
+            reply.prompt_token_bytes.extend(self.tokenizer.token_bytes(reqs[0].prompt_ids))
             reply.prompt_logprobs.extend(outputs[0].prompt.prompt_logprobs)
-            reply.prompt_top_logprobs.extend(_top_messages(outputs[0].prompt.prompt_top_logprobs or []))
+            reply.prompt_top_logprobs.extend(_top_messages(outputs[0].prompt.prompt_top_logprobs or [],
+                                                           self.tokenizer.token_bytes))
         if len(outputs) > 1:
             reply.completions.extend(completions)
             _merge_usage(reply, [out.last.outcome for out in outputs])
@@ -185,7 +195,7 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
         try:
             async with contextlib.aclosing(self._completion_events(reqs, context)) as events:
                 async for i, ev in events:
-                    yield _stream_chunk(request_id, reqs[0], i, ev)
+                    yield _stream_chunk(request_id, reqs[0], i, ev, self.tokenizer)
         finally:
             if len(reqs) > 1:
                 self._groups.pop(request_id, None)
@@ -273,10 +283,11 @@ class _Collected:
         self.tops.extend(ev.top_logprobs)
         self.last = ev
 
-    def completion(self, index: int) -> pb.Completion:
+    def completion(self, index: int, spell: TokenBytes | None) -> pb.Completion:
         out = self.last.outcome
         return pb.Completion(index=index, text=out.text, token_ids=self.token_ids, finish_reason=self.last.finish_reason,
-                             stop_string=out.stop_string, logprobs=self.logprobs, top_logprobs=_top_messages(self.tops))
+                             stop_string=out.stop_string, logprobs=self.logprobs, top_logprobs=_top_messages(self.tops, spell),
+                             token_bytes=spell(self.token_ids) if spell else [])
 
 
 def _merge_usage(reply: pb.GenerateResponse, outcomes: list) -> None:
@@ -287,13 +298,19 @@ def _merge_usage(reply: pb.GenerateResponse, outcomes: list) -> None:
     reply.timings.total_ms = max(o.timings.total_ms for o in outcomes)
 
 
-def _stream_chunk(request_id: str, first: Request, index: int, ev: OutputEvent) -> pb.GenerateStreamChunk:
+def _stream_chunk(request_id: str, first: Request, index: int, ev: OutputEvent,
+                  tokenizer: Tokenizer) -> pb.GenerateStreamChunk:
+    """The tokenizer spells the prompt's tokens when they are scored, and the generated ones when
+    `first` asks for logprobs (its siblings ask as it does)."""
+    spell = tokenizer.token_bytes if first.sampling.logprobs else None
     chunk = pb.GenerateStreamChunk(request_id=request_id, text=ev.text, token_ids=ev.token_ids, index=index,
-                                   logprobs=ev.logprobs, top_logprobs=_top_messages(ev.top_logprobs))
+                                   logprobs=ev.logprobs, top_logprobs=_top_messages(ev.top_logprobs, spell),
+                                   token_bytes=spell(ev.token_ids) if spell else [])
     if ev.prompt_logprobs is not None:
         chunk.prompt_token_ids.extend(first.prompt_ids)
+        chunk.prompt_token_bytes.extend(tokenizer.token_bytes(first.prompt_ids))
         chunk.prompt_logprobs.extend(ev.prompt_logprobs)
-        chunk.prompt_top_logprobs.extend(_top_messages(ev.prompt_top_logprobs or []))
+        chunk.prompt_top_logprobs.extend(_top_messages(ev.prompt_top_logprobs or [], tokenizer.token_bytes))
     if ev.finish_reason != pb.FINISH_REASON_UNSPECIFIED:
         chunk.finish_reason = ev.finish_reason
         chunk.stop_string = ev.outcome.stop_string
@@ -302,8 +319,10 @@ def _stream_chunk(request_id: str, first: Request, index: int, ev: OutputEvent) 
     return chunk
 
 
-def _top_messages(tops: list[TopLogprobs]) -> list[pb.TopLogprobs]:
-    return [pb.TopLogprobs(token_ids=ids, logprobs=values) for ids, values in tops]
+def _top_messages(tops: list[TopLogprobs], spell: TokenBytes | None = None) -> list[pb.TopLogprobs]:
+    """spell: each alternative's bytes too (None: ids and logprobs only)."""
+    return [pb.TopLogprobs(token_ids=ids, logprobs=values, token_bytes=spell(ids) if spell else [])
+            for ids, values in tops]
 
 
 def _code(value: int) -> tuple:
@@ -403,9 +422,11 @@ class ChatSession:
                     self.out.put_nowait(pb.ChatServerMessage(error=pb.TurnError(turn=self.turn, code=ev.error[0], message=ev.error[1])))
                     return
                 if ev.text or ev.token_ids:
+                    spell = svc._spelling(req)
                     self.out.put_nowait(pb.ChatServerMessage(chunk=pb.TurnChunk(
                         turn=self.turn, text=ev.text, token_ids=ev.token_ids, logprobs=ev.logprobs,
-                        top_logprobs=_top_messages(ev.top_logprobs),
+                        top_logprobs=_top_messages(ev.top_logprobs, spell),
+                        token_bytes=spell(ev.token_ids) if spell else [],
                     )))
                 if ev.finish_reason != pb.FINISH_REASON_UNSPECIFIED:
                     out = ev.outcome

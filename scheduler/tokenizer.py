@@ -23,7 +23,8 @@ class Tokenizer:
 
     @functools.cached_property
     def _byte_table(self):
-        """Built on first use (about 0.5 s): the engine process needs it, the frontend does not."""
+        """Built on first use (about 0.5 s): the engine process needs it, the frontend only for
+        token bytes (logprobs replies, Detokenize)."""
         return byte_level_table(self.hf)
 
     def detokenizer(self, skip_special_tokens: bool = False):
@@ -34,10 +35,11 @@ class Tokenizer:
         return IncrementalDetokenizer(self, skip_special_tokens)
 
     def token_bytes(self, ids: list[int]) -> list[bytes]:
-        """Each id's bytes on its own: the byte table's entry, or (other tokenizers) its text."""
+        """Each id's bytes on its own: the byte table's entry, or (other tokenizers) its text. An
+        id past the tokenizer's entries (the model's padded vocabulary) has none: b""."""
         if self._byte_table is not None:
             table = self._byte_table[0]
-            return [table[i] for i in ids]
+            return [table[i] if 0 <= i < len(table) else b"" for i in ids]
         return [self.decode([i]).encode("utf-8") for i in ids]
 
     def _eos_ids(self, model_dir: Path) -> list[int]:

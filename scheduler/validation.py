@@ -9,6 +9,7 @@ import math
 
 from litelang.configs.schema import LitelangConfig
 from litelang.proto import litelang_pb2 as pb
+from litelang.proto.json_values import plain_object
 from litelang.scheduler.request import SamplingConfig
 
 
@@ -182,7 +183,11 @@ def chat_template_input(chat: pb.ChatMessages) -> tuple[list[dict], list[dict] |
         if m.role == "tool":
             msg.update(tool_call_id=m.tool_call_id, name=m.name)
         msgs.append(msg)
-    return msgs, _json_list(chat.tools_json, "tools") if chat.tools_json else None
+    try:
+        tools = [plain_object(tool, f"tools[{i}]") for i, tool in enumerate(chat.tools)]
+    except ValueError as e:
+        raise InvalidRequest(str(e)) from None
+    return msgs, tools or None
 
 
 def _json_list(text: str, what: str) -> list[dict]:

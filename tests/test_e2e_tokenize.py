@@ -77,11 +77,25 @@ def test_tools_and_tool_turns_render_as_hf_renders_them(group, hf):
     text = hf.apply_chat_template(hf_turns, tools=TOOLS, tokenize=False, add_generation_prompt=True)
     assert "<tools>" in text and "<tool_response>" in text and '"arguments": {"city": "Paris"}' in text
     assert got == hf.encode(text, add_special_tokens=False)
-    for bad, word in (('{"not": "a list"}', "list"), ("[1, 2]", "objects"), ("{", "JSON")):
-        with pytest.raises(grpc.RpcError) as err:
-            group.client.stub.Tokenize(pb.TokenizeRequest(messages=pb.ChatMessages(
-                messages=chat.messages, tools_json=bad)))
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and word in err.value.details()
+    no_kind = pb.JsonObject(members=[pb.JsonMember(key="type", value=pb.JsonValue())])
+    with pytest.raises(grpc.RpcError) as err:
+        group.client.stub.Tokenize(pb.TokenizeRequest(messages=pb.ChatMessages(
+            messages=chat.messages, tools=[chat.tools[0], no_kind])))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "tools[1].type" in err.value.details()
+
+
+def test_tools_keep_their_key_order_and_integers(group, hf):
+    """The template renders a tool as it comes: keys in the client's order (not sorted), whole
+    numbers as integers and fractions as floats, as HF renders the same dicts."""
+    tool = {"type": "function", "function": {"name": "pick", "parameters": {
+        "type": "object", "required": ["n"], "properties": {
+            "n": {"type": "integer", "minimum": 1, "maximum": 10, "multipleOf": 0.5, "default": None},
+            "a": {"type": "array", "maxItems": 3, "items": {"enum": [True, False, "x"]}}}}}}
+    turns = [{"role": "user", "content": "Pick one."}]
+    got = list(group.client.stub.Tokenize(pb.TokenizeRequest(messages=chat_messages(turns, [tool]))).token_ids)
+    text = hf.apply_chat_template(turns, tools=[tool], tokenize=False, add_generation_prompt=True)
+    assert '"required": ["n"], "properties": {"n": {"type": "integer", "minimum": 1,' in text
+    assert got == hf.encode(text, add_special_tokens=False)
 
 
 def test_continue_final_message_leaves_the_reply_open(group, hf):

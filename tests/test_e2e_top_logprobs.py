@@ -70,6 +70,51 @@ def test_stream_carries_what_unary_returns(group):
     assert [lp for _, lps in streamed for lp in lps] == pytest.approx([lp for _, lps in unary for lp in lps], abs=1e-5)
 
 
+def hf_token_bytes(model_dir):
+    """ids -> each one's bytes, by HF's tokenizer: its vocabulary entry through GPT-2's byte-level
+    alphabet read backwards (an added token's entry is its text)."""
+    from transformers import AutoTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    hf = AutoTokenizer.from_pretrained(str(model_dir))
+    byte_of = {c: b for b, c in bytes_to_unicode().items()}
+    added = {i: t.content for i, t in hf.added_tokens_decoder.items()}
+
+    def spell(ids) -> list[bytes]:
+        return [added[i].encode("utf-8") if i in added else bytes(byte_of[c] for c in hf.convert_ids_to_tokens(i))
+                for i in ids]
+
+    return spell
+
+
+def test_replies_spell_each_token_and_alternative(group, tiny_model):
+    """With logprobs, every stream chunk, the unary reply and a Chat turn carry each token's bytes
+    and each alternative's (as HF's vocabulary spells the ids), and a scored prompt its own; the
+    stream's bytes are the unary reply's. A request without logprobs gets none."""
+    spell = hf_token_bytes(tiny_model)
+    chunks = list(group.client.generate_stream(PROMPT, **ASK))
+    assert sum(len(c.token_ids) for c in chunks) == NEW
+    for c in chunks:
+        assert list(c.token_bytes) == spell(c.token_ids)
+        assert [list(t.token_bytes) for t in c.top_logprobs] == [spell(t.token_ids) for t in c.top_logprobs]
+    whole = group.client.generate(PROMPT, **ASK, prompt_logprobs=2)
+    assert list(whole.token_bytes) == [b for c in chunks for b in c.token_bytes]
+    assert [list(t.token_bytes) for t in whole.top_logprobs] == [spell(t.token_ids) for t in whole.top_logprobs]
+    assert list(whole.prompt_token_bytes) == spell(PROMPT)
+    assert [list(t.token_bytes) for t in whole.prompt_top_logprobs] == [spell(t.token_ids)
+                                                                        for t in whole.prompt_top_logprobs]
+    plain = group.client.generate(PROMPT, max_new_tokens=3, temperature=0, ignore_eos=True)
+    assert len(plain.token_ids) == 3 and not plain.token_bytes
+    chat = group.client.chat(max_new_tokens=4, temperature=0, ignore_eos=True)
+    try:
+        turn = [m.chunk for m in chat.send("hello", logprobs=True, top_logprobs=2) if m.WhichOneof("msg") == "chunk"]
+    finally:
+        chat.close()
+    assert sum(len(c.token_ids) for c in turn) == 4
+    assert all(list(c.token_bytes) == spell(c.token_ids) for c in turn)
+    assert all(list(t.token_bytes) == spell(t.token_ids) for c in turn for t in c.top_logprobs)
+
+
 def test_only_requests_that_ask_get_alternatives(group):
     """A request beside one that asks gets none, and the same tokens and logprobs as alone (its
     steps left the greedy kernel for the full sampling path)."""

@@ -16,6 +16,7 @@ from litelang.gateway.forced_tools import forced_reply  # noqa: E402
 from litelang.gateway.streams import chat_stream, joined, merge  # noqa: E402
 from litelang.gateway.tool_calls import OPEN, ToolCallStream, parse_tool_calls  # noqa: E402
 from litelang.proto import litelang_pb2 as pb  # noqa: E402
+from litelang.proto.json_values import json_object, plain_object  # noqa: E402
 
 
 def chunk(index: int, text: str, ids: list[int], reason: int = 0, **extra) -> pb.GenerateStreamChunk:
@@ -231,9 +232,21 @@ def forced_request(tool_choice, tools=(WEATHER, NOW), **extra) -> pb.GenerateReq
 def test_a_named_tool_choice_constrains_the_reply_to_its_parameters():
     req = forced_request({"type": "function", "function": {"name": "get_weather"}})
     assert json.loads(req.sampling.structured_output.json_schema) == WEATHER["function"]["parameters"]
-    assert json.loads(req.messages.tools_json) == [WEATHER, NOW], "the chat template still shows the model the tools"
+    assert [plain_object(t, "tool") for t in req.messages.tools] == [WEATHER, NOW], \
+        "the chat template still shows the model the tools"
     req = forced_request({"type": "function", "function": {"name": "now"}})
     assert json.loads(req.sampling.structured_output.json_schema) == {"type": "object"}
+
+
+def test_tools_travel_in_their_key_order_with_their_integers():
+    """What a chat template renders from the tools is what the client gave: the same JSON text
+    (keys not sorted, 1 not 1.0); a value with no kind set is refused naming where it is."""
+    tool = {"type": "function", "z": {"b": 1, "a": [2.5, None, True, "s", {}, []]}, "big": 2**63 - 1}
+    assert json.dumps(plain_object(json_object(tool), "tools[0]")) == json.dumps(tool)
+    broken = json_object({"type": "function", "z": {"a": [1, 2]}})
+    broken.members[1].value.object.members[0].value.list.values[1].Clear()
+    with pytest.raises(ValueError, match=r"tools\[0\]\.z\.a\[1\] is a JSON value with no kind set"):
+        plain_object(broken, "tools[0]")
 
 
 def test_required_constrains_the_reply_to_an_array_of_calls():
@@ -388,7 +401,7 @@ def _chat_events(body: ChatCompletionRequest, chunks: list[pb.GenerateStreamChun
                 await asyncio.sleep(0.01)
 
     async def run():
-        return [e async for e in chat_stream(None, body, [], source(), {"id": "x"})]
+        return [e async for e in chat_stream(body, [], source(), {"id": "x"})]
 
     events = [e.removeprefix("data: ").strip() for e in asyncio.run(run())]
     assert events[-1] == "[DONE]"

@@ -6,6 +6,7 @@ repeated request computes the same way and logprobs match bit for bit)."""
 
 from __future__ import annotations
 
+import collections
 import json
 import time
 import urllib.error
@@ -187,6 +188,53 @@ def test_chat_stream_and_logprobs(api, group):
     assert bytes(b for e in content for b in e.bytes) == want.text.encode("utf-8")
     for e, want_top in zip(content, want.top_logprobs):
         assert [t.logprob for t in e.top_logprobs] == list(want_top.logprobs)
+
+
+class CountingStub:
+    """A gateway's scheduler stub that counts the RPCs its routes call."""
+
+    def __init__(self, stub):
+        self.stub, self.calls = stub, collections.Counter()
+
+    def __getattr__(self, name: str):
+        self.calls[name] += 1
+        return getattr(self.stub, name)
+
+
+def sse_events(body: str) -> list[dict]:
+    data = [line.removeprefix("data: ") for line in body.splitlines() if line.startswith("data: ")]
+    assert data[-1] == "[DONE]"
+    return [json.loads(d) for d in data[:-1]]
+
+
+def test_streamed_logprobs_take_their_bytes_from_the_stream(group):
+    """A streamed completion and a streamed chat with logprobs: the gateway (in this process, its
+    stub counted) calls GenerateStream and no Detokenize, and every token and alternative is
+    spelled as Detokenize spells the same ids."""
+    from starlette.testclient import TestClient
+
+    from litelang.gateway.app import build_app
+
+    want_text = group.client.generate(PROMPT, max_new_tokens=6, temperature=0, logprobs=True, top_logprobs=2, **FIXED)
+    want_chat = group.client.generate(CHAT, max_new_tokens=6, temperature=0, logprobs=True, top_logprobs=2, **FIXED)
+    spelled = lambda ids: list(group.client.stub.Detokenize(pb.DetokenizeRequest(token_ids=ids)).token_bytes)  # noqa: E731
+    app = build_app(group.address, MODEL)
+    with TestClient(app) as http:
+        stub = app.state.backend.stub = CountingStub(app.state.backend.stub)
+        ask = dict(model=MODEL, max_tokens=6, temperature=0, stream=True, skip_special_tokens=False, **FIXED)
+        text = sse_events(http.post("/v1/completions", json=dict(ask, prompt=PROMPT, logprobs=2)).text)
+        chat = sse_events(http.post("/v1/chat/completions", json=dict(ask, messages=CHAT, logprobs=True,
+                                                                      top_logprobs=2)).text)
+    assert stub.calls["GenerateStream"] == 2 and stub.calls["Detokenize"] == 0, stub.calls
+    tokens = [t for e in text if e["choices"] and e["choices"][0]["logprobs"]
+              for t in e["choices"][0]["logprobs"]["tokens"]]
+    assert tokens == [b.decode("utf-8") if _utf8(b) else _escaped(b) for b in spelled(want_text.token_ids)]
+    content = [entry for e in chat if e["choices"] and e["choices"][0]["logprobs"]
+               for entry in e["choices"][0]["logprobs"]["content"]]
+    assert [bytes(entry["bytes"]) for entry in content] == spelled(want_chat.token_ids)
+    assert len(content) == len(want_chat.top_logprobs) == 6
+    for entry, want_top in zip(content, want_chat.top_logprobs):
+        assert [bytes(t["bytes"]) for t in entry["top_logprobs"]] == spelled(want_top.token_ids)
 
 
 def test_chat_with_tools_renders_them_into_the_prompt(api, group, tiny_model):

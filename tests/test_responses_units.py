@@ -17,6 +17,7 @@ import grpc  # noqa: E402
 from litelang.gateway.protocol import RequestError  # noqa: E402
 from litelang.gateway.responses import ResponsesRequest, finished_response, response_stream  # noqa: E402
 from litelang.proto import litelang_pb2 as pb  # noqa: E402
+from litelang.proto.json_values import plain_object  # noqa: E402
 
 HEAD = {"id": "resp_abc", "created_at": 1700000000, "model": "m"}
 SCHEMA = {"type": "object", "properties": {"answer": {"enum": ["yes", "no"]}}, "required": ["answer"]}
@@ -35,6 +36,11 @@ def request(**fields) -> pb.GenerateRequest:
 
 def roles_and_texts(req: pb.GenerateRequest) -> list[tuple[str, str]]:
     return [(m.role, m.content) for m in req.messages.messages]
+
+
+def tools_of(req: pb.GenerateRequest) -> list[dict]:
+    """The tools the chat template is shown, as the scheduler reads them."""
+    return [plain_object(t, "tool") for t in req.messages.tools]
 
 
 # ---- request bodies
@@ -60,7 +66,7 @@ def test_input_items_with_content_parts_become_chat_messages():
     req = request(input=items, instructions="first")
     assert roles_and_texts(req) == [("system", "first"), ("system", "terse"), ("user", "ab"), ("assistant", "c"),
                                     ("user", "d")]
-    assert not req.messages.continue_final_message and not req.messages.tools_json
+    assert not req.messages.continue_final_message and not req.messages.tools
 
 
 @pytest.mark.parametrize("fmt, want", [
@@ -85,9 +91,9 @@ def test_function_tools_reach_the_template_in_chats_shape():
     reply free, "none" hides the tools from the model, as chat does."""
     for choice in (None, "auto"):
         req = request(tools=TOOLS, tool_choice=choice, parallel_tool_calls=False)
-        assert json.loads(req.messages.tools_json) == CHAT_TOOLS
+        assert tools_of(req) == CHAT_TOOLS
         assert not req.sampling.HasField("structured_output")
-    assert not request(tools=TOOLS, tool_choice="none").messages.tools_json
+    assert not request(tools=TOOLS, tool_choice="none").messages.tools
 
 
 def test_forced_choices_constrain_the_reply_with_forced_tools_schemas():
@@ -96,7 +102,7 @@ def test_forced_choices_constrain_the_reply_with_forced_tools_schemas():
     required = json.loads(request(tools=TOOLS, tool_choice="required").sampling.structured_output.json_schema)
     assert required["type"] == "array" and required["minItems"] == 1
     assert [c["properties"]["name"]["enum"] for c in required["items"]["anyOf"]] == [["get_weather"], ["answer"]]
-    assert json.loads(request(tools=TOOLS, tool_choice="required").messages.tools_json) == CHAT_TOOLS
+    assert tools_of(request(tools=TOOLS, tool_choice="required")) == CHAT_TOOLS
 
 
 def call(call_id: str, name: str, arguments: str) -> dict:
