@@ -1,14 +1,16 @@
 """The model seam: the registry picks the family from config.json, refuses what no block
-implements before any weight is read, and the attention block honours the spec's bias and q/k
-norm."""
+implements before any weight is read, the attention block honours the spec's bias and q/k norm,
+and the model type the worker loaded reaches ModelInfo."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,6 +20,8 @@ from helpers import REPO_ROOT, child_env, free_ports
 from litelang.configs.schema import LitelangConfig
 from litelang.kernels.kernel_set import REFERENCE
 from litelang.kernels.rope import rope_cos_sin_cache
+from litelang.proto import litelang_pb2 as pb
+from litelang.proto import worker_pb2
 from litelang.worker.forward_batch import ForwardBatch
 from litelang.worker.models.attention import Attention, HeadShard, QKNorm
 from litelang.worker.models.qwen2 import Qwen2Model
@@ -189,3 +193,31 @@ def test_attention_block_matches_plain_torch(tiny_qwen2, qk_norm, bias):
                      attention.heads_output(x[n - 1:], None, decode, *pools)])
     want = attention_ref(x, w_qkv, b, q_norm, k_norm, spec, cos_sin, torch.arange(n))
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------------------------ the model type reported
+
+
+def test_worker_init_reports_the_model_it_loaded(tiny_qwen2):
+    from litelang.worker.service import WorkerService
+
+    cfg = LitelangConfig(model=str(tiny_qwen2), device="cpu", kv_slots=100, max_batch_size=2)
+    service = WorkerService(cfg, rank=0)
+    service.runner = build_runner(cfg, rank=0)
+    reply = service.Init(worker_pb2.InitRequest(), context=None)
+    assert (reply.model_type, reply.architecture) == ("qwen2", "Qwen2ForCausalLM")
+    assert reply.vocab_size == 256
+
+
+def test_model_info_reports_the_workers_model_type():
+    """ModelInfo's model_type is what the workers' InitResponse says, not a fixed name."""
+    from litelang.scheduler.service import LitelangService
+
+    info = worker_pb2.InitResponse(model_type="qwen3", architecture="Qwen3ForCausalLM", vocab_size=300,
+                                   device="cpu", dtype="float32")
+    engine = SimpleNamespace(info=info, capacity=77)
+    tokenizer = SimpleNamespace(eos_token_ids=[2])
+    service = LitelangService(LitelangConfig(model="some/dir"), engine, tokenizer)
+    reply = asyncio.run(service.ModelInfo(pb.ModelInfoRequest(), context=None))
+    assert (reply.model_type, reply.model_path, reply.vocab_size, reply.kv_capacity_tokens) == ("qwen3", "some/dir",
+                                                                                              300, 77)
