@@ -11,7 +11,7 @@ class InitRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InitResponse(_message.Message):
-    __slots__ = ("kv_slots", "vocab_size", "max_context", "max_batch_size", "rank", "tp", "device", "dtype", "kernels")
+    __slots__ = ("kv_slots", "vocab_size", "max_context", "max_batch_size", "rank", "tp", "device", "dtype", "kernels", "model_type", "architecture")
     KV_SLOTS_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_CONTEXT_FIELD_NUMBER: _ClassVar[int]
@@ -21,6 +21,8 @@ class InitResponse(_message.Message):
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     KERNELS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_TYPE_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     kv_slots: int
     vocab_size: int
     max_context: int
@@ -30,7 +32,9 @@ class InitResponse(_message.Message):
     device: str
     dtype: str
     kernels: str
-    def __init__(self, kv_slots: _Optional[int] = ..., vocab_size: _Optional[int] = ..., max_context: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., rank: _Optional[int] = ..., tp: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., kernels: _Optional[str] = ...) -> None: ...
+    model_type: str
+    architecture: str
+    def __init__(self, kv_slots: _Optional[int] = ..., vocab_size: _Optional[int] = ..., max_context: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., rank: _Optional[int] = ..., tp: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., kernels: _Optional[str] = ..., model_type: _Optional[str] = ..., architecture: _Optional[str] = ...) -> None: ...
 
 class Sampling(_message.Message):
     __slots__ = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "frequency_penalty", "presence_penalty", "seed", "suppress_until", "suppress_token_ids", "top_logprobs", "bias_token_ids", "bias_values")

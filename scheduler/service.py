@@ -218,7 +218,7 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
         if info is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the workers are not ready yet; retry shortly")
         return pb.ModelInfoResponse(
-            model_path=self.cfg.model, model_type="qwen2", vocab_size=info.vocab_size,
+            model_path=self.cfg.model, model_type=info.model_type, vocab_size=info.vocab_size,
             max_input_length=self.cfg.max_input_length, max_output_length=self.cfg.max_output_length,
             max_batch_size=self.cfg.max_batch_size, kv_capacity_tokens=self.engine.capacity, tp=self.cfg.tp,
             eos_token_ids=self.tokenizer.eos_token_ids, device=info.device, dtype=info.dtype,

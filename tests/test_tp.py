@@ -72,7 +72,9 @@ def test_tp2_greedy_matches_hf_and_stops_cleanly(tiny_model, tmp_path):
         workers = [c for c in launch.children().values() if "litelang.worker.main" in c]
         assert len(workers) == 2, launch.output()
         with LitelangClient(launch.address, timeout=120) as client:
-            assert client.model_info().tp == 2
+            info = client.model_info()
+            assert info.tp == 2
+            assert info.model_type == "qwen2"  # what the workers loaded (InitResponse.model_type)
             got = [list(client.generate(p, max_new_tokens=12, temperature=0, ignore_eos=True).token_ids) for p in prompts]
         assert got == want
         launch.stop_and_check(signal.SIGTERM)

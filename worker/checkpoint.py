@@ -1,59 +1,29 @@
-"""Reading a Qwen2 HF checkpoint directory: its config and (sharded) safetensors weights."""
+"""Reading an HF checkpoint directory: config.json as a dict, and the (sharded) safetensors
+weights by name. What the config means for a model is the model family's business
+(worker/models/registry.py), so nothing here knows one family from another."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from safetensors import safe_open
 
+# a checkpoint's tensors by HF name, as the model loads them: on its device, in its dtype
+Weights = Callable[[str], torch.Tensor]
 
-@dataclass(frozen=True)
-class Qwen2Spec:
-    """The parts of config.json the model needs."""
 
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    rms_norm_eps: float
-    rope_theta: float
-    max_position_embeddings: int
-    tie_word_embeddings: bool
-
-    @classmethod
-    def from_dir(cls, path: str | Path) -> "Qwen2Spec":
-        path = Path(path)
-        cfg_file = path / "config.json"
-        if not cfg_file.exists():
-            raise FileNotFoundError(
-                f"{path} is not a HF checkpoint directory (no config.json); run `make model` for the default model"
-            )
-        cfg = json.loads(cfg_file.read_text())
-        if cfg.get("model_type") != "qwen2":
-            raise ValueError(f"{path}: model_type is {cfg.get('model_type')!r}; litelang serves qwen2 checkpoints")
-        heads = cfg["num_attention_heads"]
-        rope_theta = cfg.get("rope_theta")
-        if rope_theta is None:  # newer transformers nest it under rope_parameters
-            rope_theta = (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)
-        return cls(
-            vocab_size=cfg["vocab_size"],
-            hidden_size=cfg["hidden_size"],
-            intermediate_size=cfg["intermediate_size"],
-            num_layers=cfg["num_hidden_layers"],
-            num_heads=heads,
-            num_kv_heads=cfg.get("num_key_value_heads", heads),
-            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
-            rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
-            rope_theta=float(rope_theta),
-            max_position_embeddings=cfg.get("max_position_embeddings", 32768),
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's config.json; a directory without one is not a checkpoint at all."""
+    path = Path(path)
+    cfg_file = path / "config.json"
+    if not cfg_file.exists():
+        raise FileNotFoundError(
+            f"{path} is not a HF checkpoint directory (no config.json); run `make model` for the default model"
         )
+    return json.loads(cfg_file.read_text())
 
 
 class CheckpointReader:

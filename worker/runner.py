@@ -19,7 +19,7 @@ from litelang.kernels.kernel_set import KernelSet
 from litelang.proto import worker_pb2
 from litelang.worker.forward_batch import ForwardBatch, to_device
 from litelang.worker.kv_pool import KVPool
-from litelang.worker.model import Qwen2Model
+from litelang.worker.model import CausalLM
 from litelang.worker.sampler import (
     MAX_LOGIT_BIAS, PenaltyState, SamplingMode, SamplingTensors, mask_words, sample_and_record, top_alternatives,
 )
@@ -156,7 +156,7 @@ class PendingStep:
 
 
 class ModelRunner:
-    def __init__(self, model: Qwen2Model, pool: KVPool, kernels: KernelSet, max_batch_size: int, max_context: int):
+    def __init__(self, model: CausalLM, pool: KVPool, kernels: KernelSet, max_batch_size: int, max_context: int):
         self.model, self.pool, self.kernels = model, pool, kernels
         self.device = model.device
         self.max_context = max_context

@@ -13,7 +13,7 @@ from litelang.kernels.kernel_set import KernelSet
 from litelang.kernels.sampling import top_logprobs
 from litelang.kernels.token_mask import ALL_ALLOWED, mask_words_for
 from litelang.worker.forward_batch import ForwardBatch, to_device
-from litelang.worker.model import Qwen2Model
+from litelang.worker.model import CausalLM
 
 if TYPE_CHECKING:
     from litelang.worker.runner import RequestState
@@ -174,7 +174,7 @@ def mask_words(masks: list[tuple[int, bytes]], rows: int, vocab: int, device) ->
 
 
 def sample_and_record(
-    model: Qwen2Model, kernels: KernelSet, batch: ForwardBatch, sampling: SamplingTensors, mode: SamplingMode,
+    model: CausalLM, kernels: KernelSet, batch: ForwardBatch, sampling: SamplingTensors, mode: SamplingMode,
     sampler_rows: torch.Tensor, last_tokens: torch.Tensor, penalties: PenaltyState, k_pools, v_pools,
     masks: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

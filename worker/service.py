@@ -45,6 +45,8 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             device=str(r.device),
             dtype=str(r.model.dtype).removeprefix("torch."),
             kernels=r.kernels.name,
+            model_type=r.model.spec.model_type,
+            architecture=r.model.spec.architecture,
         )
 
     def Step(self, request_iterator, context):

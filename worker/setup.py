@@ -1,4 +1,8 @@
-"""Build a ready ModelRunner from the config: device, dtype, TP group, weights, KV pool."""
+"""Build a ready ModelRunner from the config: device, dtype, TP group, weights, KV pool.
+
+The checkpoint's family (worker/models/registry.py) is settled before anything heavy happens, so
+a checkpoint litelang cannot serve fails the worker's start-up at once, with the reason.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,11 @@ import torch
 from litelang.configs.schema import LitelangConfig
 from litelang.kernels.kernel_set import kernel_set
 from litelang.worker.cuda_graph import DecodeGraphs
-from litelang.worker.checkpoint import CheckpointReader, Qwen2Spec
+from litelang.worker.checkpoint import CheckpointReader
 from litelang.worker.kv_pool import KVPool, bytes_per_slot, choose_num_slots
-from litelang.worker.model import Qwen2Model
+from litelang.worker.model import CausalLM
+from litelang.worker.models.registry import load_spec
+from litelang.worker.models.spec import ModelSpec
 from litelang.worker.parallel import SMALL_ALL_REDUCE_BYTES, init_tp_group
 from litelang.worker.runner import ModelRunner
 from litelang.worker.warmup import warm_up
@@ -36,13 +42,13 @@ def pick_dtype(cfg: LitelangConfig, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def max_context(cfg: LitelangConfig, spec: Qwen2Spec) -> int:
+def max_context(cfg: LitelangConfig, spec: ModelSpec) -> int:
     """Tokens of prompt and output together: the configured lengths, but no more than the model
     has positions (RoPE's table ends there). Reported to the scheduler in InitResponse."""
     return min(cfg.max_context, spec.max_position_embeddings)
 
 
-def measure_graph_memory(model: Qwen2Model, kernels, cfg: LitelangConfig) -> int:
+def measure_graph_memory(model: CausalLM, kernels, cfg: LitelangConfig) -> int:
     """Bytes the decode CUDA graphs take, measured by capturing them once over a small pool."""
     spec = model.spec
     free_before = torch.cuda.mem_get_info()[0]
@@ -58,6 +64,7 @@ def measure_graph_memory(model: Qwen2Model, kernels, cfg: LitelangConfig) -> int
 
 def build_runner(cfg: LitelangConfig, rank: int) -> ModelRunner:
     t0 = time.perf_counter()
+    family, spec = load_spec(cfg.model)
     device = pick_device(cfg, rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -65,7 +72,6 @@ def build_runner(cfg: LitelangConfig, rank: int) -> ModelRunner:
     master = cfg.workers[0].rsplit(":", 1)[0] if cfg.workers else cfg.worker_host
     small = SMALL_ALL_REDUCE_BYTES if cfg.symm_all_reduce else 0
     tp = init_tp_group(rank, cfg.tp, master, cfg.dist_port, device, small, dtype)
-    spec = Qwen2Spec.from_dir(cfg.model)
     context = max_context(cfg, spec)
     if context < cfg.max_context:
         log.warning(
@@ -73,7 +79,7 @@ def build_runner(cfg: LitelangConfig, rank: int) -> ModelRunner:
             "limited to %d tokens of prompt and output together", cfg.max_context, context, context,
         )
     kernels = kernel_set(use_triton=device.type == "cuda", deterministic=cfg.deterministic)
-    model = Qwen2Model(spec, kernels, tp, device, dtype)
+    model = family.model_class(spec, kernels, tp, device, dtype)
     model.load(CheckpointReader(cfg.model))
     per_slot = bytes_per_slot(spec.num_layers, model.num_local_kv_heads, spec.head_dim, dtype)
     use_graphs = device.type == "cuda" and cfg.cuda_graphs
@@ -89,7 +95,7 @@ def build_runner(cfg: LitelangConfig, rank: int) -> ModelRunner:
     if cfg.warmup:
         warm_up(runner)  # Triton compiles the eager steps' kernels now, not in a request's step
     log.info(
-        "rank %d/%d ready in %.1fs: %s %s, kernels=%s, %d KV slots (%.1f MiB)",
-        rank, cfg.tp, time.perf_counter() - t0, device, dtype, kernels.name, slots, slots * per_slot / 2**20,
+        "rank %d/%d ready in %.1fs: %s on %s %s, kernels=%s, %d KV slots (%.1f MiB)", rank, cfg.tp,
+        time.perf_counter() - t0, spec.architecture, device, dtype, kernels.name, slots, slots * per_slot / 2**20,
     )
     return runner
