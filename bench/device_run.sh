@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the device machine: GPU tests and benchmarks, results into $OUT (or ./out).
-#   bash bench/device_run.sh tests|kernels|model15|model7|serving|openai|structured|first_burst ...
+#   bash bench/device_run.sh tests|kernels|model15|model7|serving|openai|structured ...
 # (structured needs xgrammar's wheels in .whl: xgrammar, apache-tvm-ffi, pydantic and its needs)
 # (openai needs the gateway's wheels carried in .whl: fastapi, uvicorn, httptools, httpx, ...)
 source "$(dirname "$0")/device_setup.sh"
@@ -16,7 +16,6 @@ for stage in "$@"; do
     serving) python3 -m litelang.bench.bench_serving --tokenizer "$TOKENIZER" 2>&1 | grep -v Warn | tail -n 20 > "$OUT/bench_serving.md" ;;
     openai)  python3 -m litelang.bench.bench_serving --tokenizer "$TOKENIZER" --only openai 2>&1 | grep "^|" > "$OUT/bench_openai.md" ;;
     structured) python3 -m litelang.bench.bench_structured --tokenizer "$TOKENIZER" 2>&1 | grep "^|" > "$OUT/bench_structured.md" ;;
-    first_burst) python3 -m litelang.bench.probe_first_burst --tokenizer "$TOKENIZER" --out "$OUT/trace" 2>&1 | grep -v "leaked\|nanobind\|Writing" > "$OUT/first_burst.log" ;;
   esac
   echo "== $stage done ($SECONDS s)"; cat "$OUT"/*.md "$OUT"/*.log 2>/dev/null | tail -n 5
 done
