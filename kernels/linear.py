@@ -30,6 +30,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from litelang.kernels import tuned_configs
 from litelang.kernels._triton import INTERPRET, LATE_RELEASE, LaunchCounters, pdl_launch, pdl_release, pdl_start, tl, triton
 from litelang.kernels.activation import silu_and_mul, silu_and_mul_ref
 from litelang.kernels.rmsnorm import SUMSQ_ONE, DeferredNorm, deferred_norm_ref, sumsq_ref
@@ -388,89 +389,16 @@ def _dot(block_n: int, block_k: int, stages: int, split: int = 1, warps: int = 4
     return LinearConfig(block_n, block_k, split, warps, stages, use_dot=True)
 
 
-# The fastest config per (N, K, silu_mul, M bucket) at Qwen2 shapes (TP 1), from
-# bench/tune_linear.py on an H100 (CUDA-graph replay, weights not in L2). The 1.5B and 7B M = 1
-# rows were tuned again with the weight prefetch (1.5B down 10.5 against 12.2 us, o 2.8 against
-# 3.2 us; 7B down 46.1 against 49.1 us, o 9.4 against 10.2 us). N is the output width
-# (the intermediate size for gate_up); M buckets are powers of two up to M_MAX (decode batches of
-# 24 and 48 run the 32 and 64 configs). M = 1 streams with FMAs; M >= 4 (and M = 2 mostly) do
-# better on tensor cores with a deeper cp.async pipeline. None: cuBLAS was faster. Above M = 16
-# that is every weight under ~40 MB: its ~5.5 us (1.5B qkv, o) or ~14.5 us (1.5B down) were
-# 2-20% under the best config here, while the wide weights (gate_up, lm_head, 7B down) ran 3-15%
-# faster than cuBLAS at 2.3-2.9 TB/s. Except the 1.5B qkv: alone 6.4 against 6.0 us at M = 40,
-# but here RoPE and the KV store run in its epilogue, one launch less per layer (40 x 600 in
-# the model: 16,127 and 16,245 against 15,901 and 16,082 tok/s with cuBLAS, one call; o and
-# down on Triton as well lost: 15,595 and 15,602). Other shapes: _heuristic_config.
-CONFIGS: dict[tuple[int, int, bool, int], LinearConfig | None] = {
-    # Qwen2-1.5B qkv
-    (2048, 1536, False, 1):   _fma(2, 1024, warps=8),
-    (2048, 1536, False, 2):   _dot(64, 128, stages=6),
-    (2048, 1536, False, 4):   _dot(64, 128, stages=6),
-    (2048, 1536, False, 8):   _dot(64, 128, stages=6),
-    (2048, 1536, False, 16):  _dot(64, 128, stages=6),
-    (2048, 1536, False, 32):  _dot(64, 64, stages=6),
-    (2048, 1536, False, 64):  _dot(64, 64, stages=6),
-    # Qwen2-1.5B o
-    (1536, 1536, False, 1):   _fma(4, 2048),
-    (1536, 1536, False, 2):   _fma(2, 512, warps=2),
-    (1536, 1536, False, 4):   _dot(64, 128, stages=6),
-    (1536, 1536, False, 8):   _dot(64, 128, stages=6),
-    (1536, 1536, False, 16):  _dot(64, 128, stages=6),
-    (1536, 1536, False, 32):  None,
-    (1536, 1536, False, 64):  None,
-    # Qwen2-1.5B gate_up
-    (8960, 1536, True, 1):    _fma(1, 2048, warps=2),
-    (8960, 1536, True, 2):    _fma(2, 256, warps=2),
-    (8960, 1536, True, 4):    _dot(64, 128, stages=3),
-    (8960, 1536, True, 8):    _dot(64, 128, stages=3),
-    (8960, 1536, True, 16):   _dot(64, 128, stages=3),
-    (8960, 1536, True, 32):   _dot(64, 64, stages=4),
-    (8960, 1536, True, 64):   _dot(64, 64, stages=4),
-    # Qwen2-1.5B down
-    (1536, 8960, False, 1):   _fma(2, 2048, warps=8),
-    (1536, 8960, False, 2):   _dot(64, 128, stages=4, split=6),
-    (1536, 8960, False, 4):   _dot(64, 128, stages=4, split=6),
-    (1536, 8960, False, 8):   _dot(64, 128, stages=4, split=6),
-    (1536, 8960, False, 16):  _dot(64, 128, stages=4, split=6),
-    (1536, 8960, False, 32):  None,
-    (1536, 8960, False, 64):  None,
-    # Qwen2-1.5B lm_head
-    (151936, 1536, False, 1): _fma(2, 512),
-    (151936, 1536, False, 32): _dot(128, 128, stages=4),
-    (151936, 1536, False, 64): _dot(128, 128, stages=4, warps=8),
-    # Qwen2-7B qkv
-    (4608, 3584, False, 1):   _fma(1, 2048, warps=8),
-    (4608, 3584, False, 2):   _dot(64, 128, stages=6),
-    (4608, 3584, False, 4):   _dot(64, 128, stages=6),
-    (4608, 3584, False, 8):   _dot(64, 128, stages=6),
-    (4608, 3584, False, 16):  _dot(64, 128, stages=6),
-    (4608, 3584, False, 32):  _dot(64, 128, stages=6),
-    (4608, 3584, False, 64):  None,
-    # Qwen2-7B o
-    (3584, 3584, False, 1):   _fma(1, 2048, warps=8),
-    (3584, 3584, False, 2):   _dot(64, 128, stages=6),
-    (3584, 3584, False, 4):   _dot(64, 128, stages=6),
-    (3584, 3584, False, 8):   _dot(64, 128, stages=6),
-    (3584, 3584, False, 16):  _dot(64, 128, stages=6),
-    (3584, 3584, False, 32):  None,
-    (3584, 3584, False, 64):  None,
-    # Qwen2-7B gate_up
-    (18944, 3584, True, 1):   _fma(1, 4096),
-    (18944, 3584, True, 2):   _fma(2, 256, warps=2),
-    (18944, 3584, True, 4):   _dot(64, 128, stages=4),
-    (18944, 3584, True, 8):   _dot(64, 128, stages=4),
-    (18944, 3584, True, 16):  _dot(64, 128, stages=4),
-    (18944, 3584, True, 32):  _dot(64, 128, stages=4),
-    (18944, 3584, True, 64):  _dot(64, 128, stages=4),
-    # Qwen2-7B down
-    (3584, 18944, False, 1):  _fma(1, 2048, warps=8),
-    (3584, 18944, False, 2):  _dot(64, 128, stages=6, split=2),
-    (3584, 18944, False, 4):  _dot(64, 128, stages=6, split=2),
-    (3584, 18944, False, 8):  _dot(64, 128, stages=6, split=2),
-    (3584, 18944, False, 16): _dot(64, 128, stages=6, split=2),
-    (3584, 18944, False, 32): _dot(64, 128, stages=6, split=2),
-    (3584, 18944, False, 64): _dot(64, 128, stages=6, split=2),
-}
+def _configs_from(rows: list[dict]) -> dict[tuple[int, int, bool, int], LinearConfig | None]:
+    return {(r["n"], r["k"], r["silu_mul"], r["m"]): None if r["config"] is None else LinearConfig(**r["config"])
+            for r in rows}
+
+
+# The fastest config per (N, K, silu_mul, M bucket) at Qwen2 shapes (TP 1), measured with
+# bench/tune_linear.py on an H100 (tuned_configs.json). N is the output width (the intermediate
+# size for gate_up); M buckets are powers of two up to M_MAX (decode batches of 24 and 48 run the
+# 32 and 64 configs). None: cuBLAS was faster. Other shapes: _heuristic_config.
+CONFIGS: dict[tuple[int, int, bool, int], LinearConfig | None] = _configs_from(tuned_configs.table("linear")["rows"])
 
 
 def _m_bucket(m: int) -> int:
