@@ -6,8 +6,8 @@ separate SiLU * mul: 2.0 TB/s). These kernels stream the weight in row blocks wi
 programs to keep every SM's loads in flight, and fuse what follows: the bias, for the MLP
 SiLU(gate) * up (no [M, 2I] intermediate), and for q||k||v RoPE plus the KV store
 (linear_rope_store). Where cuBLAS is as fast, CONFIGS routes to it.
-Configs per shape come from a table measured with bench/tune_linear.py (no autotuning at run
-time: it would benchmark during CUDA-graph capture).
+Configs per shape come from kernels/tuned_configs.json, measured with bench/tune_linear.py (no
+autotuning at run time: it would benchmark during CUDA-graph capture).
 
 Split-K (for narrow weights such as o and down) is deterministic: every split writes a float32
 partial, and the last split of a row block to finish (an integer counter) sums the partials in
@@ -16,10 +16,9 @@ split order and writes the output, so no second launch and no float atomics.
 RMSNorm across the projections (kernels/rmsnorm.py DeferredNorm): linear_residual adds the
 residual in its epilogue, adds each row's sum of squares into an integer accumulator and writes
 the sum times the next norm's weight as well; the projection given that and `norm` scales its
-sums by 1/rms in its epilogue. No program recomputes the norm: a fused RMSNorm prologue (every
-program re-reading all of x and summing its squares) measured slower than the two launches, and
-so did multiplying by the norm weight in the consumer (each program re-reads the weight: at
-M = 1, 8,960 gate_up programs and 76k lm_head programs; 1.5B batch 1 gained 7 of ~95 us).
+sums by 1/rms in its epilogue. No program recomputes the norm or applies its weight: with
+thousands of programs per projection at M = 1, each re-reading all of x (or the norm weight)
+costs more than the launch it saves.
 """
 
 from __future__ import annotations
@@ -165,9 +164,8 @@ def _linear_kernel(
     PREFETCH (FMA path): each iteration loads the next weight tile while it multiplies this one,
     and the first tile is loaded before the PDL wait. Weights are never written by an earlier
     kernel, so that read is safe, and a launch-latency-bound projection (1.5B qkv, o at M = 1)
-    streams its first tile while the kernel before it finishes. (Taking the first tile out of
-    the tensor-core path's cp.async-pipelined loop the same way measured slower: 1.5B gate_up at
-    M = 40, 30 us against 26 us without it.)"""
+    streams its first tile while the kernel before it finishes. (The tensor-core path keeps its
+    first tile inside the cp.async pipeline: loading it early there is slower.)"""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     if ROPE:
@@ -369,8 +367,8 @@ def _rope_epilogue(acc, rope_in, Out, KPool, VPool, offs_m, pid_n, M, N, stride_
 # Above this M, cuBLAS (F.linear) always. Up to it, pick_config: the Triton config measured best
 # for the shape and M bucket, or None (cuBLAS) where cuBLAS measured faster.
 M_MAX = 64
-# Untuned shapes above M = 16 go to cuBLAS when the weight has fewer elements than this: tuned,
-# every weight under ~17M elements ran as fast or faster there, every one over ~27M slower.
+# Untuned shapes above M = 16 go to cuBLAS when the weight has fewer elements than this: among
+# the tuned shapes, cuBLAS was as fast for every weight under ~17M elements, slower over ~27M.
 CUBLAS_BELOW = 20 * 2**20
 class LinearConfig(NamedTuple):
     block_n: int  # weight rows per program (gate rows with SILU_MUL: it reads twice that)
@@ -523,11 +521,10 @@ def linear_silu_mul(x: torch.Tensor, w_gate_up: torch.Tensor, config: LinearConf
 
 
 # Split count for the cuBLAS projections whose output only feeds the add + RMSNorm kernel (o and
-# down) at 16 < M <= M_MAX on a residual stream at most this wide: written as float32 partials by
-# one strided-batched GEMM, and summed by the norm kernel (rmsnorm.rms_norm_sum), so the GEMM
-# needs no split-K reduce of its own. At batch 40 (M = 48, the 1.5B) this took 2.225 -> 2.203 ms
-# per decode step; 3 or 4 splits for o measured 2.22 (bench/probe_down_partials.py has the
-# isolated pairs). At the 7B's width (o 3,584 x 3,584) every split count was slower.
+# down) at 16 < M <= M_MAX on a residual stream at most PARTIALS_MAX_N wide: written as float32
+# partials by one strided-batched GEMM, and summed by the norm kernel (rmsnorm.rms_norm_sum), so
+# the GEMM needs no split-K reduce of its own. Faster in the 1.5B's decode step (hidden 1,536);
+# at the 7B's width (3,584) every split count was slower.
 PARTIAL_SPLITS = 2
 PARTIALS_MAX_N = 2048
 
@@ -563,10 +560,8 @@ def linear_residual(x: torch.Tensor, w: torch.Tensor, residual: torch.Tensor, su
     return h, weighted
 
 
-# Widest residual stream (o's and down's N) that defers its norms: measured faster at the 1.5B
-# (1,536: batch 1 1.44 -> 1.377 ms/token) and slower at the 7B (3,584: 5.00 -> 5.035 ms; there
-# o and down run 3,584 one-row programs at M = 1; spreading their atomics over 16 addresses
-# changed nothing).
+# Widest residual stream (o's and down's N) that defers its norms: faster at the 1.5B (1,536),
+# slower at the 7B (3,584, where o and down run 3,584 one-row programs at M = 1).
 DEFER_NORM_MAX_N = 2048
 
 
