@@ -1,4 +1,4 @@
-"""Summarize a step trace (LITELANG_STEP_TRACE_DIR, tools/profiling.StepTrace): why the GPU waited.
+"""Summarize a step trace (LITELANG_STEP_TRACE_DIR, utils/profiling.StepTrace): why the GPU waited.
 
     python -m litelang.bench.step_trace DIR [--skip 20]
 

@@ -1,6 +1,6 @@
 """In-model A/B of decode-step knobs at 40 x 600 in, 600 out: one process, one model, the batch-48
 graph recaptured per variant, variants alternating over rounds (host-to-host spread is as large
-as the effects; isolated kernel timings have disagreed with the model before).
+as the effects, and isolated kernel timings do not always carry over to the model).
 
     python -m litelang.bench.sweep_decode --rounds 2 [--only base,greedy_4096]
 

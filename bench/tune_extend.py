@@ -1,8 +1,9 @@
 """Sweep kernels/attention.py's extend (prefill) attention configs at Qwen2-1.5B heads.
 
-Cases: the issue's prefill (40 prompts x 600 tokens) and one 8k causal prompt. Each config is
-checked once against the served config's output, then timed (CUDA events, median of 5 runs of
-10 calls). Usage: python bench/tune_extend.py [--cases 40x600,1x8192]
+Cases: the benchmark's prefill (40 prompts x 600 tokens) and one 8k causal prompt. Each config
+is checked once against the served config's output, then timed (CUDA events, median of 5 runs of
+10 calls). The winner goes into kernels/tuned_configs.json (extend_attention).
+Usage: python bench/tune_extend.py [--cases 40x600,1x8192]
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Time the batch-invariant projection (kernels/batch_invariant.py) at Qwen2-1.5B shapes against
-cuBLAS, for the served tile config and alternatives (every config at every M): one config per weight must serve every M,
-so each is timed at a decode M and a prefill M.
+cuBLAS, for the served tile config and alternatives (every config at every M): one config per
+weight must serve every M, so each is timed at a decode M and a prefill M. The chosen tiles go
+into kernels/tuned_configs.json (batch_invariant_linear).
 
     python -m litelang.bench.tune_invariant [--ms 1,48,24000]
 """

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import multiprocessing as mp
 import time
 from collections import defaultdict
@@ -273,11 +274,12 @@ def sweep(args, models: list[str], ms: list[int]) -> None:
             csv.flush()
         del ws
         torch.cuda.empty_cache()
-    print("\nCONFIGS = {")
+    print("\nrows for kernels/tuned_configs.json's linear table (add \"commit\": the commit measured):")
     for (model, name, m), c in best.items():
         n, k, _, silu = SHAPES[model][name]
-        print(f"    ({n // 2 if silu else n}, {k}, {silu}, {m}): {c!r},  # {model} {name}")
-    print("}")
+        row = {"layer": f"Qwen2-{model.upper()} {name}", "n": n // 2 if silu else n, "k": k, "silu_mul": silu, "m": m,
+               "config": c._asdict()}
+        print(f"  {json.dumps(row)},")
     print(f"total {time.time() - t0:.0f} s")
 
 

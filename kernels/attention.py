@@ -15,6 +15,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from litelang.kernels import tuned_configs
 from litelang.kernels._triton import INTERPRET, LATE_RELEASE, LaunchCounters, dot_f32, pdl_launch, pdl_release, pdl_start, tl, triton
 
 
@@ -186,16 +187,15 @@ def _extend_kernel(
         tl.store(Out + q_off * stride_ot + heads * stride_oh + d[None, :], out.to(Out.dtype.element_ty), mask=q_mask)
 
 
+_EXTEND = tuned_configs.table("extend_attention")
+
+
 def _extend_config(dtype: torch.dtype) -> dict:
-    """bf16/fp16: measured with bench/tune_extend.py on an H100 at head_dim 128 (12 q, 2 kv
-    heads). 4 warps beat 8 on 128 x 64 tiles: 40 prompts x 600 tokens 240 vs 300 us, one 8k
-    causal prompt 656 vs 775 us. (128 x 128 tiles with 8 warps ran the 8k prompt in 590 us but
-    40 x 600 in 254.)"""
+    """Extend tiles from tuned_configs.json (bf16/fp16: bench/tune_extend.py on an H100 at
+    head_dim 128, 12 q / 2 kv heads; 4 warps on 128 x 64 tiles)."""
     if INTERPRET:  # small tiles: CPU tests at small shapes still cross several blocks
         return dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1)
-    if dtype == torch.float32:
-        return dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2)
-    return dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3)
+    return dict(_EXTEND["float32" if dtype == torch.float32 else "half"]["config"])
 
 
 def extend_attention(
@@ -278,11 +278,10 @@ def _launch_extend(q, k_pool, v_pool, req_to_slot, req_rows, cu_seqlens_q, prefi
 # than one 5-block program (the rest exit at once), and a 32k context as num_splits programs.
 # A request that fits one split (or has none, a padding row) is normalized and written by its
 # split program. Otherwise the splits' partial results are merged (log-sum-exp), either by the
-# last split program of the (request, kv head) to finish (an integer counter; no second launch:
-# batch 40 x 600-1200 tokens, 4 splits, 21.1 vs 22.4 us on an H100), reading the partials 8
-# splits at a time, so the merge costs registers for 8 whatever num_splits is, and a short
-# context (few of its splits used) one pass. Only past fused_merge_max splits (tests, tuning)
-# does a merge kernel run: at batch 1 it used to be one launch more per layer.
+# last split program of the (request, kv head) to finish (an integer counter, so no second
+# launch per layer), reading the partials 8 splits at a time, so the merge costs registers for 8
+# whatever num_splits is, and a short context (few of its splits used) one pass. Only past
+# fused_merge_max splits (tests, tuning) does a merge kernel run.
 
 
 class DecodeConfig(NamedTuple):
@@ -422,8 +421,7 @@ def _decode_merge_kernel(
 ):
     """Program (request, q head): log-sum-exp merge of the request's splits, all loaded at once
     (num_splits <= SPLITS_PAD). Requests with one split were written by the split kernel.
-    (Kept 2D: with _merge_splits' [1, splits, head_dim] tile instead, batch 1 x 300 tokens, 64
-    splits, measured 0.3-0.5 us slower on an H100.)"""
+    (Kept 2D: _merge_splits' [1, splits, head_dim] tile measured slower here.)"""
     pdl_start(PDL)  # before any memory access: see kernels/_triton.py
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -445,30 +443,22 @@ def _decode_merge_kernel(
         tl.store(Out + b.to(tl.int64) * stride_ob + h * stride_oh + d, (acc / l).to(Out.dtype.element_ty))
 
 
+_DECODE = tuned_configs.table("decode_attention")
+
+
 def _decode_config(dtype: torch.dtype) -> DecodeConfig:
-    """Measured with bench/tune_decode.py on an H100 (bf16, 12q/2kv, head_dim 128), K/V from HBM:
-    3 stages with the slot prefetch (72 KB of shared memory, 3 programs per SM) beat 2 stages
-    (5 programs per SM) at every batch, e.g. batch 160 x 300-1500 tokens 60 vs 72 us, 1 x 32k
-    19 vs 25 us; 32- and 128-token blocks and 8 warps were slower."""
+    """From tuned_configs.json (bf16: bench/tune_decode.py on an H100, 12 q / 2 kv heads,
+    head_dim 128, K/V from HBM): 3 stages with the slot prefetch fit 3 programs per SM."""
     if INTERPRET:
         return DecodeConfig(block_n=16, num_warps=4, num_stages=1)
-    if dtype == torch.float32:
-        return DecodeConfig(block_n=32, num_warps=4, num_stages=2)
-    return DecodeConfig(block_n=64, num_warps=4, num_stages=3)
+    return DecodeConfig(**_DECODE["float32" if dtype == torch.float32 else "half"]["config"])
 
 
-# Split policy knobs (tune with bench/tune_decode.py): split programs to aim for, active or
-# not, and a cap on splits per request (bounds the merge tile and the scratch). On an H100 with
-# the 3-stage kernel, 384 (about one wave: 3 resident programs x 132 SMs) beat 512-2048 at
-# batch 40-128 (batch 128 x 300: 19 vs 23-29 us from HBM; 13 vs 18 us with K/V in L2). 256
-# matches 384 alone from HBM (batch 40 x 600-1200: 21.1 vs 21.3 us; batch 64 x 4096: 98.8 vs
-# 98.3 us), and is slower only with K/V in L2 (batch 16: 13.8 vs 12.2 us), which a model's
-# layers never leave them in; in the model it is faster: 40 x 600 in, 600 out, 16,433 to 16,472
-# against 16,219 to 16,303 tok/s (four runs each, two calls). 192 and 128 were slower there.
-# Batch 1 gets the cap either way. A cap of 128 lost at batch 1 (300 tokens: 7.2 vs 5.9 us;
-# 32k: 20.9 vs 19.2 us), 32 lost at 32k (25 us).
-DECODE_TARGET_PROGRAMS = 256
-DECODE_MAX_SPLITS = 64
+# Split policy (tuned_configs.json, tune with bench/tune_decode.py): split programs to aim for per
+# step, active or not, and a cap on splits per request (bounds the merge tile and the scratch; a
+# long context at batch 1 reaches it).
+DECODE_TARGET_PROGRAMS: int = _DECODE["split_policy"]["target_programs"]
+DECODE_MAX_SPLITS: int = _DECODE["split_policy"]["max_splits"]
 
 
 def decode_num_splits(batch: int, kv_heads: int, max_context: int, block_n: int, target: int | None = None,

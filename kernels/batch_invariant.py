@@ -27,6 +27,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from litelang.kernels import tuned_configs
 from litelang.kernels.kernel_set import REFERENCE, KernelSet
 from litelang.kernels._triton import INTERPRET, dot_f32, tl, triton
 from litelang.kernels.activation import silu_and_mul, silu_and_mul_ref
@@ -79,21 +80,26 @@ class TileConfig(NamedTuple):
     num_stages: int
 
 
+_TILES = tuned_configs.table("batch_invariant_linear")
+
+
 def tile_config(n: int, k: int, dtype: torch.dtype) -> TileConfig:
-    """The one tile shape for a weight [n, k]: from the weight alone, never from M. Measured with
-    bench/tune_invariant.py on an H100 (Qwen2-1.5B, bf16), weighing a decode batch (M = 48)
-    against a 40 x 600 prefill: wide weights (gate_up, lm_head) take 128 x 128 tiles, which
-    prefill 1.6x faster than 64 x 128 for 10% more at decode; narrow weights with a long K
-    (down) 32-column tiles, for 48 programs at hidden 1536; the square ones (qkv, o) 64 x 64."""
+    """The one tile shape for a weight [n, k]: from the weight alone, never from M. From
+    tuned_configs.json (bench/tune_invariant.py on an H100, Qwen2-1.5B, bf16, weighing a decode
+    batch of M = 48 against a 40 x 600 prefill): wide weights (gate_up, lm_head) take 128 x 128
+    tiles, which prefill 1.6x faster than 64 x 128 for 10% more at decode; narrow weights with a
+    long K (down) 32-column tiles, for 48 programs at hidden 1536; the square ones (qkv, o) 64 x 64."""
     if INTERPRET:  # small tiles: CPU tests at small shapes still cross several tiles
         return TileConfig(16, 16, 16, 4, 1)
     if dtype == torch.float32:
-        return TileConfig(64, 64, 32, 4, 3)
-    if n >= 8192:
-        return TileConfig(128, 128, 64, 8, 3)
-    if k >= 4 * n:
-        return TileConfig(64, 32, 128, 4, 4)
-    return TileConfig(64, 64, 64, 4, 4)
+        rule = _TILES["float32"]
+    elif n >= _TILES["wide"]["min_n"]:
+        rule = _TILES["wide"]
+    elif k >= _TILES["long_k"]["min_k_per_n"] * n:
+        rule = _TILES["long_k"]
+    else:
+        rule = _TILES["other"]
+    return TileConfig(**rule["config"])
 
 
 @triton.jit(do_not_specialize=["M"])  # one compile, one instruction sequence, for every M

@@ -6,8 +6,8 @@ separate SiLU * mul: 2.0 TB/s). These kernels stream the weight in row blocks wi
 programs to keep every SM's loads in flight, and fuse what follows: the bias, for the MLP
 SiLU(gate) * up (no [M, 2I] intermediate), and for q||k||v RoPE plus the KV store
 (linear_rope_store). Where cuBLAS is as fast, CONFIGS routes to it.
-Configs per shape come from a table measured with bench/tune_linear.py (no autotuning at run
-time: it would benchmark during CUDA-graph capture).
+Configs per shape come from kernels/tuned_configs.json, measured with bench/tune_linear.py (no
+autotuning at run time: it would benchmark during CUDA-graph capture).
 
 Split-K (for narrow weights such as o and down) is deterministic: every split writes a float32
 partial, and the last split of a row block to finish (an integer counter) sums the partials in
@@ -16,10 +16,9 @@ split order and writes the output, so no second launch and no float atomics.
 RMSNorm across the projections (kernels/rmsnorm.py DeferredNorm): linear_residual adds the
 residual in its epilogue, adds each row's sum of squares into an integer accumulator and writes
 the sum times the next norm's weight as well; the projection given that and `norm` scales its
-sums by 1/rms in its epilogue. No program recomputes the norm: a fused RMSNorm prologue (every
-program re-reading all of x and summing its squares) measured slower than the two launches, and
-so did multiplying by the norm weight in the consumer (each program re-reads the weight: at
-M = 1, 8,960 gate_up programs and 76k lm_head programs; 1.5B batch 1 gained 7 of ~95 us).
+sums by 1/rms in its epilogue. No program recomputes the norm or applies its weight: with
+thousands of programs per projection at M = 1, each re-reading all of x (or the norm weight)
+costs more than the launch it saves.
 """
 
 from __future__ import annotations
@@ -30,6 +29,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from litelang.kernels import tuned_configs
 from litelang.kernels._triton import INTERPRET, LATE_RELEASE, LaunchCounters, pdl_launch, pdl_release, pdl_start, tl, triton
 from litelang.kernels.activation import silu_and_mul, silu_and_mul_ref
 from litelang.kernels.rmsnorm import SUMSQ_ONE, DeferredNorm, deferred_norm_ref, sumsq_ref
@@ -164,9 +164,8 @@ def _linear_kernel(
     PREFETCH (FMA path): each iteration loads the next weight tile while it multiplies this one,
     and the first tile is loaded before the PDL wait. Weights are never written by an earlier
     kernel, so that read is safe, and a launch-latency-bound projection (1.5B qkv, o at M = 1)
-    streams its first tile while the kernel before it finishes. (Taking the first tile out of
-    the tensor-core path's cp.async-pipelined loop the same way measured slower: 1.5B gate_up at
-    M = 40, 30 us against 26 us without it.)"""
+    streams its first tile while the kernel before it finishes. (The tensor-core path keeps its
+    first tile inside the cp.async pipeline: loading it early there is slower.)"""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     if ROPE:
@@ -368,8 +367,8 @@ def _rope_epilogue(acc, rope_in, Out, KPool, VPool, offs_m, pid_n, M, N, stride_
 # Above this M, cuBLAS (F.linear) always. Up to it, pick_config: the Triton config measured best
 # for the shape and M bucket, or None (cuBLAS) where cuBLAS measured faster.
 M_MAX = 64
-# Untuned shapes above M = 16 go to cuBLAS when the weight has fewer elements than this: tuned,
-# every weight under ~17M elements ran as fast or faster there, every one over ~27M slower.
+# Untuned shapes above M = 16 go to cuBLAS when the weight has fewer elements than this: among
+# the tuned shapes, cuBLAS was as fast for every weight under ~17M elements, slower over ~27M.
 CUBLAS_BELOW = 20 * 2**20
 class LinearConfig(NamedTuple):
     block_n: int  # weight rows per program (gate rows with SILU_MUL: it reads twice that)
@@ -388,89 +387,16 @@ def _dot(block_n: int, block_k: int, stages: int, split: int = 1, warps: int = 4
     return LinearConfig(block_n, block_k, split, warps, stages, use_dot=True)
 
 
-# The fastest config per (N, K, silu_mul, M bucket) at Qwen2 shapes (TP 1), from
-# bench/tune_linear.py on an H100 (CUDA-graph replay, weights not in L2). The 1.5B and 7B M = 1
-# rows were tuned again with the weight prefetch (1.5B down 10.5 against 12.2 us, o 2.8 against
-# 3.2 us; 7B down 46.1 against 49.1 us, o 9.4 against 10.2 us). N is the output width
-# (the intermediate size for gate_up); M buckets are powers of two up to M_MAX (decode batches of
-# 24 and 48 run the 32 and 64 configs). M = 1 streams with FMAs; M >= 4 (and M = 2 mostly) do
-# better on tensor cores with a deeper cp.async pipeline. None: cuBLAS was faster. Above M = 16
-# that is every weight under ~40 MB: its ~5.5 us (1.5B qkv, o) or ~14.5 us (1.5B down) were
-# 2-20% under the best config here, while the wide weights (gate_up, lm_head, 7B down) ran 3-15%
-# faster than cuBLAS at 2.3-2.9 TB/s. Except the 1.5B qkv: alone 6.4 against 6.0 us at M = 40,
-# but here RoPE and the KV store run in its epilogue, one launch less per layer (40 x 600 in
-# the model: 16,127 and 16,245 against 15,901 and 16,082 tok/s with cuBLAS, one call; o and
-# down on Triton as well lost: 15,595 and 15,602). Other shapes: _heuristic_config.
-CONFIGS: dict[tuple[int, int, bool, int], LinearConfig | None] = {
-    # Qwen2-1.5B qkv
-    (2048, 1536, False, 1):   _fma(2, 1024, warps=8),
-    (2048, 1536, False, 2):   _dot(64, 128, stages=6),
-    (2048, 1536, False, 4):   _dot(64, 128, stages=6),
-    (2048, 1536, False, 8):   _dot(64, 128, stages=6),
-    (2048, 1536, False, 16):  _dot(64, 128, stages=6),
-    (2048, 1536, False, 32):  _dot(64, 64, stages=6),
-    (2048, 1536, False, 64):  _dot(64, 64, stages=6),
-    # Qwen2-1.5B o
-    (1536, 1536, False, 1):   _fma(4, 2048),
-    (1536, 1536, False, 2):   _fma(2, 512, warps=2),
-    (1536, 1536, False, 4):   _dot(64, 128, stages=6),
-    (1536, 1536, False, 8):   _dot(64, 128, stages=6),
-    (1536, 1536, False, 16):  _dot(64, 128, stages=6),
-    (1536, 1536, False, 32):  None,
-    (1536, 1536, False, 64):  None,
-    # Qwen2-1.5B gate_up
-    (8960, 1536, True, 1):    _fma(1, 2048, warps=2),
-    (8960, 1536, True, 2):    _fma(2, 256, warps=2),
-    (8960, 1536, True, 4):    _dot(64, 128, stages=3),
-    (8960, 1536, True, 8):    _dot(64, 128, stages=3),
-    (8960, 1536, True, 16):   _dot(64, 128, stages=3),
-    (8960, 1536, True, 32):   _dot(64, 64, stages=4),
-    (8960, 1536, True, 64):   _dot(64, 64, stages=4),
-    # Qwen2-1.5B down
-    (1536, 8960, False, 1):   _fma(2, 2048, warps=8),
-    (1536, 8960, False, 2):   _dot(64, 128, stages=4, split=6),
-    (1536, 8960, False, 4):   _dot(64, 128, stages=4, split=6),
-    (1536, 8960, False, 8):   _dot(64, 128, stages=4, split=6),
-    (1536, 8960, False, 16):  _dot(64, 128, stages=4, split=6),
-    (1536, 8960, False, 32):  None,
-    (1536, 8960, False, 64):  None,
-    # Qwen2-1.5B lm_head
-    (151936, 1536, False, 1): _fma(2, 512),
-    (151936, 1536, False, 32): _dot(128, 128, stages=4),
-    (151936, 1536, False, 64): _dot(128, 128, stages=4, warps=8),
-    # Qwen2-7B qkv
-    (4608, 3584, False, 1):   _fma(1, 2048, warps=8),
-    (4608, 3584, False, 2):   _dot(64, 128, stages=6),
-    (4608, 3584, False, 4):   _dot(64, 128, stages=6),
-    (4608, 3584, False, 8):   _dot(64, 128, stages=6),
-    (4608, 3584, False, 16):  _dot(64, 128, stages=6),
-    (4608, 3584, False, 32):  _dot(64, 128, stages=6),
-    (4608, 3584, False, 64):  None,
-    # Qwen2-7B o
-    (3584, 3584, False, 1):   _fma(1, 2048, warps=8),
-    (3584, 3584, False, 2):   _dot(64, 128, stages=6),
-    (3584, 3584, False, 4):   _dot(64, 128, stages=6),
-    (3584, 3584, False, 8):   _dot(64, 128, stages=6),
-    (3584, 3584, False, 16):  _dot(64, 128, stages=6),
-    (3584, 3584, False, 32):  None,
-    (3584, 3584, False, 64):  None,
-    # Qwen2-7B gate_up
-    (18944, 3584, True, 1):   _fma(1, 4096),
-    (18944, 3584, True, 2):   _fma(2, 256, warps=2),
-    (18944, 3584, True, 4):   _dot(64, 128, stages=4),
-    (18944, 3584, True, 8):   _dot(64, 128, stages=4),
-    (18944, 3584, True, 16):  _dot(64, 128, stages=4),
-    (18944, 3584, True, 32):  _dot(64, 128, stages=4),
-    (18944, 3584, True, 64):  _dot(64, 128, stages=4),
-    # Qwen2-7B down
-    (3584, 18944, False, 1):  _fma(1, 2048, warps=8),
-    (3584, 18944, False, 2):  _dot(64, 128, stages=6, split=2),
-    (3584, 18944, False, 4):  _dot(64, 128, stages=6, split=2),
-    (3584, 18944, False, 8):  _dot(64, 128, stages=6, split=2),
-    (3584, 18944, False, 16): _dot(64, 128, stages=6, split=2),
-    (3584, 18944, False, 32): _dot(64, 128, stages=6, split=2),
-    (3584, 18944, False, 64): _dot(64, 128, stages=6, split=2),
-}
+def _configs_from(rows: list[dict]) -> dict[tuple[int, int, bool, int], LinearConfig | None]:
+    return {(r["n"], r["k"], r["silu_mul"], r["m"]): None if r["config"] is None else LinearConfig(**r["config"])
+            for r in rows}
+
+
+# The fastest config per (N, K, silu_mul, M bucket) at Qwen2 shapes (TP 1), measured with
+# bench/tune_linear.py on an H100 (tuned_configs.json). N is the output width (the intermediate
+# size for gate_up); M buckets are powers of two up to M_MAX (decode batches of 24 and 48 run the
+# 32 and 64 configs). None: cuBLAS was faster. Other shapes: _heuristic_config.
+CONFIGS: dict[tuple[int, int, bool, int], LinearConfig | None] = _configs_from(tuned_configs.table("linear")["rows"])
 
 
 def _m_bucket(m: int) -> int:
@@ -595,11 +521,10 @@ def linear_silu_mul(x: torch.Tensor, w_gate_up: torch.Tensor, config: LinearConf
 
 
 # Split count for the cuBLAS projections whose output only feeds the add + RMSNorm kernel (o and
-# down) at 16 < M <= M_MAX on a residual stream at most this wide: written as float32 partials by
-# one strided-batched GEMM, and summed by the norm kernel (rmsnorm.rms_norm_sum), so the GEMM
-# needs no split-K reduce of its own. At batch 40 (M = 48, the 1.5B) this took 2.225 -> 2.203 ms
-# per decode step; 3 or 4 splits for o measured 2.22 (bench/probe_down_partials.py has the
-# isolated pairs). At the 7B's width (o 3,584 x 3,584) every split count was slower.
+# down) at 16 < M <= M_MAX on a residual stream at most PARTIALS_MAX_N wide: written as float32
+# partials by one strided-batched GEMM, and summed by the norm kernel (rmsnorm.rms_norm_sum), so
+# the GEMM needs no split-K reduce of its own. Faster in the 1.5B's decode step (hidden 1,536);
+# at the 7B's width (3,584) every split count was slower.
 PARTIAL_SPLITS = 2
 PARTIALS_MAX_N = 2048
 
@@ -635,10 +560,8 @@ def linear_residual(x: torch.Tensor, w: torch.Tensor, residual: torch.Tensor, su
     return h, weighted
 
 
-# Widest residual stream (o's and down's N) that defers its norms: measured faster at the 1.5B
-# (1,536: batch 1 1.44 -> 1.377 ms/token) and slower at the 7B (3,584: 5.00 -> 5.035 ms; there
-# o and down run 3,584 one-row programs at M = 1; spreading their atomics over 16 addresses
-# changed nothing).
+# Widest residual stream (o's and down's N) that defers its norms: faster at the 1.5B (1,536),
+# slower at the 7B (3,584, where o and down run 3,584 one-row programs at M = 1).
 DEFER_NORM_MAX_N = 2048
 
 

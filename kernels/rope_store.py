@@ -1,8 +1,8 @@
 """RoPE on q and k fused with the KV store: one launch per layer instead of two.
 
-Each decode layer used to launch apply_rope (q and k in place) and then store_kv (k and v into
-their pool slots); at batch 1 both are pure launch latency. The fused kernel rotates q in
-place and writes the rotated k, and v, straight into the pool.
+apply_rope (q and k in place) and then store_kv (k and v into their pool slots) would be two
+launches per layer, at batch 1 pure launch latency. The fused kernel rotates q in place and
+writes the rotated k, and v, straight into the pool.
 
 k in the caller's tensor: the reference rotates it in place (it is apply_rope_ref + store_kv_ref),
 the Triton kernel leaves it unrotated (one store fewer). Nothing reads it afterwards: both

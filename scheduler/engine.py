@@ -35,7 +35,7 @@ from litelang.scheduler.request import OutcomeDetails, OutputEvent, Phase, Reque
 from litelang.scheduler.structured import GrammarCompiler, OutputMatcher, TokenFilter, add_token_mask, bad_word_token_ids
 from litelang.scheduler.tokenizer import Tokenizer
 from litelang.scheduler.worker_client import WorkerError, WorkerGroup
-from litelang.tools.profiling import StepTrace
+from litelang.utils.profiling import StepTrace
 
 log = logging.getLogger("litelang.scheduler")
 

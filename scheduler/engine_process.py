@@ -36,7 +36,7 @@ from litelang.scheduler.engine import Engine, RejectedError
 from litelang.scheduler.request import OutputEvent, Request
 from litelang.scheduler.tokenizer import Tokenizer
 from litelang.scheduler.worker_client import WorkerGroup
-from litelang.tools.profiling import profiled
+from litelang.utils.profiling import profiled
 
 log = logging.getLogger("litelang.scheduler")
 

@@ -18,7 +18,7 @@ from litelang.proto import litelang_pb2, litelang_pb2_grpc
 from litelang.scheduler.engine_process import EngineClient
 from litelang.scheduler.service import LitelangService
 from litelang.scheduler.tokenizer import Tokenizer
-from litelang.tools.profiling import profiled
+from litelang.utils.profiling import profiled
 
 log = logging.getLogger("litelang.scheduler")
 

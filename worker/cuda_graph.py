@@ -177,9 +177,9 @@ class PinnedInputs:
     """Pinned host buffers for the graphs' static inputs, used round-robin. A copy from pageable
     memory may first wait for the GPU work already queued on the stream, which would hold the
     launch of step N + 1 until step N is done; from pinned memory it is queued like a kernel.
-    (Pinning each step's 600 KB of token masks afresh, as `to_device` does, profiled at ~2.5 ms
-    per step inside the worker: these buffers are pinned once.) A buffer is refilled only after the copy that last read it
-    has run (its event)."""
+    (Pinning each step's 600 KB of token masks afresh, as `to_device` does, costs ~2.5 ms per
+    step: these buffers are pinned once.) A buffer is refilled only after the copy that last read
+    it has run (its event)."""
 
     def __init__(self, *tensors: torch.Tensor, depth: int = 4):
         self.buffers = [([torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in tensors], torch.cuda.Event())

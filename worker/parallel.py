@@ -18,8 +18,7 @@ log = logging.getLogger(__name__)
 
 # The largest message SymmetricAllReduce takes (and its buffer's size); larger ones go through
 # NCCL. A decode step's messages are rows x hidden x 2 bytes: 64 x 3,584 (7B) is 448 KiB. On two
-# H200s (bench/probe_all_reduce.py) one-shot took 6.2 to 10.6 us against NCCL's 10.8 to 14.2 up
-# to 448 KiB, 19.9 against 30.1 at 1.75 MiB, and lost from ~7 MiB (55.2 against 45.5).
+# H200s one-shot took 6 to 11 us against NCCL's 11 to 14 up to 448 KiB, and was slower from ~7 MiB.
 SMALL_ALL_REDUCE_BYTES = 2 << 20
 
 

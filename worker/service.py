@@ -14,7 +14,7 @@ import torch
 
 from litelang.configs.schema import LitelangConfig
 from litelang.proto import worker_pb2, worker_pb2_grpc
-from litelang.tools.profiling import StepTrace, profiled
+from litelang.utils.profiling import StepTrace, profiled
 from litelang.worker.runner import ModelRunner, StepError
 
 log = logging.getLogger("litelang.worker")
