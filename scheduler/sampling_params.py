@@ -68,10 +68,9 @@ class SamplingParams:
         says what to change. Unset optional fields keep the defaults above; default_seed is the
         seed of a request that names none."""
         s = cls(max_new_tokens=min(DEFAULT_MAX_NEW_TOKENS, cfg.max_output_length), seed=default_seed)
-        for name in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "frequency_penalty",
-                     "presence_penalty"):
+        for name, limit in OPTIONAL_NUMBERS.items():
             if wire.HasField(name):
-                setattr(s, name, LIMITS[name].check(name, getattr(wire, name)))
+                setattr(s, name, limit.check(name, getattr(wire, name)))
         if wire.HasField("max_new_tokens"):
             s.max_new_tokens = LIMITS["max_new_tokens"].check("max_new_tokens", wire.max_new_tokens)
             if s.max_new_tokens > cfg.max_output_length:
@@ -160,7 +159,8 @@ class Limit:
         return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
 
 
-LIMITS: dict[str, Limit] = {
+# optional fields of the client's message taken as they are once checked (unset: the default above)
+OPTIONAL_NUMBERS: dict[str, Limit] = {
     "temperature": Limit(0, meaning="; use 0 for greedy decoding"),
     "top_p": Limit(0, 1, low_open=True),
     "top_k": Limit(0, meaning="; 0 means off"),
@@ -168,6 +168,9 @@ LIMITS: dict[str, Limit] = {
     "repetition_penalty": Limit(0, low_open=True, meaning="; 1 means off"),
     "frequency_penalty": Limit(-2, 2),
     "presence_penalty": Limit(-2, 2),
+}
+LIMITS: dict[str, Limit] = {
+    **OPTIONAL_NUMBERS,
     "max_new_tokens": Limit(1),
     "top_logprobs": Limit(0, MAX_TOP_LOGPROBS, meaning="; 0 means none"),
     "prompt_logprobs": Limit(0, MAX_TOP_LOGPROBS,

@@ -143,10 +143,7 @@ class Engine:
                 while self._pipeline_full():
                     await self._receive()
             except WorkerError as e:
-                log.error("%s; failing %d running requests", e, len(self.queue.running))
-                self.healthy = False
-                self.inflight.clear()
-                self.output.fail_all(grpc.StatusCode.UNAVAILABLE, f"a worker failed ({e}); retry the request")
+                self._workers_failed(e)
 
     def _schedule(self) -> StepWriter:
         step_id = next(self._step_ids)
@@ -209,6 +206,12 @@ class Engine:
             self.healthy = False
             await self.workers.close()
             self.output.fail_all(grpc.StatusCode.UNAVAILABLE, "a worker failed; retry the request")
+
+    def _workers_failed(self, e: WorkerError) -> None:
+        log.error("%s; failing %d running requests", e, len(self.queue.running))
+        self.healthy = False
+        self.inflight.clear()
+        self.output.fail_all(grpc.StatusCode.UNAVAILABLE, f"a worker failed ({e}); retry the request")
 
     async def _connect(self) -> None:
         try:
