@@ -9,7 +9,7 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from litelang.scheduler.detokenizer import ByteLevelDetokenizer, IncrementalDetokenizer, byte_level_table
-from litelang.scheduler.validation import InvalidRequest
+from litelang.scheduler.errors import InvalidRequest
 
 FIM_TOKENS = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
 

@@ -302,7 +302,7 @@ def test_parallel_tool_calls_false_allows_one_call():
     assert json.loads(single.json_schema)["maxItems"] == 1
     assert "maxItems" not in json.loads(forced_request("required").sampling.structured_output.json_schema)
     from xgrammar.testing import _is_grammar_accept_string
-    from litelang.scheduler.structured import output_format, parse
+    from litelang.scheduler.output_format import output_format, parse
 
     one = [{"name": "now", "parameters": {}}]
     grammar = parse(output_format(single))
@@ -321,7 +321,7 @@ def test_forced_schemas_compile_and_accept_only_calls():
     exactly the calls: an offered name with its arguments, at least one call."""
     pytest.importorskip("xgrammar.testing")
     from xgrammar.testing import _is_grammar_accept_string
-    from litelang.scheduler.structured import output_format, parse
+    from litelang.scheduler.output_format import output_format, parse
 
     def accepts(spec: pb.StructuredOutput, text: str) -> bool:
         return _is_grammar_accept_string(parse(output_format(spec)), text)

@@ -211,7 +211,7 @@ def test_worker_init_reports_the_model_it_loaded(tiny_qwen2):
 
 def test_model_info_reports_the_workers_model_type():
     """ModelInfo's model_type is what the workers' InitResponse says, not a fixed name."""
-    from litelang.scheduler.service import LitelangService
+    from litelang.scheduler.frontend.service import LitelangService
 
     info = worker_pb2.InitResponse(model_type="qwen3", architecture="Qwen3ForCausalLM", vocab_size=300,
                                    device="cpu", dtype="float32")

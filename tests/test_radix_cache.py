@@ -1,4 +1,4 @@
-"""Property tests of the radix KV index (scheduler/radix_cache.py) against a brute-force model.
+"""Property tests of the radix KV index (scheduler/engine/kv/radix_cache.py) against a brute-force model.
 
 The model keeps, for every cached token prefix (a tuple of token ids), its KV slot, how many
 active locks cover it, and when a match or insert last touched it. Tokens come from a tiny
@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from litelang.scheduler.radix_cache import RadixCache
+from litelang.scheduler.engine.kv.radix_cache import RadixCache
 
 TOKENS = st.lists(st.integers(0, 3), max_size=9)
 

@@ -1,6 +1,6 @@
 """The real scheduler Engine against a fake worker: thousands of random requests, no GPU.
 
-`FakeWorkerGroup` stands in for scheduler/worker_client.WorkerGroup (same async interface). It
+`FakeWorkerGroup` stands in for scheduler/engine/worker_client.WorkerGroup (same async interface). It
 interprets StepRequest deltas like worker/runner.py (a row per rid, context length, releases,
 prefix slots, chunked extends, decodes fed by the worker's own last sampled token) and runs a
 deterministic "model": a token's KV is the chained hash of its whole context, and the next token
@@ -34,10 +34,12 @@ from litelang.configs.schema import LitelangConfig
 from litelang.proto import litelang_pb2 as pb
 from litelang.proto import worker_pb2
 from litelang.scheduler.detokenizer import IncrementalDetokenizer
-from litelang.scheduler import engine as engine_module
-from litelang.scheduler.engine import Engine, RejectedError
-from litelang.scheduler.request import Phase, Request, SamplingConfig
-from litelang.scheduler.worker_client import WorkerError
+from litelang.scheduler.engine import loop as engine_loop
+from litelang.scheduler.engine.loop import Engine
+from litelang.scheduler.engine.request import Phase, Request
+from litelang.scheduler.engine.worker_client import WorkerError
+from litelang.scheduler.errors import RejectedError
+from litelang.scheduler.sampling_params import SamplingParams
 
 VOCAB = 48
 EOS = (0, 1)
@@ -65,7 +67,7 @@ def context_hash(ids) -> int:
     return h
 
 
-def expected_output(prompt: list[int], s: SamplingConfig, max_context: int) -> tuple[list[int], int]:
+def expected_output(prompt: list[int], s: SamplingParams, max_context: int) -> tuple[list[int], int]:
     """What the fake model generates for this prompt alone, with the engine's stop rules."""
     h, out = context_hash(prompt), []
     while True:
@@ -304,20 +306,21 @@ def node_path_slots(node, root) -> list[int]:
 def check_engine(engine: Engine, order: dict[str, int], fake: FakeWorkerGroup) -> None:
     """Exact slot accounting, overlap bookkeeping and queue discipline; valid whenever the
     engine loop is suspended (awaiting the worker) or has just processed a reply."""
-    engine.check_invariant()
-    cap = engine.capacity
-    free = list(engine.allocator._free)
-    cached = engine.cache.all_slots() if engine.cache is not None else []
-    own = [s for r in engine.running for s in r.slots[r.tree_prefix_len :]]
+    q, kv = engine.queue, engine.kv
+    kv.check_invariant(q.running)
+    cap = kv.capacity
+    free = list(kv.allocator._free)
+    cached = kv.cache.all_slots() if kv.cache is not None else []
+    own = [s for r in q.running for s in r.slots[r.tree_prefix_len :]]
     every = free + cached + own
     assert len(every) == cap and len(set(every)) == cap and set(every) == set(range(cap)), (
         f"slots not a partition of the pool: {len(free)} free, {len(cached)} cached, {len(own)} owned, capacity {cap}"
     )
-    assert len(engine.running) <= engine.cfg.max_batch_size
+    assert len(q.running) <= engine.cfg.max_batch_size
     lock_count: collections.Counter = collections.Counter()
     in_flight = collections.Counter(rid for reply in fake.replies for rid in reply.rids)
-    for r in engine.running:
-        assert r.phase is Phase.RUNNING and engine.by_rid.get(r.rid) is r and engine.by_id.get(r.request_id) is r
+    for r in q.running:
+        assert r.phase is Phase.RUNNING and q.by_rid.get(r.rid) is r and q.by_id.get(r.request_id) is r
         assert r.pending_samples == in_flight[r.rid], (
             f"request {r.request_id}: pending_samples {r.pending_samples}, {in_flight[r.rid]} tokens in flight"
         )
@@ -330,28 +333,28 @@ def check_engine(engine: Engine, order: dict[str, int], fake: FakeWorkerGroup) -
             f"request {r.request_id}: {len(r.slots)} slots for {len(r.prompt_ids)} prompt + {len(r.output_ids)} "
             f"output tokens and {r.pending_samples} in flight"
         )
-        if engine.cache is None:
+        if kv.cache is None:
             assert r.tree_prefix_len == 0
         else:
-            assert node_path_slots(r.tree_node, engine.cache.root) == r.slots[: r.tree_prefix_len], (
+            assert node_path_slots(r.tree_node, kv.cache.root) == r.slots[: r.tree_prefix_len], (
                 f"request {r.request_id}: its locked tree path does not hold its prefix slots"
             )
             node = r.tree_node
-            while node is not engine.cache.root:
+            while node is not kv.cache.root:
                 lock_count[id(node)] += 1
                 node = node.parent
-    if engine.cache is not None:
-        stack, locked = [engine.cache.root], 0
+    if kv.cache is not None:
+        stack, locked = [kv.cache.root], 0
         while stack:
             node = stack.pop()
             stack.extend(node.children.values())
-            if node is not engine.cache.root:
+            if node is not kv.cache.root:
                 assert node.lock == lock_count[id(node)], "a tree node's lock count != running requests through it"
                 locked += len(node.key) if node.lock else 0
-        assert engine.cache.locked_size == locked
-    for r in engine.waiting:
+        assert kv.cache.locked_size == locked
+    for r in q.waiting:
         assert r.phase is Phase.WAITING and r.slots == [] and r.tree_node is None
-    seq = [(r.priority, order[r.request_id]) for r in engine.waiting]
+    seq = [(r.priority, order[r.request_id]) for r in q.waiting]
     assert seq == sorted(seq), "the waiting queue is not in (priority, arrival) order (retracted ones first)"
 
 
@@ -383,9 +386,11 @@ class Sim:
         self.rejected_unavailable = 0
         self.processed = 0
         self.fake.on_await = self.check
-        self.fake.prompt_of = lambda rid: self.engine.by_rid[rid].prompt_ids if rid in self.engine.by_rid else None
+        by_rid = self.engine.queue.by_rid
+        self.fake.prompt_of = lambda rid: by_rid[rid].prompt_ids if rid in by_rid else None
 
-        engine, process, finish = self.engine, self.engine._process, self.engine._finish
+        output = self.engine.output
+        process, finish = output.process, output.finish
 
         def checked_process(reply):
             process(reply)
@@ -398,8 +403,8 @@ class Sim:
                 t.finish_steps.append(self.fake.steps)
             return finish(r, *a, **kw)
 
-        engine._process = checked_process
-        engine._finish = counted_finish
+        output.process = checked_process
+        output.finish = counted_finish
 
     def check(self) -> None:
         check_engine(self.engine, self.order, self.fake)
@@ -420,11 +425,11 @@ class Sim:
         while not self.engine.healthy:
             await self.tick()
 
-    def submit(self, rid: str, prompt: list[int], sampling: SamplingConfig, priority: int = 0) -> bool:
+    def submit(self, rid: str, prompt: list[int], sampling: SamplingParams, priority: int = 0) -> bool:
         req = Request(request_id=rid, prompt_ids=prompt, sampling=sampling, priority=priority)
         self.order[rid] = len(self.order)
-        ahead = len(self.engine.waiting) + len(self.engine.running)
-        full = len(self.engine.waiting) >= self.cfg.max_reqs
+        ahead = len(self.engine.queue.waiting) + len(self.engine.queue.running)
+        full = len(self.engine.queue.waiting) >= self.cfg.max_reqs
         healthy = self.engine.healthy
         try:
             self.engine.submit(req)
@@ -434,7 +439,7 @@ class Sim:
                 return False
             assert full, f"request {rid} rejected ({e}) although the queue had room and it fits"
             assert e.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert rid not in self.engine.by_id
+            assert rid not in self.engine.queue.by_id
             self.rejected_full += 1
             return False
         assert not full, "a request was queued beyond max_reqs"
@@ -450,12 +455,12 @@ class Sim:
     async def drain(self, max_steps: int) -> None:
         """Wait until every request has finished and the engine is idle."""
         start = self.fake.steps
-        e = self.engine
-        while e.running or e.waiting or e._inflight or any(
+        e, q = self.engine, self.engine.queue
+        while q.running or q.waiting or e.inflight or any(
             t.req.phase is not Phase.FINISHED for t in self.tracked.values()
         ):
             assert self.fake.steps - start <= max_steps, (
-                f"not idle after {max_steps} steps: {len(e.running)} running, {len(e.waiting)} waiting "
+                f"not idle after {max_steps} steps: {len(q.running)} running, {len(q.waiting)} waiting "
                 f"(starvation or a stuck loop)"
             )
             await self.tick()
@@ -463,7 +468,7 @@ class Sim:
 
     def verify(self, failures_expected: bool = False) -> dict[str, int]:
         """Every request ended exactly once, with the uninterrupted run's tokens; the pool is idle."""
-        e, counts = self.engine, collections.Counter()
+        e, q, counts = self.engine, self.engine.queue, collections.Counter()
         tok = FakeTokenizer()
         for rid, t in self.tracked.items():
             r = t.req
@@ -507,18 +512,18 @@ class Sim:
                 counts["eos" if reason == pb.FINISH_REASON_EOS else "length"] += 1
             assert r.usage().completion_tokens == len(tokens)
             assert 0 <= r.cached_tokens <= len(r.prompt_ids)
-            if e.cache is None:
+            if e.kv.cache is None:
                 assert r.cached_tokens == 0
         # the pool is idle: nothing running, every slot free or cached (unlocked)
-        kv = e.kv_counts()
-        assert not e.running and not e.waiting and not e.by_id and not e.by_rid and not e._inflight
+        kv = e.kv.counts()
+        assert not q.running and not q.waiting and not q.by_id and not q.by_rid and not e.inflight
         assert kv["free"] + kv["cached"] == kv["capacity"] and kv["in_use"] == 0, kv
-        if e.cache is not None:
-            assert e.cache.locked_size == 0 and e.cache.evictable == e.cache.size
+        if e.kv.cache is not None:
+            assert e.kv.cache.locked_size == 0 and e.kv.cache.evictable == e.kv.cache.size
         self.check()
         # the worker holds no request the scheduler forgot: only releases not yet sent
-        assert set(self.fake.rows) == set(e._to_release), (
-            f"worker rows {sorted(self.fake.rows)} vs pending releases {sorted(e._to_release)}"
+        assert set(self.fake.rows) == set(q.to_release), (
+            f"worker rows {sorted(self.fake.rows)} vs pending releases {sorted(q.to_release)}"
         )
         return counts
 
@@ -549,7 +554,7 @@ def random_workload(rng: random.Random, n: int, capacity: int):
         else:
             prompt = [rng.randrange(VOCAB) for _ in range(rng.randint(1, 40))]
         seen.append(prompt)
-        s = SamplingConfig(max_new_tokens=rng.randint(1, 40))
+        s = SamplingParams(max_new_tokens=rng.randint(1, 40))
         if rng.random() < 0.15:
             s.ignore_eos = True
         if rng.random() < 0.1:  # the fake model ignores penalties; the worker is sent the context
@@ -578,7 +583,7 @@ async def simulate(seed: int, n_requests: int, use_radix_cache: bool, pipeline_d
         # arrivals: mostly a few loop turns apart, sometimes bursts, sometimes lulls
         await sim.tick(rng.choice((0, 0, 1, 1, 2, 3, 5, 8, 40)))
         # a full queue: mostly wait for room, sometimes knock anyway (must be RESOURCE_EXHAUSTED at once)
-        while len(sim.engine.waiting) >= sim.cfg.max_reqs and rng.random() < 0.97:
+        while len(sim.engine.queue.waiting) >= sim.cfg.max_reqs and rng.random() < 0.97:
             await sim.tick(3)
         if sim.submit(rid, prompt, sampling):
             submitted.append(rid)
@@ -606,7 +611,7 @@ def test_random_traffic(use_radix_cache: bool, pipeline_depth: int, long_step: i
     """long_step: steps reading >= 16 prompt tokens count as long (production: 512, which these
     short prompts never reach), so nothing may be queued behind them."""
     if long_step:
-        monkeypatch.setattr(engine_module, "LONG_STEP_TOKENS", long_step)
+        monkeypatch.setattr(engine_loop, "LONG_STEP_TOKENS", long_step)
     sim, counts = run(simulate(seed=1234 + use_radix_cache, n_requests=2000, use_radix_cache=use_radix_cache,
                                pipeline_depth=pipeline_depth, long_step_tokens=long_step))
     e = sim.engine
@@ -643,7 +648,7 @@ async def retraction_scenario(use_radix_cache: bool) -> Sim:
     await sim.start()
     for i in range(40):
         prompt = [rng.randrange(VOCAB) for _ in range(rng.randint(3, 8))]
-        sim.submit(f"r{i}", prompt, SamplingConfig(max_new_tokens=rng.randint(20, 40), ignore_eos=True))
+        sim.submit(f"r{i}", prompt, SamplingParams(max_new_tokens=rng.randint(20, 40), ignore_eos=True))
     await sim.drain(max_steps=20_000)
     sim.verify()
     await sim.stop()
@@ -669,11 +674,11 @@ def test_request_that_can_never_fit_is_rejected_at_once() -> None:
         sim = Sim(3, 32, max_batch_size=4, max_prefill_tokens=16, max_reqs=8)
         await sim.start()
         with pytest.raises(RejectedError) as info:
-            sim.engine.submit(Request("big", [5] * 20, SamplingConfig(max_new_tokens=13)))
+            sim.engine.submit(Request("big", [5] * 20, SamplingParams(max_new_tokens=13)))
         assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "big" not in sim.engine.by_id and not sim.engine.waiting
+        assert "big" not in sim.engine.queue.by_id and not sim.engine.queue.waiting
         # exactly the whole pool is fine, and completes
-        assert sim.submit("edge", [5] * 20, SamplingConfig(max_new_tokens=12, ignore_eos=True))
+        assert sim.submit("edge", [5] * 20, SamplingParams(max_new_tokens=12, ignore_eos=True))
         await sim.drain(max_steps=1000)
         sim.verify()
         await sim.stop()
@@ -690,7 +695,7 @@ def test_lower_priority_values_are_admitted_first() -> None:
         submitted = []
         for i in range(24):
             priority = sim.rng.choice([-3, 0, 0, 0, 2, 7])
-            assert sim.submit(f"p{i}", [i + 2, 7, 9], SamplingConfig(max_new_tokens=3, ignore_eos=True), priority)
+            assert sim.submit(f"p{i}", [i + 2, 7, 9], SamplingParams(max_new_tokens=3, ignore_eos=True), priority)
             submitted.append((priority, i))
         await sim.drain(max_steps=2000)
         admitted = sorted(sim.tracked, key=lambda rid: sim.tracked[rid].req.first_scheduled)
@@ -708,18 +713,18 @@ def test_retraction_pauses_the_highest_priority_value() -> None:
         sim = Sim(7, 64, max_batch_size=8, max_prefill_tokens=64, max_reqs=64, busy_scale=1.0)
         await sim.start()
         retracted = collections.Counter()
-        retract = sim.engine._retract
+        retract = sim.engine.scheduler.retract
 
         def spy(r):
-            running = [x.priority for x in sim.engine.running]
+            running = [x.priority for x in sim.engine.queue.running]
             assert r.priority == max(running), (r.priority, running)
             retracted[r.priority] += 1
             retract(r)
 
-        sim.engine._retract = spy
+        sim.engine.scheduler.retract = spy
         for i in range(16):
             prompt = [sim.rng.randrange(VOCAB) for _ in range(sim.rng.randint(3, 8))]
-            sim.submit(f"r{i}", prompt, SamplingConfig(max_new_tokens=sim.rng.randint(20, 40), ignore_eos=True),
+            sim.submit(f"r{i}", prompt, SamplingParams(max_new_tokens=sim.rng.randint(20, 40), ignore_eos=True),
                        priority=9 if i % 2 else 0)
         await sim.drain(max_steps=20_000)
         sim.verify()
@@ -735,21 +740,21 @@ def test_completions_of_one_request_are_queued_all_or_none() -> None:
     async def main():
         sim = Sim(4, 64, max_batch_size=2, max_prefill_tokens=16, max_reqs=3)
         await sim.start()
-        assert sim.submit("first", [2, 7, 9], SamplingConfig(max_new_tokens=5))
-        assert sim.submit("second", [3, 7, 9], SamplingConfig(max_new_tokens=5))
-        pair = [Request(f"pair/{i}", [4, 7, 9], SamplingConfig(max_new_tokens=5, ignore_eos=True)) for i in range(2)]
+        assert sim.submit("first", [2, 7, 9], SamplingParams(max_new_tokens=5))
+        assert sim.submit("second", [3, 7, 9], SamplingParams(max_new_tokens=5))
+        pair = [Request(f"pair/{i}", [4, 7, 9], SamplingParams(max_new_tokens=5, ignore_eos=True)) for i in range(2)]
         with pytest.raises(RejectedError) as info:
             sim.engine.submit(*pair)
         assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "room for 1 of" in str(info.value)
         with pytest.raises(RejectedError) as info:
-            sim.engine.submit(Request("third", [5, 7], SamplingConfig(max_new_tokens=5)),
-                              Request("first", [5, 7], SamplingConfig(max_new_tokens=5)))
+            sim.engine.submit(Request("third", [5, 7], SamplingParams(max_new_tokens=5)),
+                              Request("first", [5, 7], SamplingParams(max_new_tokens=5)))
         assert info.value.code == grpc.StatusCode.ALREADY_EXISTS
-        assert [r.request_id for r in sim.engine.waiting] == ["first", "second"]
-        assert set(sim.engine.by_id) == {"first", "second"}
+        assert [r.request_id for r in sim.engine.queue.waiting] == ["first", "second"]
+        assert set(sim.engine.queue.by_id) == {"first", "second"}
         await sim.drain(max_steps=1000)
         sim.engine.submit(*pair)
-        assert [r.request_id for r in sim.engine.waiting] == ["pair/0", "pair/1"]
+        assert [r.request_id for r in sim.engine.queue.waiting] == ["pair/0", "pair/1"]
         await sim.drain(max_steps=1000)
         assert all(len(r.output_ids) == 5 for r in pair)
         sim.verify()
@@ -763,13 +768,13 @@ def test_full_queue_is_rejected_at_once() -> None:
         sim = Sim(4, 64, max_batch_size=2, max_prefill_tokens=16, max_reqs=3)
         await sim.start()
         for i in range(3):  # no await in between: the engine loop cannot admit any yet
-            assert sim.submit(f"q{i}", [i + 2, 7, 9], SamplingConfig(max_new_tokens=5))
+            assert sim.submit(f"q{i}", [i + 2, 7, 9], SamplingParams(max_new_tokens=5))
         with pytest.raises(RejectedError) as info:
-            sim.engine.submit(Request("q3", [2, 3], SamplingConfig(max_new_tokens=5)))
+            sim.engine.submit(Request("q3", [2, 3], SamplingParams(max_new_tokens=5)))
         assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "q3" not in sim.engine.by_id and len(sim.engine.waiting) == 3
+        assert "q3" not in sim.engine.queue.by_id and len(sim.engine.queue.waiting) == 3
         await sim.drain(max_steps=1000)
-        assert sim.submit("q3", [2, 3], SamplingConfig(max_new_tokens=5))  # room again
+        assert sim.submit("q3", [2, 3], SamplingParams(max_new_tokens=5))  # room again
         await sim.drain(max_steps=1000)
         sim.verify()
         await sim.stop()
@@ -789,7 +794,7 @@ def test_worker_failure_fails_in_flight_requests_once_then_recovers() -> None:
         await sim.start()
         for rid, prompt, sampling in random_workload(rng, 300, capacity):
             await sim.tick(rng.choice((0, 1, 2, 4)))
-            while len(sim.engine.waiting) >= sim.cfg.max_reqs:
+            while len(sim.engine.queue.waiting) >= sim.cfg.max_reqs:
                 await sim.tick(2)
             sim.submit(rid, prompt, sampling)
         await sim.drain(max_steps=20_000)

@@ -12,8 +12,8 @@ import pytest
 
 from litelang.configs.schema import LitelangConfig
 from litelang.proto import litelang_pb2 as pb
-from litelang.scheduler.request import OutputEvent
-from litelang.scheduler.service import LitelangService
+from litelang.scheduler.frontend.service import LitelangService
+from litelang.scheduler.messages import OutputEvent
 
 
 @dataclass

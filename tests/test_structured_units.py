@@ -16,8 +16,9 @@ from litelang.configs.schema import LitelangConfig
 from litelang.kernels.token_mask import apply_token_mask_ref
 from litelang.proto import litelang_pb2 as pb
 from litelang.proto import worker_pb2
-from litelang.scheduler.structured import add_token_mask, output_format, parse
-from litelang.scheduler.validation import InvalidRequest
+from litelang.scheduler.engine.step_writer import add_token_mask
+from litelang.scheduler.errors import InvalidRequest
+from litelang.scheduler.output_format import output_format, parse
 from litelang.worker.runner import StepError
 from litelang.worker.sampler import mask_words
 from litelang.worker.setup import build_runner

@@ -13,10 +13,12 @@ from hypothesis import strategies as st
 
 from litelang.configs.schema import LitelangConfig, add_config_args, config_from_args
 from litelang.proto import litelang_pb2 as pb
-from litelang.scheduler.admission import PeakCheck, expected_remaining, future_peak
 from litelang.scheduler.detokenizer import ByteLevelDetokenizer, IncrementalDetokenizer
-from litelang.scheduler.kv_allocator import OutOfSlots, SlotAllocator
-from litelang.scheduler.validation import InvalidRequest, check_prompt, resolve_sampling
+from litelang.scheduler.engine.admission import PeakCheck, expected_remaining, future_peak
+from litelang.scheduler.engine.kv.allocator import OutOfSlots, SlotAllocator
+from litelang.scheduler.errors import InvalidRequest
+from litelang.scheduler.frontend.validation import check_prompt
+from litelang.scheduler.sampling_params import SamplingParams
 
 # ------------------------------------------------------------------------------ SlotAllocator
 
@@ -149,7 +151,7 @@ CFG = LitelangConfig(max_output_length=100)
 
 
 def resolve(**fields):
-    return resolve_sampling(pb.SamplingParams(**fields), CFG, default_seed=7)
+    return SamplingParams.from_wire(pb.SamplingParams(**fields), CFG, default_seed=7)
 
 
 @pytest.mark.parametrize(
@@ -347,9 +349,9 @@ def test_committed_stubs_match_a_fresh_generation(tmp_path):
 
 def test_request_context_slices_prompt_then_output():
     """Request.context(start, end) equals (prompt + output)[start:end] for every range."""
-    from litelang.scheduler.request import Request, SamplingConfig
+    from litelang.scheduler.engine.request import Request
 
-    r = Request(request_id="c", prompt_ids=[1, 2, 3, 4], sampling=SamplingConfig())
+    r = Request(request_id="c", prompt_ids=[1, 2, 3, 4], sampling=SamplingParams())
     assert r.context() is r.prompt_ids  # no copy when it is the whole prompt
     r.output_ids = [5, 6]
     whole = r.prompt_ids + r.output_ids
@@ -366,7 +368,7 @@ def test_engine_garbage_policy_collects_when_idle_and_every_busy_stretch():
     import gc
     import weakref
 
-    from litelang.scheduler.engine_process import _GarbagePolicy
+    from litelang.scheduler.engine.process import _GarbagePolicy
 
     class Cycle:
         pass
@@ -405,7 +407,6 @@ def test_messages_without_a_chat_template_are_invalid_argument(tmp_path, default
     import shutil
 
     from litelang.scheduler.tokenizer import Tokenizer
-    from litelang.scheduler.validation import InvalidRequest
 
     for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         shutil.copy(default_model_dir / name, tmp_path / name)
@@ -423,7 +424,7 @@ def test_token_filter_masks_against_a_plain_reading():
     """TokenFilter's mask, read bit by bit, against the sets it should allow: the allowed ids, less
     one-token bad words always, less a longer bad word's last token right after its prefix; ANDed
     with a format's mask when there is one."""
-    from litelang.scheduler.structured import TokenFilter
+    from litelang.scheduler.engine.structured import TokenFilter
 
     def allowed_set(mask: bytes, vocab: int) -> set[int]:
         words = [int.from_bytes(mask[i:i + 4], "little") for i in range(0, len(mask), 4)]
@@ -459,7 +460,7 @@ def test_token_filter_masks_against_a_plain_reading():
 
 
 def test_bad_words_are_tokenized_as_written_and_after_a_space(tokenizer):
-    from litelang.scheduler.structured import bad_word_token_ids
+    from litelang.scheduler.engine.structured import bad_word_token_ids
 
     got = bad_word_token_ids(tokenizer.encode, ["return", "  fibonacci"])
     assert got == [tokenizer.encode("return"), tokenizer.encode(" return"), tokenizer.encode("fibonacci"),
@@ -491,7 +492,6 @@ def test_fill_in_the_middle_without_fim_tokens_is_invalid_argument(tmp_path, def
     import shutil
 
     from litelang.scheduler.tokenizer import FIM_TOKENS, Tokenizer
-    from litelang.scheduler.validation import InvalidRequest
 
     for name in ("tokenizer_config.json", "generation_config.json"):
         shutil.copy(default_model_dir / name, tmp_path / name)

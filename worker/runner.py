@@ -21,7 +21,8 @@ from litelang.worker.forward_batch import ForwardBatch, to_device
 from litelang.worker.kv_pool import KVPool
 from litelang.worker.model import CausalLM
 from litelang.worker.sampler import (
-    MAX_LOGIT_BIAS, PenaltyState, SamplingMode, SamplingTensors, mask_words, sample_and_record, top_alternatives,
+    MAX_LOGIT_BIAS, PenaltyState, RequestSampling, SamplingMode, SamplingTensors, mask_words, sample_and_record,
+    top_alternatives,
 )
 
 MAX_SCORE_TOP_N = 20  # alternatives per scored prompt position (as top_logprobs)
@@ -34,30 +35,8 @@ class StepError(ValueError):
 @dataclass
 class RequestState:
     row: int
+    sampling: RequestSampling
     context_len: int = 0  # tokens of this request whose k/v are in the pool
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    min_p: float = 0.0
-    seed: int = 0
-    repetition: float = 1.0
-    frequency: float = 0.0
-    presence: float = 0.0
-    suppress_until: int = 0  # stop tokens are masked for sampled positions before this
-    top_logprobs: int = 0  # most likely alternatives to return with each sampled token
-    biased: bool = False  # has a logit_bias (applied on the full sampling path)
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature <= 0 and not self.penalized and not self.suppress_until and not self.biased
-
-    @property
-    def penalized(self) -> bool:
-        return self.repetition != 1.0 or self.frequency != 0.0 or self.presence != 0.0
-
-    @property
-    def filtered(self) -> bool:
-        return self.temperature > 0 and (self.top_k > 0 or self.top_p < 1.0 or self.min_p > 0.0)
 
 
 @dataclass
@@ -263,18 +242,11 @@ class ModelRunner:
             raise StepError(f"request {ext.rid}: logit_bias needs as many values as ids, at most {MAX_LOGIT_BIAS}")
         if s.bias_token_ids and not 0 <= min(s.bias_token_ids) <= max(s.bias_token_ids) < self.model.spec.vocab_size:
             raise StepError(f"request {ext.rid}: a logit_bias token id is outside the vocabulary")
-        state = RequestState(
-            row=self.free_rows.pop(), temperature=s.temperature, top_k=s.top_k,
-            top_p=s.top_p if s.top_p > 0 else 1.0, min_p=s.min_p, seed=s.seed,
-            repetition=s.repetition_penalty if s.repetition_penalty > 0 else 1.0,
-            frequency=s.frequency_penalty, presence=s.presence_penalty, top_logprobs=s.top_logprobs,
-        )
-        if s.suppress_until and s.suppress_token_ids:
-            state.suppress_until = s.suppress_until
+        state = RequestState(row=self.free_rows.pop(), sampling=RequestSampling.from_wire(s))
+        if state.sampling.suppress_until:
             self.penalties.set_suppressed(state.row, s.suppress_token_ids, self.device)
-        state.biased = bool(s.bias_token_ids)
         self.penalties.set_bias(state.row, s.bias_token_ids, s.bias_values, self.device)
-        if state.penalized:
+        if state.sampling.penalized:
             self.penalties.admit(state.row, ext.prompt_ids, ext.generated_ids, self.device)
         self.requests[ext.rid] = state
         return state

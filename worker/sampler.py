@@ -1,6 +1,7 @@
-"""Sampling state on the worker: which sampling work a step needs (SamplingMode), the per-request
-parameters as device tensors (SamplingTensors), per-row penalty and stop-token state
-(PenaltyState), and the device-only forward + sample step that CUDA graphs capture."""
+"""Sampling state on the worker: each request's parameters as decoded from its Sampling message
+(RequestSampling), which sampling work a step needs (SamplingMode), the per-request parameters
+as device tensors (SamplingTensors), per-row penalty and stop-token state (PenaltyState), and the
+device-only forward + sample step that CUDA graphs capture."""
 
 from __future__ import annotations
 
@@ -12,11 +13,53 @@ import torch
 from litelang.kernels.kernel_set import KernelSet
 from litelang.kernels.sampling import top_logprobs
 from litelang.kernels.token_mask import ALL_ALLOWED, mask_words_for
+from litelang.proto import worker_pb2
 from litelang.worker.forward_batch import ForwardBatch, to_device
 from litelang.worker.model import CausalLM
 
 if TYPE_CHECKING:
     from litelang.worker.runner import RequestState
+
+
+@dataclass(frozen=True)
+class RequestSampling:
+    """One request's sampling values, decoded once from its Sampling (worker.proto) at admission;
+    every step reads them from here."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    seed: int = 0
+    repetition: float = 1.0
+    frequency: float = 0.0
+    presence: float = 0.0
+    suppress_until: int = 0  # stop tokens are masked for sampled positions before this
+    top_logprobs: int = 0  # most likely alternatives to return with each sampled token
+    biased: bool = False  # has a logit_bias (applied on the full sampling path)
+
+    @classmethod
+    def from_wire(cls, s: worker_pb2.Sampling) -> "RequestSampling":
+        """Unset (0) top_p and repetition_penalty mean off."""
+        return cls(
+            temperature=s.temperature, top_k=s.top_k, top_p=s.top_p if s.top_p > 0 else 1.0, min_p=s.min_p,
+            seed=s.seed, repetition=s.repetition_penalty if s.repetition_penalty > 0 else 1.0,
+            frequency=s.frequency_penalty, presence=s.presence_penalty,
+            suppress_until=s.suppress_until if s.suppress_token_ids else 0, top_logprobs=s.top_logprobs,
+            biased=bool(s.bias_token_ids),
+        )
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0 and not self.penalized and not self.suppress_until and not self.biased
+
+    @property
+    def penalized(self) -> bool:
+        return self.repetition != 1.0 or self.frequency != 0.0 or self.presence != 0.0
+
+    @property
+    def filtered(self) -> bool:
+        return self.temperature > 0 and (self.top_k > 0 or self.top_p < 1.0 or self.min_p > 0.0)
 
 
 @dataclass(frozen=True)
@@ -31,11 +74,12 @@ class SamplingMode:
 
     @classmethod
     def for_states(cls, states: list[RequestState]) -> "SamplingMode":
+        values = [s.sampling for s in states]
         return cls(
-            greedy=all(s.greedy for s in states),
-            penalties=any(s.penalized for s in states),
-            filtered=any(s.filtered for s in states),
-            top_n=max((s.top_logprobs for s in states), default=0),
+            greedy=all(v.greedy for v in values),
+            penalties=any(v.penalized for v in values),
+            filtered=any(v.filtered for v in values),
+            top_n=max((v.top_logprobs for v in values), default=0),
         )
 
 
@@ -63,10 +107,11 @@ class SamplingTensors:
 
     @staticmethod
     def host_values(states: list[RequestState]) -> tuple[list[list[float]], list[list[int]]]:
-        floats = [[s.temperature for s in states], [s.top_p for s in states], [s.min_p for s in states],
-                  [s.repetition for s in states], [s.frequency for s in states], [s.presence for s in states]]
-        ints = [[s.top_k for s in states], [s.seed & 0x7FFFFFFFFFFFFFFF for s in states],
-                [s.context_len for s in states], [s.suppress_until for s in states]]
+        values = [s.sampling for s in states]
+        floats = [[v.temperature for v in values], [v.top_p for v in values], [v.min_p for v in values],
+                  [v.repetition for v in values], [v.frequency for v in values], [v.presence for v in values]]
+        ints = [[v.top_k for v in values], [v.seed & 0x7FFFFFFFFFFFFFFF for v in values],
+                [s.context_len for s in states], [v.suppress_until for v in values]]
         return floats, ints
 
     @classmethod
@@ -86,7 +131,7 @@ class SamplingTensors:
 
 
 MAX_SUPPRESS = 16  # stop tokens masked before min_new_tokens, per request
-MAX_LOGIT_BIAS = 300  # logit_bias tokens per request (scheduler/validation.py allows as many)
+MAX_LOGIT_BIAS = 300  # logit_bias tokens per request (scheduler/sampling_params.py allows as many)
 
 
 @dataclass

@@ -1,6 +1,7 @@
-"""Structured outputs: a request's format (StructuredOutput) as an xgrammar grammar, compiled
-against the served vocabulary, and one matcher per completion that says which tokens may come
-next (a bitmask the worker applies to the logits) and takes each token sampled.
+"""Structured outputs in the engine: a request's format (scheduler/output_format.py) as an
+xgrammar grammar compiled against the served vocabulary, and one matcher per completion that
+says which tokens may come next (a bitmask the worker applies to the logits) and takes each token
+sampled. RequestFormats gives each request its matcher, compiling off the engine loop.
 
 xgrammar, the library vLLM and SGLang use, does the grammar work. It is imported only when a
 request asks for a format, so a server that never sees one never loads it. TokenFilter masks the
@@ -8,78 +9,16 @@ same way for allowed_token_ids and bad_words, without xgrammar."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
-import json
 import threading
 
 import numpy as np
 
-from litelang.proto import litelang_pb2 as pb
-from litelang.proto import worker_pb2
-from litelang.scheduler.request import OutputFormat
-from litelang.scheduler.validation import InvalidRequest
-
-MAX_FORMAT_CHARS = 64 * 1024  # a schema, regex or grammar longer than this is refused
-MAX_CHOICES = 256
-
-
-def output_format(spec: pb.StructuredOutput) -> OutputFormat:
-    """The request's format, checked by parsing it (a bad one raises InvalidRequest now, before
-    anything is queued, with the parser's own words)."""
-    kind = spec.WhichOneof("format")
-    if kind is None:
-        raise InvalidRequest("structured_output is empty: set json_schema, json_object, regex, grammar or choice")
-    if kind == "json_object":
-        if not spec.json_object:
-            raise InvalidRequest("structured_output.json_object must be true when set")
-        fmt = OutputFormat("json_schema", '{"type": "object"}')
-    elif kind == "choice":
-        choices = list(spec.choice.choices)
-        if not choices or len(choices) > MAX_CHOICES or not all(choices):
-            raise InvalidRequest(f"structured_output.choice needs 1 to {MAX_CHOICES} non-empty strings (got {len(choices)})")
-        # EBNF string literals take JSON's escapes
-        fmt = OutputFormat("grammar", "root ::= " + " | ".join(json.dumps(c, ensure_ascii=False) for c in choices))
-    else:
-        text = getattr(spec, kind)
-        if not text:
-            raise InvalidRequest(f"structured_output.{kind} is empty")
-        if len(text) > MAX_FORMAT_CHARS:
-            raise InvalidRequest(f"structured_output.{kind} has {len(text)} characters; at most {MAX_FORMAT_CHARS}")
-        if kind == "json_schema":
-            try:
-                json.loads(text)
-            except ValueError as e:
-                raise InvalidRequest(f"structured_output.json_schema is not JSON: {e}") from None
-        fmt = OutputFormat(kind, text)
-    parse(fmt)
-    return fmt
-
-
-def parse(fmt: OutputFormat):
-    """The format as an xgrammar Grammar (no vocabulary needed: cheap, used to validate)."""
-    import xgrammar as xgr
-
-    try:
-        if fmt.kind == "json_schema":  # one fixed layout, no free whitespace: a model cannot
-            # loop on newlines inside a value it was asked to produce (vLLM's disable-any-whitespace)
-            return xgr.Grammar.from_json_schema(fmt.spec, any_whitespace=False)
-        if fmt.kind == "regex":
-            return xgr.Grammar.from_regex(fmt.spec)
-        return xgr.Grammar.from_ebnf(fmt.spec)
-    except RuntimeError as e:  # xgrammar's parse errors: "[time] file:line: what is wrong"
-        reason = str(e).strip().split(": ", 1)[-1]
-        raise InvalidRequest(f"structured_output: the {fmt.kind.replace('_', ' ')} does not parse: {reason}") from None
-
-
-def add_token_mask(step: worker_pb2.StepRequest, rid: int, allowed: bytes, seen: dict[bytes, int]) -> None:
-    """rid's TokenMask in the step: its bytes the first time a mask occurs in the step, a
-    reference to that one (same_as) after. seen: the step's masks so far -> their index."""
-    first = seen.setdefault(allowed, len(step.token_masks))
-    if first == len(step.token_masks):
-        step.token_masks.add(rid=rid, allowed=allowed)
-    else:
-        step.token_masks.add(rid=rid, same_as=first + 1)
-
+from litelang.scheduler.engine.request import Request
+from litelang.scheduler.errors import InvalidRequest
+from litelang.scheduler.output_format import OutputFormat, parse
+from litelang.scheduler.tokenizer import Tokenizer
 
 class GrammarCompiler:
     """Compiles formats against the vocabulary on one background thread (a JSON schema takes
@@ -193,3 +132,48 @@ def bad_word_token_ids(encode, words: list[str]) -> list[list[int]]:
             if ids and ids not in out:
                 out.append(ids)
     return out
+
+
+class RequestFormats:
+    """Each request's token matcher: a TokenFilter (allowed_token_ids, bad_words), a compiled
+    format's OutputMatcher, or both (the filter wrapping the format's, masks ANDed). Formats
+    compile on a background thread; a request is admitted once its format is ready."""
+
+    def __init__(self, tokenizer: Tokenizer, wake: asyncio.Event):
+        self.tokenizer, self._wake = tokenizer, wake
+        self.vocab_size = 0  # the model's, once the workers are connected
+        self._grammars: GrammarCompiler | None = None  # made on first use
+
+    def prepare(self, req: Request) -> None:
+        """At submit: the filter now, the format's compile started (the loop wakes up when done)."""
+        s = req.sampling
+        if s.allowed_token_ids or s.bad_words:
+            req.token_filter = TokenFilter(self.vocab_size, s.allowed_token_ids,
+                                           bad_word_token_ids(self.tokenizer.encode, s.bad_words))
+        if s.output_format is not None:
+            if self._grammars is None:
+                self._grammars = GrammarCompiler(self.tokenizer.hf, self.vocab_size, self.tokenizer.eos_token_ids)
+            req.grammar = self._grammars.compile(s.output_format)
+            loop = asyncio.get_running_loop()
+            req.grammar.add_done_callback(lambda _: loop.call_soon_threadsafe(self._wake.set))
+        elif req.token_filter is not None:
+            req.matcher = req.token_filter
+
+    def ready(self, r: Request) -> bool:
+        """Whether r may be admitted as far as its format goes: none, or compiled (its matcher
+        made now). InvalidRequest if the format failed to compile."""
+        if r.grammar is None or r.matcher is not None:
+            return True
+        if not r.grammar.done():
+            return False
+        error = r.grammar.exception()
+        if error is not None:
+            raise InvalidRequest(f"structured_output does not compile: {error}")
+        r.matcher = OutputMatcher(r.grammar.result())
+        if r.token_filter is not None:
+            r.token_filter.inner, r.matcher = r.matcher, r.token_filter
+        return True
+
+    def close(self) -> None:
+        if self._grammars is not None:
+            self._grammars.close()

@@ -1,4 +1,4 @@
-"""A request as the scheduler tracks it, from arrival to its final event."""
+"""A completion as the engine tracks it, from arrival to its final event."""
 
 from __future__ import annotations
 
@@ -8,47 +8,8 @@ import time
 from dataclasses import dataclass, field
 
 from litelang.proto import litelang_pb2 as pb
-
-
-@dataclass(frozen=True)
-class OutputFormat:
-    """A validated structured-output format as plain values (scheduler/structured.py): kind is
-    "json_schema", "regex" or "grammar" (json_object and choice arrive as one of those)."""
-
-    kind: str
-    spec: str
-
-
-@dataclass
-class SamplingConfig:
-    """SamplingParams with every default resolved and every value validated."""
-
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    max_new_tokens: int = 256
-    min_new_tokens: int = 0
-    stop: list[str] = field(default_factory=list)
-    stop_token_ids: list[int] = field(default_factory=list)
-    ignore_eos: bool = False
-    seed: int = 0
-    skip_special_tokens: bool = False
-    logprobs: bool = False
-    top_logprobs: int = 0  # alternatives per token (needs logprobs)
-    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
-    prompt_logprobs: int | None = None  # score the prompt, with this many alternatives (None: off)
-    include_stop_str_in_output: bool = False
-    output_format: OutputFormat | None = None  # structured outputs: what the text must match
-    allowed_token_ids: list[int] = field(default_factory=list)  # only these may be generated (empty: all)
-    bad_words: list[str] = field(default_factory=list)  # never generated (scheduler/structured.py: TokenFilter)
-
-
-# one position's most likely tokens: (token ids, their logprobs), most likely first
-TopLogprobs = tuple[list[int], list[float]]
+from litelang.scheduler.messages import NewRequest, TopLogprobs
+from litelang.scheduler.sampling_params import SamplingParams
 
 
 class Phase(enum.Enum):
@@ -58,41 +19,10 @@ class Phase(enum.Enum):
 
 
 @dataclass
-class OutcomeDetails:
-    """What the final response reports besides the tokens (the RPC layer, in another process,
-    sees only events, never the engine's Request)."""
-
-    usage: pb.Usage
-    timings: pb.Timings
-    text: str          # the whole output text, stop string cut off
-    stop_string: str
-
-
-@dataclass
-class OutputEvent:
-    """What the engine hands the RPC layer: new text/tokens, and on the last event the outcome."""
-
-    text: str
-    token_ids: list[int]
-    logprobs: list[float] = field(default_factory=list)  # one per token id (if asked for)
-    top_logprobs: list[TopLogprobs] = field(default_factory=list)  # one per token id (if asked for)
-    finish_reason: int = pb.FINISH_REASON_UNSPECIFIED
-    error: tuple[int, str] | None = None  # (grpc.StatusCode value, message) when the request failed
-    outcome: OutcomeDetails | None = None  # set on the final event of a request that finished
-    # with prompt_logprobs, on the request's first event: one per prompt token after the first
-    prompt_logprobs: list[float] | None = None
-    prompt_top_logprobs: list[TopLogprobs] | None = None
-
-    @property
-    def final(self) -> bool:
-        return self.error is not None or self.finish_reason != pb.FINISH_REASON_UNSPECIFIED
-
-
-@dataclass
 class Request:
     request_id: str
     prompt_ids: list[int]
-    sampling: SamplingConfig
+    sampling: SamplingParams
     rid: int = 0                          # worker-protocol id; a new one at every (re)admission
     arrival: float = field(default_factory=time.monotonic)
     priority: int = 0                     # lower is served first (then arrival)
@@ -118,7 +48,7 @@ class Request:
     first_scheduled: float | None = None
     first_token: float | None = None
     finished_at: float | None = None
-    events: asyncio.Queue = field(default_factory=asyncio.Queue)  # OutputEvents for the RPC layer
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)  # OutputEvents, when no sink takes them (tests)
     detokenizer: object = None            # IncrementalDetokenizer, set by the engine
     stop_token_set: frozenset[int] = frozenset()  # EOS (unless ignore_eos) and stop_token_ids; set by the engine
     stop_hold: int = 0                    # chars held back from streaming: a stop string may be forming
@@ -130,6 +60,11 @@ class Request:
     grammar: object = None                # concurrent.futures.Future of an xgrammar CompiledGrammar
     matcher: object = None                # structured.OutputMatcher, from admission on
     token_filter: object = None           # structured.TokenFilter (allowed_token_ids, bad_words): the matcher
+
+    @classmethod
+    def from_message(cls, new: NewRequest) -> Request:
+        return cls(request_id=new.request_id, prompt_ids=new.prompt_ids, sampling=new.sampling,
+                   arrival=new.arrival, priority=new.priority)
 
     @property
     def num_computed(self) -> int:

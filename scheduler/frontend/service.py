@@ -1,5 +1,5 @@
 """The client-facing gRPC service (litelang.v1.Litelang), in the frontend process; the engine
-runs in its own process behind an EngineClient.
+runs in its own process behind an EngineClient (frontend/engine_client.py).
 
 Every RPC validates its input first: never-valid input is INVALID_ARGUMENT with a message that
 says what to change; load problems come from the engine (RESOURCE_EXHAUSTED, UNAVAILABLE).
@@ -20,14 +20,12 @@ import grpc
 from litelang.configs.schema import LitelangConfig
 from litelang.proto import litelang_pb2 as pb
 from litelang.proto import litelang_pb2_grpc
-from litelang.scheduler.engine import RejectedError
-from litelang.scheduler.engine_process import EngineClient
-from litelang.scheduler.request import OutputEvent, Request, TopLogprobs
-from litelang.scheduler.structured import output_format
+from litelang.scheduler.errors import InvalidRequest, RejectedError
+from litelang.scheduler.frontend.engine_client import EngineClient, Request
+from litelang.scheduler.frontend.validation import chat_template_input, check_prompt, truncated_prompt
+from litelang.scheduler.messages import OutputEvent, TopLogprobs
+from litelang.scheduler.sampling_params import SamplingParams, completion_count
 from litelang.scheduler.tokenizer import Tokenizer
-from litelang.scheduler.validation import (
-    InvalidRequest, chat_template_input, check_prompt, check_vocabulary_ids, completion_count, resolve_sampling,
-)
 
 log = logging.getLogger("litelang.scheduler")
 
@@ -64,29 +62,13 @@ class LitelangService(litelang_pb2_grpc.LitelangServicer):
         """The request's n completions, validated once (ids `<id>/<index>` when n > 1; completion
         i of a seeded request draws with seed + i)."""
         vocab_size = self.engine.info.vocab_size if self.engine.info else 1 << 31
-        if params.HasField("truncate_prompt_tokens"):
-            if params.truncate_prompt_tokens < 1:
-                raise InvalidRequest(f"truncate_prompt_tokens must be >= 1 (got {params.truncate_prompt_tokens}): "
-                                     "the number of the prompt's last tokens to keep")
-            prompt_ids = prompt_ids[-params.truncate_prompt_tokens:]
+        prompt_ids = truncated_prompt(prompt_ids, params)
         check_prompt(prompt_ids, self.cfg, vocab_size)
-        fmt = output_format(params.structured_output) if params.HasField("structured_output") else None
-        if fmt is not None and params.min_new_tokens:
-            raise InvalidRequest("min_new_tokens cannot be combined with structured_output: the format decides "
-                                 "where the output may end")
-        reqs = []
-        for index in range(n):
-            sampling = resolve_sampling(params, self.cfg, default_seed=next(self._seeds))
-            sampling.output_format = fmt
-            if index and params.HasField("seed"):
-                sampling.seed = (sampling.seed + index) % 2**64
-            if index:  # the siblings' prompt is completion 0's: scored once
-                sampling.prompt_logprobs = None
-            else:
-                check_vocabulary_ids(sampling, vocab_size)
-            reqs.append(Request(request_id=request_id if n == 1 else f"{request_id}/{index}",
-                                prompt_ids=prompt_ids, sampling=sampling))
-        return reqs
+        seeds = [next(self._seeds) for _ in range(n)]  # each completion's default seed
+        first = SamplingParams.from_wire(params, self.cfg, seeds[0], vocab_size)
+        samplings = [first] + [first.sibling(i, seeds[i], params.HasField("seed")) for i in range(1, n)]
+        return [Request(request_id=request_id if n == 1 else f"{request_id}/{index}", prompt_ids=prompt_ids,
+                        sampling=sampling) for index, sampling in enumerate(samplings)]
 
     async def _start(self, request: pb.GenerateRequest, context) -> tuple[str, list[Request]]:
         """Submit the request's completions: one engine Request each (ids `<id>/<index>` when

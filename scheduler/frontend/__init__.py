@@ -1,0 +1,1 @@
+"""The frontend process: the client-facing gRPC server, request validation and tokenization."""
