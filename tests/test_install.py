@@ -86,3 +86,39 @@ def test_kernels_in_this_test_process_is_not_ours() -> None:
         origin = getattr(module, "__file__", None)
         assert origin is not None and not Path(origin).resolve().is_relative_to(ROOT / "kernels"), \
             f"`kernels` in this process is {module!r}"
+
+
+def load_install_script() -> dict:
+    import runpy
+
+    return runpy.run_path(str(ROOT / "tools" / "install.py"))
+
+
+def test_install_stamp_belongs_to_the_interpreter(tmp_path: Path) -> None:
+    """A new virtual environment has no stamp of an earlier install, so `make serve` there installs."""
+    import subprocess as sp
+    import sysconfig
+
+    here = Path(load_install_script()["stamp_path"]("model"))
+    assert here.parent == Path(sysconfig.get_paths()["purelib"])
+    sp.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True)
+    code = f"import runpy; print(runpy.run_path({str(ROOT / 'tools' / 'install.py')!r})['stamp_path']('model'))"
+    there = sp.run([str(tmp_path / "venv" / "bin" / "python"), "-c", code], check=True,
+                   capture_output=True, text=True).stdout.strip()
+    assert Path(there) != here and Path(there).is_relative_to(tmp_path / "venv")
+
+
+def test_a_users_torch_build_keeps_its_own_triton() -> None:
+    script = load_install_script()
+    pins = "# header\ntorch==2.13.0\ntriton==3.9.0\nnvidia-nccl-cu13==2.28.3\ntransformers==5.25.0\nkernels==0.19.1\n"
+    assert script["without_torch_family"](pins) == "# header\ntransformers==5.25.0\nkernels==0.19.1\n"
+
+
+def test_constraints_pin_every_dependency_exactly() -> None:
+    """Each line of constraints.txt is `name==version` (or a comment), and torch is pinned to the
+    CPU build CI installs."""
+    lines = [ln for ln in (ROOT / "constraints.txt").read_text().splitlines() if ln and not ln.startswith("#")]
+    assert lines and all(ln.count("==") == 1 and " " not in ln for ln in lines), lines
+    names = {ln.split("==")[0].lower() for ln in lines}
+    assert {"torch", "transformers", "triton", "grpcio", "kernels", "setuptools"} <= names
+    assert "litelang" not in names and "pip" not in names

@@ -63,6 +63,11 @@ def installed_torch() -> tuple[str, bool] | None:
     return version.split("+")[0], accelerated == "True"
 
 
+def without_torch_family(constraints: str) -> str:
+    """The constraints with the pins a user's own torch build decides left out."""
+    return "".join(ln + "\n" for ln in constraints.splitlines() if not TORCH_FAMILY.match(ln))
+
+
 def stamp_path(extra: str) -> Path:
     checkout = hashlib.sha1(str(ROOT).encode()).hexdigest()[:10]
     return Path(sysconfig.get_paths()["purelib"]) / f"litelang-{checkout}-{extra}.stamp"
@@ -100,9 +105,8 @@ def install(target: str) -> None:
     constraints = CONSTRAINTS
     if torch[1] or torch[0] != pinned("torch"):
         say(f"keeping the installed torch {torch[0]}: torch, triton and NVIDIA libraries are not pinned")
-        kept = [ln for ln in CONSTRAINTS.read_text().splitlines() if not TORCH_FAMILY.match(ln)]
         constraints = Path(tempfile.mkdtemp(prefix="litelang-install-")) / "constraints.txt"
-        constraints.write_text("\n".join(kept) + "\n")
+        constraints.write_text(without_torch_family(CONSTRAINTS.read_text()))
     run(sys.executable, "-m", "pip", "install", "-c", str(constraints), "-e", f"{ROOT}[{extra}]")
     try:
         stamp.write_text(inputs_hash() + "\n")
