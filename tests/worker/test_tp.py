@@ -13,8 +13,8 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from helpers import free_ports, health_status
+from launcher import Launcher
 from litelang.client.api import LitelangClient
-from test_launch import Launcher
 
 pytestmark = pytest.mark.slow
 
