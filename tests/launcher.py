@@ -17,7 +17,9 @@ import psutil
 import pytest
 import yaml
 
-from helpers import REPO_ROOT, alive, child_env, descendants, free_ports, port_is_listened_on, wait_for
+from helpers import (
+    REPO_ROOT, LoopbackAddresses, alive, child_env, descendants, free_ports, port_is_listened_on, wait_for,
+)
 
 
 def launch_command() -> list[str]:
@@ -28,7 +30,7 @@ def launch_command() -> list[str]:
     return [str(script)]
 
 
-class Launcher:
+class Launcher(LoopbackAddresses):
     """litelang-launch in its own session; its output collected line by line."""
 
     def __init__(self, model: Path, tmp: Path, **extra):
@@ -43,14 +45,6 @@ class Launcher:
         self.lines: list[str] = []
         self._new_lines: queue.Queue = queue.Queue()
         self.seen_pids: set[int] = set()
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def worker_address(self) -> str:
-        return f"127.0.0.1:{self.worker_port}"
 
     def start(self) -> "Launcher":
         self.proc = subprocess.Popen(

@@ -8,22 +8,16 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
 
 import grpc
 import pytest
 
-from helpers import alive, free_ports, health_status, make_tiny_qwen2_with_tokenizer, port_is_listened_on, wait_for
+from helpers import alive, free_ports, health_status, port_is_listened_on, wait_for
 from launcher import Launcher
 from litelang.client.api import LitelangClient, generate_request
 from litelang.proto import litelang_pb2 as pb
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, default_model_dir) -> Path:
-    return make_tiny_qwen2_with_tokenizer(tmp_path_factory.mktemp("tiny_tok_qwen2"), default_model_dir)
 
 
 @pytest.fixture

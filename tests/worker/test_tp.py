@@ -19,13 +19,6 @@ from litelang.client.api import LitelangClient
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, default_model_dir):
-    from helpers import make_tiny_qwen2_with_tokenizer
-
-    return make_tiny_qwen2_with_tokenizer(tmp_path_factory.mktemp("tiny_tp"), default_model_dir)
-
-
 class TPLauncher(Launcher):
     def __init__(self, model, tmp, tp: int, **config):
         """config: more deploy.yaml keys (LitelangConfig fields)."""
