@@ -142,7 +142,22 @@ def child_env() -> dict[str, str]:
     return env
 
 
-class ServerGroup:
+class LoopbackAddresses:
+    """The scheduler's and the (first) worker's gRPC addresses, from their ports on 127.0.0.1."""
+
+    port: int
+    worker_port: int
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def worker_address(self) -> str:
+        return f"127.0.0.1:{self.worker_port}"
+
+
+class ServerGroup(LoopbackAddresses):
     """One worker (tp=1) and one scheduler as separate OS processes, configured by flags.
 
         with ServerGroup(model_dir, log_dir, kv_slots=512, max_input_length=64) as g:
@@ -166,15 +181,7 @@ class ServerGroup:
         self._pids: set[int] = set()  # every pid this group started (workers restart)
         self._worker_starts = 0
 
-    # ---- addresses and flags
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def worker_address(self) -> str:
-        return f"127.0.0.1:{self.worker_port}"
+    # ---- flags
 
     def flags(self) -> list[str]:
         out = ["--model", self.model, "--port", str(self.port), "--worker-base-port", str(self.worker_port)]

@@ -8,12 +8,13 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from helpers import server_group
 from litelang.proto import litelang_pb2 as pb
 
 pytestmark = pytest.mark.slow
 
 POSITIONS = 512  # tests/helpers.py make_tiny_qwen2 (vocabulary 256)
+# limits past the model's POSITIONS: the worker caps the context, the scheduler refuses and stops at the cap
+SERVER_CONFIG = dict(max_input_length=1000, max_output_length=200, kv_slots=4096)
 
 
 def ids(n: int) -> list[int]:
@@ -21,23 +22,22 @@ def ids(n: int) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def long_config(tiny_qwen2, tmp_path_factory):
-    with server_group(tiny_qwen2, tmp_path_factory.mktemp("context_logs"), max_input_length=1000,
-                      max_output_length=200, kv_slots=4096) as g:
-        yield g
+def served_model(tiny_qwen2):
+    """For `group`: the tiny model of POSITIONS positions (its vocabulary is enough for ids())."""
+    return tiny_qwen2
 
 
-def test_prompt_past_the_model_positions_is_invalid_argument(long_config):
+def test_prompt_past_the_model_positions_is_invalid_argument(group):
     with pytest.raises(grpc.RpcError) as info:
-        long_config.client.generate(ids(600), max_new_tokens=4)
+        group.client.generate(ids(600), max_new_tokens=4)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert f"context holds {POSITIONS}" in info.value.details(), info.value.details()
 
 
-def test_generation_stops_at_the_model_positions(long_config):
+def test_generation_stops_at_the_model_positions(group):
     prompt = ids(POSITIONS - 12)
-    out = long_config.client.generate(prompt, max_new_tokens=100, ignore_eos=True)
+    out = group.client.generate(prompt, max_new_tokens=100, ignore_eos=True)
     assert out.finish_reason == pb.FINISH_REASON_LENGTH, out
     assert len(prompt) + len(out.token_ids) == POSITIONS
     # the server is still healthy: a short request completes
-    assert len(long_config.client.generate(ids(37), max_new_tokens=5, ignore_eos=True).token_ids) == 5
+    assert len(group.client.generate(ids(37), max_new_tokens=5, ignore_eos=True).token_ids) == 5

@@ -1,6 +1,6 @@
 """The start-up warm-up's steps (worker/warmup.py) are valid steps for the runner, within its
-limits, and leave it as it was. (On the GPU, tests/test_gpu_model.py checks that after it a
-serving-like mix of steps compiles no Triton kernel.)"""
+limits, and leave it as it was. (On the GPU, tests/worker/test_gpu_model.py checks that after it
+a serving-like mix of steps compiles no Triton kernel.)"""
 
 from __future__ import annotations
 

@@ -11,7 +11,6 @@ import json
 import pytest
 from google.protobuf import json_format
 
-from helpers import make_tiny_qwen2_with_tokenizer, server_group
 from litelang.client.api import SAMPLING_FIELDS, sampling_params
 from litelang.client.cli import _sampling, build_parser, main
 from litelang.proto import litelang_pb2 as pb
@@ -21,20 +20,10 @@ NEW = 8
 GREEDY = ["--temperature", "0", "--max-new-tokens", str(NEW), "--ignore-eos"]
 GREEDY_KW = dict(temperature=0, max_new_tokens=NEW, ignore_eos=True)
 STREAMING = pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+# no prefix cache: a repeated prompt is computed the same way, so logprobs match bit for bit
+SERVER_CONFIG = dict(kv_slots=512, max_batch_size=4, max_input_length=64, max_output_length=64,
+                     use_radix_cache=False)
 e2e = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, default_model_dir):
-    return make_tiny_qwen2_with_tokenizer(tmp_path_factory.mktemp("tiny_cli"), default_model_dir)
-
-
-@pytest.fixture(scope="module")
-def group(tiny_model, tmp_path_factory):
-    # no prefix cache: a repeated prompt is computed the same way, so logprobs match bit for bit
-    with server_group(tiny_model, tmp_path_factory.mktemp("cli_logs"), kv_slots=512, max_batch_size=4,
-                      max_input_length=64, max_output_length=64, use_radix_cache=False) as g:
-        yield g
 
 
 def cli(group, capsys, *argv: str, stream: bool = False) -> tuple[int, str, str]:

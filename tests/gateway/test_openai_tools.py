@@ -15,7 +15,6 @@ import pytest
 # (test_units checks that it does, so a missing install cannot pass as skips)
 openai = pytest.importorskip("openai")
 
-from helpers import openai_gateway, server_group  # noqa: E402
 from litelang.client.api import chat_messages  # noqa: E402
 from litelang.proto import litelang_pb2 as pb  # noqa: E402
 
@@ -27,19 +26,20 @@ TOOLS = [{"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "The city"}},
                    "required": ["city"]}}}]
 ASK = [{"role": "user", "content": "What is the weather like in Paris today?"}]
+# room for the chat template with the tools (the prompt) and a call or two (the reply)
+SERVER_CONFIG = dict(kv_slots=4096, max_batch_size=2, max_input_length=1024, max_output_length=128)
+GATEWAY_FLAGS = ("--served-model-name", MODEL)
 
 
 @pytest.fixture(scope="module")
-def group(default_model_dir, tmp_path_factory):
-    with server_group(default_model_dir, tmp_path_factory.mktemp("tools_logs"), kv_slots=4096, max_batch_size=2,
-                      max_input_length=1024, max_output_length=128) as g:
-        yield g
+def served_model(default_model_dir):
+    """For `group`: the real checkpoint, which calls the tool when asked (random weights would not)."""
+    return default_model_dir
 
 
 @pytest.fixture(scope="module")
-def api(group, tmp_path_factory):
-    with openai_gateway(group, tmp_path_factory.mktemp("tools_gateway"), "--served-model-name", MODEL) as url:
-        yield openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=300)
+def api(gateway_url):
+    return openai.OpenAI(base_url=gateway_url, api_key="unused", max_retries=0, timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -10,23 +10,13 @@ import grpc
 import pytest
 import torch
 
-from helpers import make_tiny_qwen2_with_tokenizer, server_group
 
 pytestmark = pytest.mark.slow
 
 PROMPT = [785, 3974, 13876, 38835, 374, 264, 1632, 315, 6195, 11, 1221]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, default_model_dir):
-    return make_tiny_qwen2_with_tokenizer(tmp_path_factory.mktemp("tiny_prompt_lp"), default_model_dir)
-
-
-@pytest.fixture(scope="module")
-def group(tiny_model, tmp_path_factory):
-    with server_group(tiny_model, tmp_path_factory.mktemp("prompt_lp_logs"), kv_slots=512, max_batch_size=4,
-                      max_input_length=64, max_output_length=64, max_prefill_tokens=4) as g:
-        yield g
+# prefill chunks of 4 tokens: PROMPT's scores come from several steps
+SERVER_CONFIG = dict(kv_slots=512, max_batch_size=4, max_input_length=64, max_output_length=64,
+                     max_prefill_tokens=4)
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import litelang  # noqa: E402
 from litelang.client.api import chat_messages  # noqa: E402
 from litelang.proto import litelang_pb2 as pb  # noqa: E402
 
-from helpers import health_status, make_tiny_qwen2_with_tokenizer, openai_gateway, server_group, wait_for, wait_idle  # noqa: E402
+from helpers import health_status, openai_gateway, wait_for, wait_idle  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -32,29 +32,16 @@ CHAT = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": 
 # random weights: EOS could come at any point, so runs are fixed-length unless a test says otherwise
 FIXED = {"ignore_eos": True}
 MAX_REQS = 16
+# no prefix cache: a repeated request computes the same way, so logprobs match bit for bit; the
+# limits add up to the max_model_len /tokenize reports (256 + 4096)
+SERVER_CONFIG = dict(kv_slots=8192, max_batch_size=4, max_input_length=256, max_output_length=4096,
+                     max_reqs=MAX_REQS, use_radix_cache=False)
+GATEWAY_FLAGS = ("--served-model-name", MODEL)
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, default_model_dir):
-    return make_tiny_qwen2_with_tokenizer(tmp_path_factory.mktemp("tiny_openai"), default_model_dir)
-
-
-@pytest.fixture(scope="module")
-def group(tiny_model, tmp_path_factory):
-    with server_group(tiny_model, tmp_path_factory.mktemp("openai_logs"), kv_slots=8192, max_batch_size=4,
-                      max_input_length=256, max_output_length=4096, max_reqs=MAX_REQS, use_radix_cache=False) as g:
-        yield g
-
-
-@pytest.fixture(scope="module")
-def base_url(group, tmp_path_factory):
-    with openai_gateway(group, tmp_path_factory.mktemp("gateway_log"), "--served-model-name", MODEL) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def api(base_url):
-    return openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=120)
+def api(gateway_url):
+    return openai.OpenAI(base_url=gateway_url, api_key="unused", max_retries=0, timeout=120)
 
 
 def test_models_lists_the_served_model(api, group):
@@ -74,8 +61,8 @@ def preflight(base_url: str, path: str, origin: str) -> dict[str, str]:
         return {k.lower(): v for k, v in reply.headers.items()}
 
 
-def test_browsers_may_call_the_api(base_url, api):
-    headers = preflight(base_url, "/v1/chat/completions", "http://localhost:3000")
+def test_browsers_may_call_the_api(gateway_url, api):
+    headers = preflight(gateway_url, "/v1/chat/completions", "http://localhost:3000")
     assert headers["access-control-allow-origin"] in ("*", "http://localhost:3000")
     assert "POST" in headers["access-control-allow-methods"]
     assert "authorization" in headers["access-control-allow-headers"].lower()
@@ -363,18 +350,18 @@ def post(base_url: str, path: str, body: dict) -> tuple[int, dict]:
         return e.code, json.load(e)
 
 
-def test_tokenize_and_detokenize_routes(base_url, group):
+def test_tokenize_and_detokenize_routes(gateway_url, group):
     want = group.client.tokenize(PROMPT)
-    status, got = post(base_url, "/tokenize", {"model": MODEL, "prompt": PROMPT})
+    status, got = post(gateway_url, "/tokenize", {"model": MODEL, "prompt": PROMPT})
     assert status == 200 and got["tokens"] == list(want.token_ids) and got["count"] == len(want.token_ids)
     assert got["max_model_len"] == 256 + 4096
-    status, got = post(base_url, "/tokenize", {"messages": CHAT})
+    status, got = post(gateway_url, "/tokenize", {"messages": CHAT})
     assert status == 200 and got["tokens"] == list(group.client.tokenize(CHAT).token_ids)
-    status, got = post(base_url, "/detokenize", {"tokens": list(want.token_ids)})
+    status, got = post(gateway_url, "/detokenize", {"tokens": list(want.token_ids)})
     assert status == 200 and got["prompt"] == PROMPT
-    status, got = post(base_url, "/detokenize", {"tokens": [1, 10**8]})
+    status, got = post(gateway_url, "/detokenize", {"tokens": [1, 10**8]})
     assert status == 400 and "vocabulary" in got["error"]["message"]
-    status, got = post(base_url, "/tokenize", {"model": MODEL})
+    status, got = post(gateway_url, "/tokenize", {"model": MODEL})
     assert status == 400 and "prompt" in got["error"]["message"]
 
 
@@ -388,16 +375,16 @@ def http_counts(base_url: str) -> dict[tuple[str, str], float]:
             for s in family.samples if s.name == "litelang_http_requests_total"}
 
 
-def test_metrics_count_requests_by_path_and_status(api, base_url):
-    before = http_counts(base_url)
+def test_metrics_count_requests_by_path_and_status(api, gateway_url):
+    before = http_counts(gateway_url)
     for _ in range(2):
         api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2, extra_body=FIXED)
     list(api.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=2, stream=True, extra_body=FIXED))
     with pytest.raises(openai.BadRequestError):
         api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2, temperature=-1)
     with pytest.raises(urllib.error.HTTPError):  # counted under "other", not under its own path
-        urllib.request.urlopen(base_url.removesuffix("/v1") + "/no/such/path/1", timeout=5)
-    after = http_counts(base_url)
+        urllib.request.urlopen(gateway_url.removesuffix("/v1") + "/no/such/path/1", timeout=5)
+    after = http_counts(gateway_url)
     delta = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
     assert delta == {("/v1/completions", "200"): 2, ("/v1/chat/completions", "200"): 1, ("/v1/completions", "400"): 1,
                      ("other", "404"): 1}

@@ -19,7 +19,7 @@ from litelang.tools.prepare_model import (
     write_marker,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def tiny_checkpoint(path: Path, *, tied: bool) -> Path:

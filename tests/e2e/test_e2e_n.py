@@ -11,27 +11,17 @@ from collections import defaultdict
 import grpc
 import pytest
 
-from helpers import make_tiny_qwen2_with_tokenizer, server_group, wait_idle
+from helpers import wait_idle
 from litelang.proto import litelang_pb2 as pb
 
 pytestmark = pytest.mark.slow
 
 NEW = 8
+# deterministic: a completion's tokens and logprobs do not depend on what shares its steps,
+# so a single request is an exact oracle for each of the n
+SERVER_CONFIG = dict(kv_slots=1024, max_batch_size=4, max_reqs=8, max_input_length=64, max_output_length=64,
+                     deterministic=True)
 SAMPLE = dict(max_new_tokens=NEW, temperature=1.0, ignore_eos=True, logprobs=True)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, default_model_dir):
-    return make_tiny_qwen2_with_tokenizer(tmp_path_factory.mktemp("tiny_n"), default_model_dir)
-
-
-@pytest.fixture(scope="module")
-def group(tiny_model, tmp_path_factory):
-    # deterministic: a completion's tokens and logprobs do not depend on what shares its steps,
-    # so a single request is an exact oracle for each of the n
-    with server_group(tiny_model, tmp_path_factory.mktemp("n_logs"), kv_slots=1024, max_batch_size=4, max_reqs=8,
-                      max_input_length=64, max_output_length=64, deterministic=True) as g:
-        yield g
 
 
 def test_seeded_completions_equal_single_requests_with_seed_plus_index(group):

@@ -15,24 +15,16 @@ import pytest
 
 from litelang.proto import litelang_pb2 as pb
 
-from helpers import make_tiny_qwen2_with_tokenizer, server_group, wait_idle
+from helpers import wait_idle
 
 pytestmark = pytest.mark.slow
 
 PROMPT = "Answer in the requested format:"
 PHONE = r"[0-9]{3}-[a-z]{2}"
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, default_model_dir):
-    return make_tiny_qwen2_with_tokenizer(tmp_path_factory.mktemp("tiny_structured"), default_model_dir)
-
-
-@pytest.fixture(scope="module")
-def group(tiny_model, tmp_path_factory):
-    with server_group(tiny_model, tmp_path_factory.mktemp("structured_logs"), kv_slots=2048, max_batch_size=8,
-                      max_input_length=64, max_output_length=64, use_radix_cache=False) as g:
-        yield g
+# room for constrained and plain requests in the same steps; no prefix cache, so an idle pool is
+# all free (kv_free == kv_capacity)
+SERVER_CONFIG = dict(kv_slots=2048, max_batch_size=8, max_input_length=64, max_output_length=64,
+                     use_radix_cache=False)
 
 
 def fmt(**kind) -> pb.StructuredOutput:

@@ -13,17 +13,10 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from helpers import free_ports, health_status
+from launcher import Launcher
 from litelang.client.api import LitelangClient
-from test_launch import Launcher
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, default_model_dir):
-    from helpers import make_tiny_qwen2_with_tokenizer
-
-    return make_tiny_qwen2_with_tokenizer(tmp_path_factory.mktemp("tiny_tp"), default_model_dir)
 
 
 class TPLauncher(Launcher):

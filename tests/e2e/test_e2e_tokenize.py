@@ -10,7 +10,6 @@ import grpc
 import pytest
 from transformers import AutoTokenizer
 
-from helpers import make_tiny_qwen2_with_tokenizer, server_group
 from litelang.client.api import chat_messages
 from litelang.client.cli import main
 from litelang.proto import litelang_pb2 as pb
@@ -18,19 +17,9 @@ from litelang.proto import litelang_pb2 as pb
 pytestmark = pytest.mark.slow
 
 TEXT = "def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)  # 你好"
+# these tests tokenize more than they generate: prompts up to 128 tokens, short replies
+SERVER_CONFIG = dict(kv_slots=512, max_batch_size=2, max_input_length=128, max_output_length=16)
 MESSAGES = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "What is a radix tree?"}]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, default_model_dir):
-    return make_tiny_qwen2_with_tokenizer(tmp_path_factory.mktemp("tiny_tokenize"), default_model_dir)
-
-
-@pytest.fixture(scope="module")
-def group(tiny_model, tmp_path_factory):
-    with server_group(tiny_model, tmp_path_factory.mktemp("tokenize_logs"), kv_slots=512, max_batch_size=2,
-                      max_input_length=128, max_output_length=16) as g:
-        yield g
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,13 @@ import time
 import pytest
 import torch
 
-from helpers import server_group
 from litelang.proto import litelang_pb2 as pb
 
 pytestmark = pytest.mark.slow
 
 NEW_TOKENS = 32
+# concurrent requests (test_concurrent_requests_match_solo) and PROMPTS' longest prompt and reply
+SERVER_CONFIG = dict(kv_slots=2048, max_batch_size=8, max_input_length=512, max_output_length=256, max_reqs=32)
 
 PROMPTS: dict[str, str | list[dict[str, str]] | tuple[str, str]] = {
     "fibonacci": "def fibonacci(n):",
@@ -94,13 +95,10 @@ def hf_greedy(default_model_dir, tokenizer) -> dict[str, tuple[list[int], list[i
 
 
 @pytest.fixture(scope="module")
-def group(default_model_dir, tmp_path_factory, hf_greedy):
-    # hf_greedy first: the HF model is freed before the worker loads its copy
-    with server_group(
-        default_model_dir, tmp_path_factory.mktemp("parity_logs"),
-        kv_slots=2048, max_batch_size=8, max_input_length=512, max_output_length=256, max_reqs=32,
-    ) as g:
-        yield g
+def served_model(default_model_dir, hf_greedy):
+    """The real checkpoint for `group`; hf_greedy first: the HF model is freed before the worker
+    loads its copy."""
+    return default_model_dir
 
 
 @pytest.fixture(scope="module")

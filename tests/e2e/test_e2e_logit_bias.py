@@ -9,25 +9,13 @@ import grpc
 import pytest
 import torch
 
-from helpers import make_tiny_qwen2_with_tokenizer, server_group
 
 pytestmark = pytest.mark.slow
 
 PROMPT = [785, 3974, 13876, 38835, 374]
 NEW = 8
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, default_model_dir):
-    return make_tiny_qwen2_with_tokenizer(tmp_path_factory.mktemp("tiny_bias"), default_model_dir)
-
-
-@pytest.fixture(scope="module")
-def group(tiny_model, tmp_path_factory):
-    # one running request at a time: every request reuses the same sampler row
-    with server_group(tiny_model, tmp_path_factory.mktemp("bias_logs"), kv_slots=512, max_batch_size=1,
-                      max_input_length=64, max_output_length=64) as g:
-        yield g
+# one running request at a time: every request reuses the same sampler row
+SERVER_CONFIG = dict(kv_slots=512, max_batch_size=1, max_input_length=64, max_output_length=64)
 
 
 def hf_biased_greedy(model_dir, prompt: list[int], bias: dict[int, float], n: int) -> tuple[list[int], list[float]]:

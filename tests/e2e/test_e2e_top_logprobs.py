@@ -11,25 +11,14 @@ import grpc
 import pytest
 import torch
 
-from helpers import make_tiny_qwen2_with_tokenizer, server_group
 
 pytestmark = pytest.mark.slow
 
 PROMPT = [785, 3974, 13876, 38835, 374]
 NEW = 10
+# a batch of several: requests that ask for alternatives share steps with ones that do not
+SERVER_CONFIG = dict(kv_slots=512, max_batch_size=4, max_input_length=64, max_output_length=64)
 ASK = dict(max_new_tokens=NEW, temperature=0, ignore_eos=True, logprobs=True, top_logprobs=5)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, default_model_dir):
-    return make_tiny_qwen2_with_tokenizer(tmp_path_factory.mktemp("tiny_top_logprobs"), default_model_dir)
-
-
-@pytest.fixture(scope="module")
-def group(tiny_model, tmp_path_factory):
-    with server_group(tiny_model, tmp_path_factory.mktemp("top_logprobs_logs"), kv_slots=512, max_batch_size=4,
-                      max_input_length=64, max_output_length=64) as g:
-        yield g
 
 
 def hf_log_softmax(model_dir, ids: list[int]) -> torch.Tensor:

@@ -11,15 +11,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from helpers import ServerGroup, free_ports, is_idle, make_tiny_qwen2_with_tokenizer, scrape, wait_for
+from helpers import ServerGroup, free_ports, is_idle, scrape, wait_for
 
 pytestmark = pytest.mark.slow
 NEW = 40
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, default_model_dir):
-    return make_tiny_qwen2_with_tokenizer(tmp_path_factory.mktemp("tiny_retract"), default_model_dir)
 
 
 def hf_greedy(path, prompts: list[list[int]], n: int) -> list[list[int]]:

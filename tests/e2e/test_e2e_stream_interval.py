@@ -5,14 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import ServerGroup, make_tiny_qwen2_with_tokenizer
+from helpers import ServerGroup
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, default_model_dir):
-    return make_tiny_qwen2_with_tokenizer(tmp_path_factory.mktemp("tiny_interval"), default_model_dir)
 
 
 def test_stream_interval_groups_tokens(tiny_model, tmp_path):

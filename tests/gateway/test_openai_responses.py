@@ -15,7 +15,7 @@ import pytest
 # the device's GPU runs collect every module but deselect these CPU tests; CI installs the SDK
 openai = pytest.importorskip("openai")
 
-from helpers import make_tiny_qwen2_with_tokenizer, openai_gateway, server_group, wait_idle  # noqa: E402
+from helpers import wait_idle  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -25,6 +25,10 @@ QUESTION = "What is a radix tree?"
 CHAT = [{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": QUESTION}]
 # random weights: EOS could come at any point, so runs are fixed-length unless a test says otherwise
 FIXED = {"ignore_eos": True}
+# no prefix cache: a response and the chat completion of the same conversation compute the same way
+SERVER_CONFIG = dict(kv_slots=8192, max_batch_size=4, max_input_length=1024, max_output_length=4096, max_reqs=16,
+                     use_radix_cache=False)
+GATEWAY_FLAGS = ("--served-model-name", MODEL)
 SCHEMA = {"type": "object", "properties": {"answer": {"enum": ["yes", "no"]}}, "required": ["answer"],
           "additionalProperties": False}
 JSON_FORMAT = {"format": {"type": "json_schema", "name": "answer", "schema": SCHEMA, "strict": True}}
@@ -42,21 +46,8 @@ CLOSING_EVENTS = ["response.output_text.done", "response.content_part.done", "re
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, default_model_dir):
-    return make_tiny_qwen2_with_tokenizer(tmp_path_factory.mktemp("tiny_responses"), default_model_dir)
-
-
-@pytest.fixture(scope="module")
-def group(tiny_model, tmp_path_factory):
-    with server_group(tiny_model, tmp_path_factory.mktemp("responses_logs"), kv_slots=8192, max_batch_size=4,
-                      max_input_length=1024, max_output_length=4096, max_reqs=16, use_radix_cache=False) as g:
-        yield g
-
-
-@pytest.fixture(scope="module")
-def api(group, tmp_path_factory):
-    with openai_gateway(group, tmp_path_factory.mktemp("responses_gateway_log"), "--served-model-name", MODEL) as url:
-        yield openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=120)
+def api(gateway_url):
+    return openai.OpenAI(base_url=gateway_url, api_key="unused", max_retries=0, timeout=120)
 
 
 def greedy_chat(api, max_tokens: int) -> openai.types.chat.ChatCompletion:

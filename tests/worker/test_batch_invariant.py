@@ -1,7 +1,7 @@
 """`deterministic: true` on CPU: a request's tokens and logprobs, bit for bit, do not depend on
 what shares its steps: alone, beside requests that arrive later (their prefills in its decode
 steps), with its own prompt prefilled in chunks. The oracle is the request run alone. GPU:
-tests/test_gpu_model.py::test_deterministic_mode_is_batch_invariant."""
+tests/worker/test_gpu_model.py::test_deterministic_mode_is_batch_invariant."""
 
 from __future__ import annotations
 
