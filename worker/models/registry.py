@@ -13,6 +13,7 @@ from typing import Any, Callable
 from litelang.worker.checkpoint import read_config
 from litelang.worker.model import CausalLM
 from litelang.worker.models.qwen2 import Qwen2Model, qwen2_spec
+from litelang.worker.models.qwen3 import Qwen3Model, qwen3_spec
 from litelang.worker.models.spec import ModelSpec, check_served
 
 
@@ -27,6 +28,7 @@ class ModelFamily:
 FAMILIES: dict[str, ModelFamily] = {
     f.architecture: f for f in (
         ModelFamily("Qwen2ForCausalLM", "qwen2", Qwen2Model, qwen2_spec),
+        ModelFamily("Qwen3ForCausalLM", "qwen3", Qwen3Model, qwen3_spec),
     )
 }
 
