@@ -73,11 +73,17 @@ def test_greedy_matches_hf(tmp_path, tie):
         assert got[rid] == hf_greedy(path, p, 12), f"request {rid}"
 
 
-def test_teacher_forced_logits_match_hf(tmp_path):
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
+def test_teacher_forced_logits_match_hf(tmp_path, monkeypatch, kernels):
     """Prefill, then three decode steps fed HF's context: the logits of every row within 1e-4 of
-    HF float32 (untied embeddings)."""
+    HF float32 (untied embeddings); with the Triton kernels too (CPU interpreter), whose norm,
+    RoPE and KV-store kernels run separately on the q/k-norm path."""
+    if kernels == "triton":
+        pytest.importorskip("triton")
+        monkeypatch.setenv("LITELANG_KERNELS", "triton")
     path = make_tiny_qwen3(tmp_path / "m", tie=False)
     runner = build_runner(runner_config(path), rank=0)
+    assert runner.model.kernels.name == kernels
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     seqs, slots, steps = {1: [5, 17, 99, 3, 250, 8, 1, 60, 61, 62], 2: [42, 9, 8, 7], 3: list(range(100, 124))}, SlotPool(), 3
     req = worker_pb2.StepRequest(step_id=0)
