@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
-from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+from transformers import AutoModelForCausalLM
 
 from helpers import config_dir
 from parity import SlotPool, greedy_sampling, hf_greedy, run_greedy
@@ -20,7 +19,8 @@ from litelang.worker.models.llama import LlamaModel
 from litelang.worker.models.registry import family_of, load_spec
 from litelang.worker.setup import build_runner
 
-# a small original context, so that prompts reach past it and every frequency band is exercised
+# a small original context, so that prompts reach past it: at head_dim 16 the highest frequency is
+# blended, the others divided by factor
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
           "original_max_position_embeddings": 16}
 PROMPTS = {1: [5, 17, 99, 3, 250, 8, 1], 2: [42], 3: list(range(100, 140))}
@@ -28,7 +28,11 @@ PROMPTS = {1: [5, 17, 99, 3, 250, 8, 1], 2: [42], 3: list(range(100, 140))}
 
 def make_tiny_llama(path: Path, tie: bool, scaling: dict | None = None, seed: int = 0, **overrides) -> Path:
     """Save a random Llama (2 layers, hidden 64, 4 heads / 2 kv heads, vocab 300) with HF transformers.
-    Weights drawn 5x wider than HF's default, so that attention, and so RoPE, sways the tokens."""
+    Weights drawn 5x wider than HF's default, so that attention, and so RoPE, sways the tokens.
+    (HF's Llama is imported here, not at the top: it imports triton, which must come after
+    litelang's kernels have chosen the CPU interpreter.)"""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     kwargs = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5, tie_word_embeddings=tie,
                   initializer_range=0.1,
@@ -110,6 +114,9 @@ def test_attention_bias_is_read(tmp_path, tiny_llama):
                    "original_max_position_embeddings": 64}),
 ], ids=["tiny", "llama3.1", "strong"])
 def test_llama3_inverse_frequencies_match_transformers(head_dim, theta, scaling):
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
     config = LlamaConfig(hidden_size=head_dim * 4, num_attention_heads=4, head_dim=head_dim,
                          max_position_embeddings=131072, rope_parameters={**scaling, "rope_theta": theta})
     want, attention_factor = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
