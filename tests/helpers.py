@@ -325,6 +325,21 @@ def make_tiny_qwen2_with_tokenizer(path: Path, tokenizer_dir: Path, **overrides)
     return path
 
 
+def config_dir(tmp_path: Path, model: Path, **changes) -> Path:
+    """A directory holding only the model's config.json with `changes` (None deletes a key):
+    enough for everything that must fail before the weights are read."""
+    import json
+
+    config = json.loads((model / "config.json").read_text())
+    for key, value in changes.items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    return tmp_path
+
+
 @contextlib.contextmanager
 def openai_gateway(group, log_dir: Path, *flags: str, env: dict | None = None):
     """`litelang-openai` (the installed console script) in front of the group's scheduler: its

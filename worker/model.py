@@ -11,12 +11,12 @@ import torch
 
 from litelang.kernels.greedy import logprobs_from_argmax
 from litelang.kernels.kernel_set import KernelSet
-from litelang.kernels.rope import rope_cos_sin_cache
 from litelang.kernels.sampling import top_logprobs
 from litelang.worker.checkpoint import CheckpointReader, Weights
 from litelang.worker.forward_batch import ForwardBatch
 from litelang.worker.models.attention import HeadShard
 from litelang.worker.models.decoder import DecoderLayer
+from litelang.worker.models.rope import rope_cos_sin
 from litelang.worker.models.spec import ModelSpec
 from litelang.worker.parallel import TPGroup
 from litelang.worker.residual import DeferredNormStream, ResidualStream
@@ -31,7 +31,7 @@ class CausalLM:
         self.device, self.dtype = device, dtype
         self.heads = HeadShard.of(spec, tp)
         self.num_local_kv_heads = self.heads.kv_heads  # the KV pool's width on this rank
-        self.cos_sin = rope_cos_sin_cache(spec.head_dim, spec.max_position_embeddings, spec.rope_theta, device)
+        self.cos_sin = rope_cos_sin(spec, device)
         self.embed: torch.Tensor
         self.final_norm: torch.Tensor
         self.lm_head: torch.Tensor

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, RepetitionPenaltyLogitsProcessor
 
 from helpers import make_tiny_qwen2
-from runner_steps import SlotPool, greedy_sampling, hf_greedy, run_greedy
+from parity import SlotPool, greedy_sampling, hf_greedy, run_greedy
 from litelang.configs.schema import LitelangConfig
 from litelang.proto import worker_pb2
 from litelang.worker.setup import build_runner

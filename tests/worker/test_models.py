@@ -9,14 +9,13 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import REPO_ROOT, child_env, free_ports
+from helpers import REPO_ROOT, child_env, config_dir, free_ports
 from litelang.configs.schema import LitelangConfig
 from litelang.kernels.kernel_set import REFERENCE
 from litelang.kernels.rope import rope_cos_sin_cache
@@ -28,19 +27,6 @@ from litelang.worker.models.qwen2 import Qwen2Model
 from litelang.worker.models.registry import FAMILIES, family_of, load_spec
 from litelang.worker.parallel import TPGroup
 from litelang.worker.setup import build_runner
-
-
-def config_dir(tmp_path: Path, tiny_qwen2: Path, **changes) -> Path:
-    """A directory holding only the tiny Qwen2's config.json with `changes` (None deletes a key):
-    enough for everything that must fail before the weights are read."""
-    config = json.loads((tiny_qwen2 / "config.json").read_text())
-    for key, value in changes.items():
-        if value is None:
-            config.pop(key, None)
-        else:
-            config[key] = value
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    return tmp_path
 
 
 # ---------------------------------------------------------------------------------- registry
@@ -63,15 +49,15 @@ def test_registry_picks_qwen2_by_architectures(tiny_qwen2):
 
 def test_model_type_is_the_fallback_without_architectures():
     assert family_of({"model_type": "qwen2"}).model_class is Qwen2Model
-    with pytest.raises(ValueError, match=r"model_type 'llama' \(config.json has no architectures\) is not supported"):
-        family_of({"model_type": "llama"})
+    with pytest.raises(ValueError, match=r"model_type 'mistral' \(config.json has no architectures\) is not supported"):
+        family_of({"model_type": "mistral"})
 
 
 def test_unknown_architecture_names_it_and_the_supported_ones():
     with pytest.raises(ValueError) as err:
-        family_of({"architectures": ["LlamaForCausalLM"], "model_type": "qwen2"}, "ckpt")
+        family_of({"architectures": ["MistralForCausalLM"], "model_type": "qwen2"}, "ckpt")
     message = str(err.value)
-    assert "'LlamaForCausalLM' is not supported" in message
+    assert "'MistralForCausalLM' is not supported" in message
     assert all(name in message for name in FAMILIES) and "Qwen2ForCausalLM" in message
 
 
@@ -79,7 +65,7 @@ def test_worker_refuses_an_unknown_architecture_at_start_up(tmp_path, tiny_qwen2
     """The real start-up path: build_runner, and litelang-worker exiting with the reason before
     it ever serves (a checkpoint of only config.json: the weights are never reached)."""
     path = config_dir(tmp_path, tiny_qwen2, architectures=["MistralForCausalLM"])
-    with pytest.raises(ValueError, match="'MistralForCausalLM' is not supported; litelang serves Qwen2ForCausalLM"):
+    with pytest.raises(ValueError, match="'MistralForCausalLM' is not supported; litelang serves LlamaForCausalLM, Qwen2ForCausalLM"):
         build_runner(LitelangConfig(model=str(path), device="cpu", kv_slots=100), rank=0)
     port = free_ports(1)[0]
     worker = subprocess.run(
@@ -88,7 +74,7 @@ def test_worker_refuses_an_unknown_architecture_at_start_up(tmp_path, tiny_qwen2
         cwd=REPO_ROOT, env=child_env(), capture_output=True, text=True, timeout=120,
     )
     assert worker.returncode != 0
-    assert "'MistralForCausalLM' is not supported; litelang serves Qwen2ForCausalLM" in worker.stderr
+    assert "'MistralForCausalLM' is not supported; litelang serves LlamaForCausalLM, Qwen2ForCausalLM" in worker.stderr
 
 
 @pytest.mark.parametrize("changes, words", [

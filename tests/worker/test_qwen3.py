@@ -18,7 +18,7 @@ from litelang.proto import worker_pb2
 from litelang.worker.models.qwen3 import Qwen3Model
 from litelang.worker.models.registry import family_of, load_spec
 from litelang.worker.setup import build_runner
-from runner_steps import SlotPool, greedy_on_rank, greedy_sampling, hf_greedy, run_greedy
+from parity import SlotPool, greedy_on_rank, greedy_sampling, hf_greedy, run_greedy
 
 PROMPTS = {1: [5, 17, 99, 3, 250, 8, 1], 2: [42], 3: list(range(100, 140))}
 

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from litelang.worker.checkpoint import read_config
 from litelang.worker.model import CausalLM
+from litelang.worker.models.llama import LlamaModel, llama_spec
 from litelang.worker.models.qwen2 import Qwen2Model, qwen2_spec
 from litelang.worker.models.qwen3 import Qwen3Model, qwen3_spec
 from litelang.worker.models.spec import ModelSpec, check_served
@@ -28,6 +29,7 @@ class ModelFamily:
 FAMILIES: dict[str, ModelFamily] = {
     f.architecture: f for f in (
         ModelFamily("Qwen2ForCausalLM", "qwen2", Qwen2Model, qwen2_spec),
+        ModelFamily("LlamaForCausalLM", "llama", LlamaModel, llama_spec),
         ModelFamily("Qwen3ForCausalLM", "qwen3", Qwen3Model, qwen3_spec),
     )
 }

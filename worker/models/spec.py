@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from litelang.worker.models.rope import scaling_problem
+
 
 @dataclass(frozen=True, kw_only=True)
 class ModelSpec:
@@ -31,6 +33,7 @@ class ModelSpec:
     qk_norm: bool  # per-head RMSNorm of q and k before RoPE (Qwen3)
     tie_word_embeddings: bool
     sliding_window: int | None  # None: every layer attends to the whole context
+    mlp_bias: bool = False  # gate, up and down have biases (config.json mlp_bias); no block has them
 
 
 def read_common(config: dict[str, Any]) -> dict[str, Any]:
@@ -74,9 +77,10 @@ def check_served(spec: ModelSpec, where: str) -> None:
     """Refuse, before any weight is read, a checkpoint asking for what the blocks do not
     implement: serving it anyway would give wrong tokens without any error."""
     problems = []
-    if spec.rope_scaling is not None:
-        kind = spec.rope_scaling.get("rope_type", spec.rope_scaling.get("type"))
-        problems.append(f"RoPE scaling {kind!r} ({spec.rope_scaling}) is not implemented; litelang serves plain RoPE")
+    if spec.rope_scaling is not None and (problem := scaling_problem(spec.rope_scaling)):
+        problems.append(problem)
+    if spec.mlp_bias:
+        problems.append("MLP biases (config.json mlp_bias: true) are not implemented; litelang serves bias-free MLPs")
     if spec.sliding_window is not None:
         problems.append(f"sliding-window attention (window {spec.sliding_window}) is not implemented; "
                         "litelang serves full attention")

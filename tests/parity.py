@@ -1,5 +1,5 @@
-"""Driving a ModelRunner directly with StepRequests, and HF transformers' greedy tokens to hold
-its output against: shared by the parity tests of every model family."""
+"""Parity with HF transformers, for any family: HF's greedy tokens, and the worker's runner
+driven directly, one StepRequest at a time, with no scheduler in front."""
 
 from __future__ import annotations
 
