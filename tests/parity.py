@@ -74,3 +74,34 @@ def greedy_on_rank(rank: int, cfg, prompts: dict[int, list[int]], n: int, result
     got = run_greedy(build_runner(cfg, rank=rank), prompts, n)
     if rank == 0:
         results.put(got)
+
+
+def assert_teacher_forced(runner, hf, seqs: dict[int, list[int]], slots: "SlotPool", steps: int,
+                          check_prefill: bool = True, tol: float = 1e-4) -> None:
+    """Prefill each sequence but its last `steps` tokens, then `steps` decode steps fed the true
+    next token: every row's logits within tol of HF's at the same position."""
+    import torch
+
+    from litelang.proto import worker_pb2
+
+    def hf_last(ids: list[int]):
+        with torch.no_grad():
+            return hf(torch.tensor([ids])).logits[0, -1]
+
+    req = worker_pb2.StepRequest(step_id=0)
+    for rid, s in seqs.items():
+        n = len(s) - steps
+        req.extends.add(rid=rid, token_ids=s[:n], slots=slots.take(n), sample=True, is_new=True,
+                        sampling=greedy_sampling())
+    got = runner.forward_logits(req)
+    if check_prefill:
+        for row, (rid, s) in zip(got, seqs.items()):
+            torch.testing.assert_close(row, hf_last(s[: len(s) - steps]), atol=tol, rtol=tol, msg=f"request {rid}, prefill")
+    for step in range(steps):
+        req = worker_pb2.StepRequest(step_id=step + 1, decode_rids=list(seqs))
+        req.decode_slots.extend(slots.take(len(seqs)))
+        for rid, s in seqs.items():
+            runner.last_tokens[runner.row_of(rid)] = s[len(s) - steps + step]
+        for row, (rid, s) in zip(runner.forward_logits(req), seqs.items()):
+            torch.testing.assert_close(row, hf_last(s[: len(s) - steps + step + 1]), atol=tol, rtol=tol,
+                                       msg=f"request {rid}, decode step {step}")

@@ -218,7 +218,6 @@ class ModelRunner:
         """Eager forward of a step without sampling: the logits of each sampling request, in order.
         For tests (teacher forcing: set last_tokens[row] before a decode step)."""
         plan = self._plan(req)
-        dev = self.device
         self._write_table(plan)
         batch = self._forward_batch(plan)
         if batch.num_decodes:

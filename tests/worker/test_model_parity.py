@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, RepetitionPenaltyLogitsProcessor
 
 from helpers import make_tiny_qwen2
-from parity import SlotPool, greedy_sampling, hf_greedy, run_greedy
+from parity import SlotPool, assert_teacher_forced, greedy_sampling, hf_greedy, run_greedy
 from litelang.configs.schema import LitelangConfig
 from litelang.proto import worker_pb2
 from litelang.worker.setup import build_runner
@@ -46,22 +46,7 @@ def test_triton_kernels_defer_norms_and_match_hf(tiny_qwen2, monkeypatch):
     slots, steps = SlotPool(), 3
     for seqs in ({1: [5, 17, 99, 3, 250, 8, 1, 60, 61, 62], 2: [42, 9, 8, 7], 3: list(range(100, 124))},
                  {4: [7, 7, 200, 31, 1, 2, 3]}):
-        req = worker_pb2.StepRequest(step_id=0)
-        for rid, s in seqs.items():
-            n = len(s) - steps
-            req.extends.add(rid=rid, token_ids=s[:n], slots=slots.take(n), sample=True, is_new=True,
-                            sampling=greedy_sampling())
-        runner.forward_logits(req)
-        for step in range(steps):
-            req = worker_pb2.StepRequest(step_id=step + 1, decode_rids=list(seqs))
-            req.decode_slots.extend(slots.take(len(seqs)))
-            for rid, s in seqs.items():
-                runner.last_tokens[runner.row_of(rid)] = s[len(s) - steps + step]
-            got = runner.forward_logits(req)
-            for row, (rid, s) in zip(got, seqs.items()):
-                with torch.no_grad():
-                    want = hf(torch.tensor([s[: len(s) - steps + step + 1]])).logits[0, -1]
-                torch.testing.assert_close(row, want, atol=1e-4, rtol=1e-4, msg=f"request {rid}, decode step {step}")
+        assert_teacher_forced(runner, hf, seqs, slots, steps, check_prefill=False)
     assert len(deferred) == 2 * steps, "every decode step defers its norms"
 
 

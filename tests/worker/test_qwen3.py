@@ -14,11 +14,10 @@ from transformers import AutoModelForCausalLM
 
 from helpers import free_ports
 from litelang.configs.schema import LitelangConfig
-from litelang.proto import worker_pb2
 from litelang.worker.models.qwen3 import Qwen3Model
 from litelang.worker.models.registry import family_of, load_spec
 from litelang.worker.setup import build_runner
-from parity import SlotPool, greedy_on_rank, greedy_sampling, hf_greedy, run_greedy
+from parity import SlotPool, assert_teacher_forced, greedy_on_rank, hf_greedy, run_greedy
 
 PROMPTS = {1: [5, 17, 99, 3, 250, 8, 1], 2: [42], 3: list(range(100, 140))}
 
@@ -86,26 +85,7 @@ def test_teacher_forced_logits_match_hf(tmp_path, monkeypatch, kernels):
     assert runner.model.kernels.name == kernels
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     seqs, slots, steps = {1: [5, 17, 99, 3, 250, 8, 1, 60, 61, 62], 2: [42, 9, 8, 7], 3: list(range(100, 124))}, SlotPool(), 3
-    req = worker_pb2.StepRequest(step_id=0)
-    for rid, s in seqs.items():
-        n = len(s) - steps
-        req.extends.add(rid=rid, token_ids=s[:n], slots=slots.take(n), sample=True, is_new=True,
-                        sampling=greedy_sampling())
-    got = runner.forward_logits(req)
-    for row, (rid, s) in zip(got, seqs.items()):
-        with torch.no_grad():
-            want = hf(torch.tensor([s[: len(s) - steps]])).logits[0, -1]
-        torch.testing.assert_close(row, want, atol=1e-4, rtol=1e-4, msg=f"request {rid}, prefill")
-    for step in range(steps):
-        req = worker_pb2.StepRequest(step_id=step + 1, decode_rids=list(seqs))
-        req.decode_slots.extend(slots.take(len(seqs)))
-        for rid, s in seqs.items():
-            runner.last_tokens[runner.row_of(rid)] = s[len(s) - steps + step]
-        got = runner.forward_logits(req)
-        for row, (rid, s) in zip(got, seqs.items()):
-            with torch.no_grad():
-                want = hf(torch.tensor([s[: len(s) - steps + step + 1]])).logits[0, -1]
-            torch.testing.assert_close(row, want, atol=1e-4, rtol=1e-4, msg=f"request {rid}, decode step {step}")
+    assert_teacher_forced(runner, hf, seqs, slots, steps)
 
 
 def test_attention_bias_is_refused_before_the_weights(tmp_path, tiny_qwen3):
